@@ -1,0 +1,429 @@
+"""Run configuration: pydantic models loaded from TOML, strategies chosen by ``kind``.
+
+Each strategy category (topology, sharing, training, model, data, partition) is a
+discriminated union on ``kind`` over the settings models registered for it
+(built-ins below, plugins through :mod:`dlactor.plugins`). Settings are frozen and
+reject unknown keys; a settings model builds its strategy (``build``), so node code
+never parses strings. :func:`load_config` is the one entry point: TOML + ``--set``
+overrides + plugins -> a validated :class:`RunConfig`, or a :class:`ConfigError`
+whose message names every bad field.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from functools import reduce
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any, Literal, Union
+
+import networkx as nx
+import numpy as np
+import torch
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
+
+from dlactor import plugins
+from dlactor.plugins import register
+
+if TYPE_CHECKING:
+    from dlactor.data.digits import Dataset
+    from dlactor.node.context import NodeEnv
+    from dlactor.sharing.base import Sharing
+    from dlactor.topology.base import Topology
+    from dlactor.training.base import Trainer
+
+__all__ = [
+    "CATEGORIES",
+    "ConfigError",
+    "DataSettings",
+    "ModelSettings",
+    "PartitionSettings",
+    "RunConfig",
+    "SharingSettings",
+    "TopologySettings",
+    "TrainingSettings",
+    "apply_overrides",
+    "load_config",
+    "validate_config",
+]
+
+
+class ConfigError(ValueError):
+    """The config is invalid; the message names the field(s). The CLI exits 2 on it."""
+
+
+class Settings(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# --- topology ---------------------------------------------------------------------------
+
+
+class TopologySettings(Settings):
+    """Base of topology settings: the graph at round 0, and the strategy a node runs."""
+
+    def graph(self, nodes: int, seed: int) -> nx.Graph:
+        raise NotImplementedError
+
+    def build(self, env: NodeEnv) -> Topology:
+        from dlactor.topology.static import StaticTopology
+
+        return StaticTopology(graph=env.graph)
+
+
+@register("topology")
+class RingTopology(TopologySettings):
+    kind: Literal["ring"] = "ring"
+
+    def graph(self, nodes: int, seed: int) -> nx.Graph:
+        from dlactor.topology.graphs import ring
+
+        return ring(nodes)
+
+
+@register("topology")
+class RegularTopology(TopologySettings):
+    kind: Literal["regular"] = "regular"
+    degree: int = Field(4, ge=1, description="every node's degree")
+
+    def graph(self, nodes: int, seed: int) -> nx.Graph:
+        from dlactor.topology.graphs import regular
+
+        return regular(nodes, self.degree, seed)
+
+
+@register("topology")
+class CompleteTopology(TopologySettings):
+    kind: Literal["complete"] = "complete"
+
+    def graph(self, nodes: int, seed: int) -> nx.Graph:
+        from dlactor.topology.graphs import complete
+
+        return complete(nodes)
+
+
+@register("topology")
+class SmallWorldTopology(TopologySettings):
+    kind: Literal["small_world"] = "small_world"
+    k: int = Field(4, ge=2, description="each node's ring neighbours before rewiring")
+    p: float = Field(0.1, ge=0.0, le=1.0, description="rewiring probability")
+
+    def graph(self, nodes: int, seed: int) -> nx.Graph:
+        from dlactor.topology.graphs import small_world
+
+        return small_world(nodes, self.k, self.p, seed)
+
+
+@register("topology")
+class ErdosRenyiTopology(TopologySettings):
+    kind: Literal["erdos_renyi"] = "erdos_renyi"
+    p: float = Field(0.3, gt=0.0, le=1.0, description="edge probability")
+
+    def graph(self, nodes: int, seed: int) -> nx.Graph:
+        from dlactor.topology.graphs import erdos_renyi
+
+        return erdos_renyi(nodes, self.p, seed)
+
+
+@register("topology")
+class FileTopology(TopologySettings):
+    kind: Literal["file"] = "file"
+    path: Path
+    format: Literal["auto", "edges", "adjacency"] = "auto"
+
+    def graph(self, nodes: int, seed: int) -> nx.Graph:
+        from dlactor.topology.graphs import read_graph_file
+
+        return read_graph_file(self.path, self.format, n=nodes)
+
+
+# --- sharing ----------------------------------------------------------------------------
+
+
+class SharingSettings(Settings):
+    def build(self, env: NodeEnv) -> Sharing:
+        raise NotImplementedError
+
+
+@register("sharing")
+class FullSharingSettings(SharingSettings):
+    kind: Literal["full"] = "full"
+
+    def build(self, env: NodeEnv) -> Sharing:
+        from dlactor.sharing.full import FullSharing
+
+        return FullSharing()
+
+
+# --- training ---------------------------------------------------------------------------
+
+
+class TrainingSettings(Settings):
+    def build(self, env: NodeEnv) -> Trainer:
+        raise NotImplementedError
+
+
+@register("training")
+class SGDSettings(TrainingSettings):
+    kind: Literal["sgd"] = "sgd"
+    lr: float = Field(0.05, gt=0.0, description="learning rate")
+    momentum: float = Field(0.0, ge=0.0, lt=1.0)
+    weight_decay: float = Field(0.0, ge=0.0)
+    local_steps: int = Field(10, ge=1, description="minibatch steps per round")
+    batch_size: int = Field(16, ge=1)
+
+    def build(self, env: NodeEnv) -> Trainer:
+        from dlactor.training.sgd import SGDTrainer
+
+        idx = torch.from_numpy(env.train_indices)
+        ds = env.dataset
+        return SGDTrainer(
+            model=env.model,
+            x=ds.x_train[idx],
+            y=ds.y_train[idx],
+            x_test=ds.x_test,
+            y_test=ds.y_test,
+            lr=self.lr,
+            momentum=self.momentum,
+            weight_decay=self.weight_decay,
+            local_steps=self.local_steps,
+            batch_size=self.batch_size,
+            seed=env.seed * 100_003 + env.node,
+        )
+
+
+# --- model ------------------------------------------------------------------------------
+
+
+class ModelSettings(Settings):
+    def build(self, dataset: Dataset, seed: int) -> torch.nn.Module:
+        raise NotImplementedError
+
+
+def _features(dataset: Dataset) -> int:
+    return int(np.prod(dataset.input_shape))
+
+
+@register("model")
+class MLPSettings(ModelSettings):
+    kind: Literal["mlp"] = "mlp"
+    hidden: list[Annotated[int, Field(ge=1)]] = Field(default_factory=lambda: [64])
+
+    def build(self, dataset: Dataset, seed: int) -> torch.nn.Module:
+        from dlactor.training.models import mlp
+
+        torch.manual_seed(seed)
+        return mlp(_features(dataset), dataset.num_classes, self.hidden)
+
+
+@register("model")
+class LogisticRegressionSettings(ModelSettings):
+    kind: Literal["logreg"] = "logreg"
+
+    def build(self, dataset: Dataset, seed: int) -> torch.nn.Module:
+        from dlactor.training.models import logistic_regression
+
+        torch.manual_seed(seed)
+        return logistic_regression(_features(dataset), dataset.num_classes)
+
+
+# --- data -------------------------------------------------------------------------------
+
+
+class PartitionSettings(Settings):
+    def split(self, labels: np.ndarray, nodes: int, seed: int) -> list[np.ndarray]:
+        raise NotImplementedError
+
+
+@register("partition")
+class IIDPartition(PartitionSettings):
+    kind: Literal["iid"] = "iid"
+
+    def split(self, labels: np.ndarray, nodes: int, seed: int) -> list[np.ndarray]:
+        from dlactor.data.partition import iid
+
+        return iid(labels, nodes, seed)
+
+
+@register("partition")
+class ShardsPartition(PartitionSettings):
+    kind: Literal["shards"] = "shards"
+    shards_per_node: int = Field(2, ge=1)
+
+    def split(self, labels: np.ndarray, nodes: int, seed: int) -> list[np.ndarray]:
+        from dlactor.data.partition import shards
+
+        return shards(labels, nodes, self.shards_per_node, seed)
+
+
+@register("partition")
+class DirichletPartition(PartitionSettings):
+    kind: Literal["dirichlet"] = "dirichlet"
+    alpha: float = Field(0.5, gt=0.0)
+    min_size: int = Field(1, ge=1)
+
+    def split(self, labels: np.ndarray, nodes: int, seed: int) -> list[np.ndarray]:
+        from dlactor.data.partition import dirichlet
+
+        return dirichlet(labels, nodes, self.alpha, seed, self.min_size)
+
+
+class DataSettings(Settings):
+    def load(self, seed: int) -> Dataset:
+        raise NotImplementedError
+
+
+@register("data")
+class DigitsSettings(DataSettings):
+    kind: Literal["digits"] = "digits"
+    test_fraction: float = Field(0.2, gt=0.0, lt=1.0)
+
+    def load(self, seed: int) -> Dataset:
+        from dlactor.data.digits import load_digits
+
+        return load_digits(test_fraction=self.test_fraction, seed=seed)
+
+
+# --- run-level --------------------------------------------------------------------------
+
+
+class EvaluationSettings(Settings):
+    every: int = Field(5, ge=1, description="evaluate every N rounds (and after the last)")
+
+
+class LauncherSettings(Settings):
+    kind: Literal["local"] = "local"
+    host: str = Field("127.0.0.1", description="address the nodes listen on")
+    round_timeout_s: float = Field(120.0, gt=0, description="longest wait for a round's messages")
+    start_timeout_s: float = Field(120.0, gt=0, description="longest wait at the start barrier")
+    torch_threads: int = Field(1, ge=1, description="torch intra-op threads per node")
+
+
+class RunConfigBase(Settings):
+    name: str = Field("run", pattern=r"^[A-Za-z0-9_.-]+$", description="run directory prefix")
+    seed: int = Field(0, ge=0)
+    nodes: int = Field(16, ge=2)
+    rounds: int = Field(40, ge=1)
+    plugins: list[str] = Field(default_factory=list)
+    evaluation: EvaluationSettings = EvaluationSettings()
+    launcher: LauncherSettings = LauncherSettings()
+
+
+#: category (also the run-config field name) -> (settings base class, default kind)
+CATEGORIES: dict[str, tuple[type[Settings], str]] = {
+    "topology": (TopologySettings, "regular"),
+    "sharing": (SharingSettings, "full"),
+    "training": (TrainingSettings, "sgd"),
+    "model": (ModelSettings, "mlp"),
+    "data": (DataSettings, "digits"),
+    "partition": (PartitionSettings, "iid"),
+}
+
+if TYPE_CHECKING:
+
+    class RunConfig(RunConfigBase):
+        topology: TopologySettings
+        sharing: SharingSettings
+        training: TrainingSettings
+        model: ModelSettings
+        data: DataSettings
+        partition: PartitionSettings
+
+else:
+    RunConfig = RunConfigBase  # replaced by the model built from the registry (below)
+
+
+def _union_for(category: str) -> Any:
+    models = list(plugins.registered(category).values())
+    for m in models:
+        base = CATEGORIES[category][0]
+        if not issubclass(m, base):
+            raise plugins.PluginError(f"{m.__name__} must subclass dlactor.config.{base.__name__}")
+    if len(models) == 1:
+        return models[0]
+    return Annotated[Union[tuple(models)], Field(discriminator="kind")]  # noqa: UP007
+
+
+def config_model() -> type[RunConfigBase]:
+    """The run-config model for the strategies registered right now."""
+    fields: dict[str, Any] = {}
+    for category, (_, default_kind) in CATEGORIES.items():
+        default = plugins.registered(category)[default_kind]()
+        fields[category] = (_union_for(category), default)
+    return create_model("RunConfig", __base__=RunConfigBase, **fields)
+
+
+def format_validation_error(err: ValidationError) -> str:
+    lines = []
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        lines.append(f"  {loc}: {e['msg']}")
+    return "invalid config:\n" + "\n".join(lines)
+
+
+def _parse_value(text: str) -> Any:
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply ``a.b=value`` settings (values parsed as TOML, else taken as strings)."""
+    out: dict[str, Any] = _deep_copy(data)
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. --set nodes=32")
+        *parents, leaf = [p.strip() for p in key.split(".")]
+        target = reduce(lambda d, k: d.setdefault(k, {}), parents, out)
+        if not isinstance(target, dict):
+            raise ConfigError(f"--set {item!r}: {'.'.join(parents)} is not a table")
+        target[leaf] = _parse_value(raw.strip())
+    return out
+
+
+def _deep_copy(data: Any) -> Any:
+    if isinstance(data, dict):
+        return {k: _deep_copy(v) for k, v in data.items()}
+    if isinstance(data, list):
+        return [_deep_copy(v) for v in data]
+    return data
+
+
+def validate_config(data: dict[str, Any], base_dir: Path | None = None) -> RunConfig:
+    """Load the plugins the data names, then validate it against the registry's model."""
+    plugin_specs = data.get("plugins", [])
+    if not isinstance(plugin_specs, list) or not all(isinstance(s, str) for s in plugin_specs):
+        raise ConfigError(
+            "invalid config:\n  plugins: expected a list of module names or .py paths"
+        )
+    try:
+        plugins.load_plugins(plugin_specs, base_dir)
+        model = config_model()
+    except plugins.PluginError as exc:
+        raise ConfigError(f"invalid config:\n  plugins: {exc}") from exc
+    try:
+        cfg = model.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc)) from exc
+    return _resolve_paths(cfg, base_dir)  # type: ignore[return-value]
+
+
+def _resolve_paths(cfg: RunConfigBase, base_dir: Path | None) -> RunConfigBase:
+    topo = getattr(cfg, "topology", None)
+    if base_dir is not None and isinstance(topo, FileTopology) and not topo.path.is_absolute():
+        topo = topo.model_copy(update={"path": (base_dir / topo.path).resolve()})
+        return cfg.model_copy(update={"topology": topo})
+    return cfg
+
+
+def load_config(path: Path, overrides: list[str] | None = None) -> RunConfig:
+    """TOML file + ``--set`` overrides -> a validated config, or ConfigError."""
+    try:
+        data = tomllib.loads(path.read_text())
+    except FileNotFoundError as exc:
+        raise ConfigError(f"config file not found: {path}") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
+    data = apply_overrides(data, overrides or [])
+    return validate_config(data, base_dir=path.resolve().parent)

@@ -1,0 +1,47 @@
+"""The launcher <-> node control channel: the same frames and codec as peer traffic,
+over one small asyncio stream per node."""
+
+from __future__ import annotations
+
+import asyncio
+
+from dlactor.messages import Message
+from dlactor.wire.codec import decode, encode
+from dlactor.wire.framing import FrameDecoder
+
+__all__ = ["ControlStream"]
+
+CONTROL_MAX_FRAME = 16 << 20
+
+
+class ControlStream:
+    """Reads and writes whole messages on a stream; ``receive`` returns None at EOF."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._reader, self._writer = reader, writer
+        self._decoder = FrameDecoder(max_frame=CONTROL_MAX_FRAME)
+
+    @classmethod
+    async def connect(cls, host: str, port: int) -> ControlStream:
+        reader, writer = await asyncio.open_connection(host, port)
+        return cls(reader, writer)
+
+    async def receive(self) -> Message | None:
+        """The next message, or None when the other side closed. ProtocolError on garbage."""
+        while (body := self._decoder.next_frame()) is None:
+            data = await self._reader.read(1 << 16)
+            if not data:
+                return None
+            self._decoder.receive_data(data)
+        return decode(body)
+
+    async def send(self, msg: Message) -> None:
+        self._writer.writelines(encode(msg, max_frame=CONTROL_MAX_FRAME))
+        await self._writer.drain()
+
+    def post(self, msg: Message) -> None:
+        """Queue a small message without waiting (for synchronous callbacks)."""
+        self._writer.writelines(encode(msg, max_frame=CONTROL_MAX_FRAME))
+
+    def close(self) -> None:
+        self._writer.close()

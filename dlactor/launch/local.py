@@ -1,0 +1,246 @@
+"""The local backend: N node processes forked from this one, supervised until done.
+
+This process is the template: it has already imported torch, loaded the dataset and
+built the model (``make_plan``), so every forked node shares those pages read-only.
+``gc.freeze()`` before forking keeps the collector from touching (and un-sharing)
+the template's objects in the children. Forking happens before any event loop or
+thread exists here; the supervisor's loop starts after.
+
+The supervisor is the rendezvous and start barrier (every node registers its
+address; then all get the address book at once), draws progress, samples memory,
+and fails fast: a node that reports a traceback, dies, or a Ctrl-C stops every
+node, kills what does not stop, and joins every process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import multiprocessing as mp
+import signal
+import socket
+import sys
+import time
+from dataclasses import dataclass, field
+from multiprocessing.process import BaseProcess
+from pathlib import Path
+
+from dlactor.launch.control import ControlStream
+from dlactor.launch.plan import Plan
+from dlactor.launch.progress import RunProgress
+from dlactor.launch.worker import EXIT_DONE, node_process_main, run_event_loop
+from dlactor.messages import Done, Failed, Progress, Register, Start, Stop
+from dlactor.metrics.memory import MemorySampler
+from dlactor.transport.base import Address
+from dlactor.transport.tcp import check_hello
+from dlactor.wire.errors import ProtocolError
+
+__all__ = ["Outcome", "launch_local"]
+
+STOP_GRACE_S = 5.0
+
+
+@dataclass
+class Outcome:
+    """How a run ended, for the manifest and the summary."""
+
+    status: str = "ok"  # "ok" | "failed" | "interrupted"
+    reason: str = ""
+    traceback: str = ""
+    also_failed: list[int] = field(default_factory=list)
+    peak_pss_bytes: int = 0
+    peak_rss_bytes: int = 0
+    t_start_barrier: float = 0.0
+
+
+def _child(plan: Plan, node: int, control: Address, listener: socket.socket, run_dir: Path) -> None:
+    listener.close()
+    sys.exit(node_process_main(plan, node, control, run_dir))
+
+
+def launch_local(plan: Plan, run_dir: Path, *, show_progress: bool = True) -> Outcome:
+    """Fork the nodes, supervise them to the end, and say how it went."""
+    listener = socket.create_server(("127.0.0.1", 0), backlog=min(4096, plan.config.nodes + 64))
+    control = listener.getsockname()[:2]
+    ctx = mp.get_context("fork")
+    gc.collect()
+    gc.freeze()
+    procs: list[BaseProcess] = []
+    try:
+        for node in range(plan.config.nodes):
+            p = ctx.Process(
+                target=_child,
+                args=(plan, node, control, listener, run_dir),
+                name=f"dlactor-node-{node}",
+            )
+            p.start()
+            procs.append(p)
+    finally:
+        gc.unfreeze()
+    supervisor = Supervisor(plan, procs, listener, show_progress=show_progress)
+    try:
+        return run_event_loop(supervisor.run())  # type: ignore[no-any-return]
+    finally:
+        _reap(procs)
+
+
+def _reap(procs: list[BaseProcess]) -> None:
+    """Make sure no node outlives the launcher, whatever happened above."""
+    for p in procs:
+        if p.is_alive():
+            p.kill()
+    for p in procs:
+        p.join()
+
+
+class Supervisor:
+    """Runs on the launcher's event loop from the start barrier to the last exit."""
+
+    def __init__(
+        self, plan: Plan, procs: list[BaseProcess], listener: socket.socket, *, show_progress: bool
+    ) -> None:
+        self.plan, self.procs, self.listener = plan, procs, listener
+        self.n = plan.config.nodes
+        self.outcome = Outcome()
+        self.addresses: dict[int, Address] = {}
+        self.streams: dict[int, ControlStream] = {}
+        self.done: set[int] = set()
+        self.closed: set[int] = set()
+        self.progress = RunProgress(self.n, plan.config.rounds, enabled=show_progress)
+        self.memory = MemorySampler([p.pid for p in procs if p.pid is not None])
+        self._all_registered = asyncio.Event()
+        self._finished = asyncio.Event()
+
+    async def run(self) -> Outcome:
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGINT, self.fail, "interrupted", "interrupted (Ctrl-C)", "")
+        server = await asyncio.start_server(self._serve, sock=self.listener)
+        try:
+            with self.progress:
+                async with asyncio.TaskGroup() as tg:
+                    tg.create_task(self._watch_processes())
+                    tg.create_task(self.memory.run(self._finished))
+                    await self._barrier()
+                    await self._finished.wait()
+                await self._stop_all()
+        finally:
+            loop.remove_signal_handler(signal.SIGINT)
+            server.close()
+            for stream in self.streams.values():
+                stream.close()
+        self.outcome.peak_pss_bytes = self.memory.peak_pss
+        self.outcome.peak_rss_bytes = self.memory.peak_rss
+        return self.outcome
+
+    async def _barrier(self) -> None:
+        timeout = self.plan.config.launcher.start_timeout_s
+        try:
+            async with asyncio.timeout(timeout):
+                await _first_of(self._all_registered, self._finished)
+        except TimeoutError:
+            missing = sorted(set(range(self.n)) - set(self.addresses))
+            self.fail("failed", f"start barrier: nodes {missing[:20]} not ready in {timeout:g} s")
+            return
+        if self._finished.is_set():
+            return
+        self.outcome.t_start_barrier = time.time()
+        start = Start(addresses=dict(self.addresses), t0=self.outcome.t_start_barrier)
+        for stream in self.streams.values():
+            stream.post(start)
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        stream = ControlStream(reader, writer)
+        try:
+            hello = check_hello(await _first(stream), self.plan.run_id, self.plan.secret)
+            self.streams[hello.sender] = stream
+            while (msg := await stream.receive()) is not None:
+                self._on_message(msg)
+            self.closed.add(hello.sender)
+        except (ProtocolError, ConnectionError) as exc:
+            writer.close()
+            if not self._finished.is_set():
+                print(f"dlactor: dropped a control connection: {exc}", file=sys.stderr)
+
+    def _on_message(self, msg: object) -> None:
+        match msg:
+            case Register(sender=node, host=host, port=port):
+                self.addresses[node] = (host, port)
+                if len(self.addresses) == self.n:
+                    self._all_registered.set()
+            case Progress(sender=node, round=r):
+                self.progress.advance(node, r)
+            case Done(sender=node):
+                self.done.add(node)
+                if len(self.done) == self.n:
+                    self._finished.set()
+            case Failed(sender=node, traceback=tb):
+                if self.outcome.status == "ok":
+                    self.fail("failed", f"node {node} raised an exception", tb)
+                else:
+                    self.outcome.also_failed.append(node)
+            case _:
+                raise ProtocolError(f"unexpected {type(msg).__name__} on the control channel")
+
+    def fail(self, status: str, reason: str, tb: str = "") -> None:
+        """First failure wins; it stops the run."""
+        if self.outcome.status == "ok" and not self._finished.is_set():
+            self.outcome.status, self.outcome.reason, self.outcome.traceback = status, reason, tb
+        self._finished.set()
+
+    async def _watch_processes(self) -> None:
+        """A node that exits without saying Done fails the run. Its last words (Failed or
+        Done) may still be in flight when its exit is seen: wait for its control stream to
+        close, up to a second, before judging."""
+        exited_at: dict[int, float] = {}
+        while not self._finished.is_set():
+            now = time.monotonic()
+            for node, p in enumerate(self.procs):
+                code = p.exitcode
+                if code is None or node in self.done:
+                    continue
+                first = exited_at.setdefault(node, now)
+                if node in self.closed or now - first > 1.0:
+                    self.fail("failed", f"node {node} {_describe_exit(code)}")
+            await asyncio.sleep(0.05)
+
+    async def _stop_all(self) -> None:
+        if self.outcome.status == "ok":
+            return
+        stop = Stop(self.outcome.reason)
+        for node, stream in self.streams.items():
+            if self.procs[node].exitcode is None:
+                stream.post(stop)
+        deadline = time.monotonic() + STOP_GRACE_S
+        while time.monotonic() < deadline and any(p.exitcode is None for p in self.procs):
+            await asyncio.sleep(0.05)
+        for p in self.procs:
+            if p.exitcode is None:
+                p.kill()
+
+
+async def _first_of(*events: asyncio.Event) -> None:
+    waits = [asyncio.ensure_future(e.wait()) for e in events]
+    try:
+        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for w in waits:
+            w.cancel()
+        await asyncio.gather(*waits, return_exceptions=True)
+
+
+async def _first(stream: ControlStream) -> object:
+    msg = await stream.receive()
+    if msg is None:
+        raise ConnectionError("closed before saying hello")
+    return msg
+
+
+def _describe_exit(code: int) -> str:
+    if code < 0:
+        try:
+            return f"was killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"was killed by signal {-code}"
+    if code == EXIT_DONE:
+        return "exited before reporting done"
+    return f"exited with code {code}"

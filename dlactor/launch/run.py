@@ -1,0 +1,111 @@
+"""One run, start to finish: run directory, manifest, the backend, summary, table."""
+
+from __future__ import annotations
+
+import json
+import platform
+import socket
+import sys
+import time
+from datetime import datetime
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any
+
+from dlactor.launch.local import Outcome, launch_local
+from dlactor.launch.plan import Plan
+from dlactor.metrics.summary import summarize
+from dlactor.topology.graphs import write_edge_list
+
+__all__ = ["RunResult", "make_run_dir", "run"]
+
+
+class RunResult:
+    def __init__(self, run_dir: Path, outcome: Outcome, summary: dict[str, Any]) -> None:
+        self.run_dir, self.outcome, self.summary = run_dir, outcome, summary
+
+    @property
+    def status(self) -> str:
+        return self.outcome.status
+
+
+def make_run_dir(out: Path, name: str) -> Path:
+    """``<out>/<name>-<YYYYmmdd-HHMMSS>``, with ``-2``, ``-3``... if that exists already."""
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    out.mkdir(parents=True, exist_ok=True)
+    base = out / f"{name}-{stamp}"
+    path, i = base, 1
+    while True:
+        try:
+            path.mkdir()
+            return path
+        except FileExistsError:
+            i += 1
+            path = base.with_name(f"{base.name}-{i}")
+
+
+def _versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for pkg in ("dlactor", "torch", "msgpack", "uvloop", "networkx", "numpy", "pydantic"):
+        try:
+            out[pkg] = version(pkg)
+        except PackageNotFoundError:
+            out[pkg] = "absent"
+    return out
+
+
+def _write_json(path: Path, data: dict[str, Any]) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data, indent=2) + "\n")
+    tmp.replace(path)
+
+
+def _manifest(plan: Plan, config_text: str) -> dict[str, Any]:
+    cfg = plan.config
+    return {
+        "name": cfg.name,
+        "run_id": plan.run_id,
+        "versions": _versions(),
+        "hosts": [socket.gethostname()],
+        "platform": platform.platform(),
+        "argv": sys.argv,
+        "seed": cfg.seed,
+        "nodes": cfg.nodes,
+        "rounds": cfg.rounds,
+        "backend": cfg.launcher.kind,
+        "model_params": plan.model_params,
+        "model_bytes": plan.model_bytes,
+        "edges": plan.graph.number_of_edges(),
+        "start": datetime.now().astimezone().isoformat(),
+        "end": None,
+        "status": "running",
+    }
+
+
+def run(plan: Plan, run_dir: Path, config_text: str, *, show_progress: bool = True) -> RunResult:
+    """Execute ``plan`` into ``run_dir``; every file written along the way stays."""
+    (run_dir / "nodes").mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.toml").write_text(config_text)
+    write_edge_list(plan.graph, run_dir / "topology.edges")
+    manifest = _manifest(plan, config_text)
+    _write_json(run_dir / "manifest.json", manifest)
+    t0 = time.time()
+    outcome = Outcome(status="failed", reason="the launcher itself failed")
+    try:
+        outcome = launch_local(plan, run_dir, show_progress=show_progress)
+    finally:
+        wall = time.time() - (outcome.t_start_barrier or t0)
+        summary = summarize(run_dir, nodes=plan.config.nodes, status=outcome.status, wall_s=wall)
+        summary.update(
+            name=plan.config.name,
+            reason=outcome.reason,
+            launch_to_barrier_s=(outcome.t_start_barrier - t0) if outcome.t_start_barrier else None,
+            peak_pss_bytes=outcome.peak_pss_bytes,
+            peak_rss_bytes=outcome.peak_rss_bytes,
+            model_params=plan.model_params,
+            model_bytes=plan.model_bytes,
+        )
+        _write_json(run_dir / "summary.json", summary)
+        manifest.update(status=outcome.status, end=datetime.now().astimezone().isoformat())
+        _write_json(run_dir / "manifest.json", manifest)
+    return RunResult(run_dir, outcome, summary)

@@ -1,0 +1,111 @@
+"""The frozen message types: the whole wire vocabulary.
+
+Every frame on every connection carries exactly one of these. Peer-to-peer
+connections carry ``Hello`` first, then ``Share`` frames. The launcher's control
+connection carries ``Hello``, ``Register``, ``Start``, ``Progress``, ``Done``,
+``Failed`` and ``Stop``. The encoding is in ``dlactor.wire.codec`` and
+``docs/wire.md``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import torch
+
+__all__ = [
+    "PROTOCOL_VERSION",
+    "Done",
+    "Failed",
+    "Hello",
+    "Message",
+    "MetaValue",
+    "Payload",
+    "Progress",
+    "Register",
+    "Share",
+    "Start",
+    "Stop",
+]
+
+PROTOCOL_VERSION = 1
+
+#: Values a strategy may put in a payload's ``meta``: msgpack scalars and flat lists of them.
+MetaValue = int | float | str | bytes | bool | None | list[int | float | str | bytes | bool | None]
+
+
+@dataclass(frozen=True, slots=True)
+class Payload:
+    """What a sharing strategy sends in one round: named tensors plus scalar metadata."""
+
+    tensors: Mapping[str, torch.Tensor] = field(default_factory=dict)
+    meta: Mapping[str, MetaValue] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Hello:
+    """First frame on every connection: proves the sender belongs to this run."""
+
+    run_id: str
+    secret: str
+    sender: int
+
+
+@dataclass(frozen=True, slots=True)
+class Share:
+    """A node's payload for one round, sent to one neighbour."""
+
+    sender: int
+    round: int
+    payload: Payload
+
+
+@dataclass(frozen=True, slots=True)
+class Register:
+    """Node -> launcher: I listen on ``host:port`` and am ready for the start barrier."""
+
+    sender: int
+    host: str
+    port: int
+
+
+@dataclass(frozen=True, slots=True)
+class Start:
+    """Launcher -> node: everyone registered; here is the address book (the start barrier)."""
+
+    addresses: Mapping[int, tuple[str, int]]
+    t0: float
+
+
+@dataclass(frozen=True, slots=True)
+class Progress:
+    """Node -> launcher: round ``round`` is complete."""
+
+    sender: int
+    round: int
+
+
+@dataclass(frozen=True, slots=True)
+class Done:
+    """Node -> launcher: all rounds complete, results flushed."""
+
+    sender: int
+
+
+@dataclass(frozen=True, slots=True)
+class Failed:
+    """Node -> launcher: the node raised; ``traceback`` is the formatted exception."""
+
+    sender: int
+    traceback: str
+
+
+@dataclass(frozen=True, slots=True)
+class Stop:
+    """Launcher -> node: stop now (another node failed, or the user pressed Ctrl-C)."""
+
+    reason: str
+
+
+Message = Hello | Share | Register | Start | Progress | Done | Failed | Stop

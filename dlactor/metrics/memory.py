@@ -1,0 +1,59 @@
+"""Memory of a whole run: PSS (proportional set size) summed over its processes.
+
+PSS splits each shared page among the processes that map it, so the sum is the real
+footprint of N forked nodes; RSS would count the shared template N times.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from pathlib import Path
+
+__all__ = ["MemorySampler", "pss_bytes", "rollup"]
+
+
+def rollup(pid: int) -> dict[str, int]:
+    """A process's /proc/<pid>/smaps_rollup in bytes by field ({} where unavailable)."""
+    try:
+        text = Path(f"/proc/{pid}/smaps_rollup").read_text()
+    except OSError:
+        return {}
+    out = {}
+    for line in text.splitlines()[1:]:
+        key, _, rest = line.partition(":")
+        parts = rest.split()
+        if parts and parts[0].isdigit():
+            out[key] = int(parts[0]) * 1024
+    return out
+
+
+def pss_bytes(pid: int) -> int:
+    """PSS of one process in bytes (0 where smaps_rollup is unavailable)."""
+    return rollup(pid).get("Pss", 0)
+
+
+class MemorySampler:
+    """Samples the total PSS/RSS of some processes (and this one) until told to stop."""
+
+    def __init__(self, pids: list[int], *, interval_s: float = 1.0) -> None:
+        self.pids = [os.getpid(), *pids]
+        self.interval_s = interval_s
+        self.peak_pss = 0
+        self.peak_rss = 0
+
+    def sample(self) -> tuple[int, int]:
+        rollups = [rollup(p) for p in self.pids]
+        pss = sum(r.get("Pss", 0) for r in rollups)
+        rss = sum(r.get("Rss", 0) for r in rollups)
+        self.peak_pss, self.peak_rss = max(self.peak_pss, pss), max(self.peak_rss, rss)
+        return pss, rss
+
+    async def run(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            await asyncio.to_thread(self.sample)
+            try:
+                async with asyncio.timeout(self.interval_s):
+                    await stop.wait()
+            except TimeoutError:
+                pass

@@ -1,0 +1,72 @@
+"""Run-level figures from the per-node JSONL files (the schema in DESIGN.md)."""
+
+from __future__ import annotations
+
+import statistics
+from pathlib import Path
+from typing import Any
+
+from dlactor.metrics.recorder import read_jsonl
+
+__all__ = ["load_node_records", "summarize"]
+
+
+def load_node_records(run_dir: Path) -> dict[int, list[dict[str, Any]]]:
+    """Every node's records, by node id (nodes with no file yet are absent)."""
+    out = {}
+    for path in sorted((run_dir / "nodes").glob("*.jsonl")):
+        if path.stem.isdigit():
+            out[int(path.stem)] = read_jsonl(path)
+    return out
+
+
+def _round_durations(records: list[dict[str, Any]]) -> list[float]:
+    walls = [r["t_wall"] for r in records]
+    if not walls:
+        return []
+    return [b - a for a, b in zip([0.0, *walls[:-1]], walls, strict=True)]
+
+
+def _final(records_by_node: dict[int, list[dict[str, Any]]]) -> dict[str, float | None]:
+    last = []
+    for records in records_by_node.values():
+        evals = [r for r in records if "test_acc" in r]
+        if evals:
+            last.append(evals[-1])
+    if not last:
+        return {
+            "test_acc_mean": None,
+            "test_acc_min": None,
+            "test_acc_max": None,
+            "test_loss_mean": None,
+            "eval_round": None,
+        }
+    accs = [r["test_acc"] for r in last]
+    return {
+        "test_acc_mean": statistics.fmean(accs),
+        "test_acc_min": min(accs),
+        "test_acc_max": max(accs),
+        "test_loss_mean": statistics.fmean(r["test_loss"] for r in last),
+        "eval_round": min(r["round"] for r in last),
+    }
+
+
+def summarize(run_dir: Path, *, nodes: int, status: str, wall_s: float) -> dict[str, Any]:
+    by_node = load_node_records(run_dir)
+    records = [r for rs in by_node.values() for r in rs]
+    durations = [d for rs in by_node.values() for d in _round_durations(rs)]
+    completed = min((len(by_node.get(n, [])) for n in range(nodes)), default=0)
+    return {
+        "nodes": nodes,
+        "rounds": completed,
+        "status": status,
+        "wall_s": wall_s,
+        "round_s_median": statistics.median(durations) if durations else None,
+        "t_train_median": statistics.median(r["t_train"] for r in records) if records else None,
+        "bytes_sent_per_node_per_round": (
+            statistics.fmean(r["bytes_sent"] for r in records) if records else None
+        ),
+        "bytes_sent_total": sum(r["bytes_sent"] for r in records),
+        "rss_bytes_max_node": max((r["rss_bytes"] for r in records), default=None),
+        "final": _final(by_node),
+    }

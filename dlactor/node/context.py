@@ -1,0 +1,52 @@
+"""What strategies are built from and what they see each round."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import networkx as nx
+import numpy as np
+import torch
+
+from dlactor.data.digits import Dataset
+
+__all__ = ["EvalStats", "NodeEnv", "RoundContext", "TrainStats"]
+
+
+@dataclass(frozen=True, slots=True)
+class NodeEnv:
+    """Everything a node's strategies are built from; made by the launcher, read-only after."""
+
+    node: int
+    nodes: int
+    seed: int
+    graph: nx.Graph
+    dataset: Dataset
+    train_indices: np.ndarray
+    model: torch.nn.Module
+
+
+@dataclass(slots=True)
+class RoundContext:
+    """One node's view of one round, passed to every strategy call of that round."""
+
+    node: int
+    round: int
+    model: torch.nn.Module
+    peers: frozenset[int] = frozenset()
+    weights: Mapping[int, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class TrainStats:
+    loss: float
+    steps: int
+    samples: int
+
+
+@dataclass(frozen=True, slots=True)
+class EvalStats:
+    loss: float
+    accuracy: float
+    samples: int

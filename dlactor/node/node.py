@@ -1,0 +1,119 @@
+"""The node actor: build, ``start``, ``run`` the D-PSGD round loop, ``stop``.
+
+The constructor only builds (no sockets, no tasks), so a node can be made in a test
+with no network. ``start`` opens the transport, ``connect`` gives it the address
+book, ``run`` runs the rounds, ``stop`` closes everything.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import psutil
+import torch
+
+from dlactor.messages import Message, Share
+from dlactor.node.context import RoundContext
+from dlactor.node.mailbox import Mailbox
+from dlactor.sharing.base import Sharing
+from dlactor.topology.base import Topology
+from dlactor.training.base import Trainer
+from dlactor.transport.base import Address, Deliver, Transport
+from dlactor.wire.errors import RemoteProtocolError
+
+__all__ = ["Node", "Record"]
+
+Record = dict[str, Any]
+
+
+class Node:
+    """One learning node: its strategies, its transport, its mailbox and its round loop."""
+
+    def __init__(
+        self,
+        *,
+        node: int,
+        transport: Callable[[Deliver], Transport],
+        topology: Topology,
+        sharing: Sharing,
+        trainer: Trainer,
+        model: torch.nn.Module,
+        rounds: int,
+        eval_every: int,
+        round_timeout: float,
+        on_round: Callable[[Record], None] | None = None,
+    ) -> None:
+        self.node = node
+        self.mailbox = Mailbox()
+        self.transport = transport(self.deliver)
+        self.topology, self.sharing, self.trainer = topology, sharing, trainer
+        self.model = model
+        self.rounds, self.eval_every, self.round_timeout = rounds, eval_every, round_timeout
+        self.on_round = on_round
+        self.t0 = time.time()
+        self._process = psutil.Process()
+
+    def deliver(self, msg: Message, nbytes: int) -> None:
+        """The transport's callback: payloads go to the mailbox; nothing else belongs here."""
+        if not isinstance(msg, Share):
+            raise RemoteProtocolError(f"unexpected {type(msg).__name__} on a peer connection")
+        self.mailbox.put(msg)
+
+    async def start(self) -> Address:
+        return await self.transport.start()
+
+    def connect(self, addresses: Mapping[int, Address], t0: float | None = None) -> None:
+        """Give the transport the address book; ``t0`` is the start barrier's wall time."""
+        self.transport.set_peers(addresses)
+        self.t0 = time.time() if t0 is None else t0
+
+    async def run(self) -> None:
+        for r in range(self.rounds):
+            record = await self.run_round(r)
+            if self.on_round is not None:
+                self.on_round(record)
+
+    def _evaluates(self, r: int) -> bool:
+        return (r + 1) % self.eval_every == 0 or r == self.rounds - 1
+
+    async def run_round(self, r: int) -> Record:
+        """One D-PSGD round: train, share with this round's neighbours, aggregate, evaluate."""
+        ctx = RoundContext(node=self.node, round=r, model=self.model)
+        before = self.transport.stats.snapshot()
+        t_start = time.perf_counter()
+        stats = await self.trainer.train(ctx)
+        t_train = time.perf_counter() - t_start
+        ctx.peers = await self.topology.neighbors(self.node, r)
+        ctx.weights = await self.topology.weights(self.node, r)
+        await self.transport.send_all(
+            ctx.peers, Share(self.node, r, await self.sharing.outgoing(ctx))
+        )
+        received = await self.mailbox.wait_round(r, ctx.peers, self.round_timeout)
+        await self.sharing.aggregate(ctx, received)
+        traffic = self.transport.stats.minus(before)
+        record: Record = {
+            "node": self.node,
+            "round": r,
+            "train_loss": stats.loss,
+            "bytes_sent": traffic.bytes_sent,
+            "bytes_recv": traffic.bytes_recv,
+            "msgs_sent": traffic.msgs_sent,
+            "msgs_recv": traffic.msgs_recv,
+            "degree": len(ctx.peers),
+            "t_wall": time.time() - self.t0,
+            "t_train": t_train,
+            "t_round": time.perf_counter() - t_start,
+            "rss_bytes": self._process.memory_info().rss,
+        }
+        if self._evaluates(r):
+            t_eval = time.perf_counter()
+            ev = await self.trainer.evaluate(ctx)
+            record.update(
+                test_loss=ev.loss, test_acc=ev.accuracy, t_eval=time.perf_counter() - t_eval
+            )
+        return record
+
+    async def stop(self) -> None:
+        await self.transport.stop()

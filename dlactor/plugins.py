@@ -1,0 +1,116 @@
+"""The strategy registry: built-ins and user plugins, looked up by ``kind``.
+
+A plugin is a pydantic settings model (a subclass of one of the category bases in
+``dlactor.config``, with ``kind: Literal["name"] = "name"`` and a ``build`` method
+returning the async strategy) registered with :func:`register`. Plugins arrive by
+entry point (group ``dlactor.plugins``: each entry point names a module to import)
+or by a ``plugins = [...]`` list in the config (module names, or ``.py`` paths
+relative to the config file). Both are resolved in the launcher, before any node
+process exists: a node never imports anything named by a string.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import sys
+from collections.abc import Callable, Iterable
+from importlib.metadata import entry_points
+from pathlib import Path
+from typing import Any, TypeVar
+
+from pydantic import BaseModel
+
+__all__ = ["ENTRY_POINT_GROUP", "PluginError", "kinds", "load_plugins", "register", "registered"]
+
+ENTRY_POINT_GROUP = "dlactor.plugins"
+
+T = TypeVar("T", bound=type[BaseModel])
+
+_REGISTRY: dict[str, dict[str, type[BaseModel]]] = {}
+_entry_points_loaded = False
+
+
+class PluginError(ValueError):
+    """A plugin could not be found, imported or registered."""
+
+
+def _kind_of(model: type[BaseModel]) -> str:
+    field = model.model_fields.get("kind")
+    if field is None or not isinstance(field.default, str):
+        raise PluginError(f"{model.__name__} needs a field `kind: Literal['name'] = 'name'`")
+    return field.default
+
+
+def register(category: str) -> Callable[[T], T]:
+    """Class decorator: make a settings model available as ``[category] kind = "..."``."""
+
+    def decorate(model: T) -> T:
+        kind = _kind_of(model)
+        known = _REGISTRY.setdefault(category, {})
+        if kind in known and known[kind] is not model:
+            existing = known[kind]
+            raise PluginError(
+                f"{category} kind {kind!r} is registered twice: "
+                f"{existing.__module__}.{existing.__qualname__} and "
+                f"{model.__module__}.{model.__qualname__}"
+            )
+        known[kind] = model
+        return model
+
+    return decorate
+
+
+def registered(category: str) -> dict[str, type[BaseModel]]:
+    """The settings models of one category, by kind (a copy)."""
+    return dict(_REGISTRY.get(category, {}))
+
+
+def kinds(category: str) -> list[str]:
+    return sorted(_REGISTRY.get(category, {}))
+
+
+def _import_path(path: Path) -> None:
+    name = f"dlactor_plugin_{path.stem}"
+    if name in sys.modules:
+        return
+    spec = importlib.util.spec_from_file_location(name, path)
+    if spec is None or spec.loader is None:
+        raise PluginError(f"cannot import plugin file {path}")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    try:
+        spec.loader.exec_module(module)
+    except Exception:
+        del sys.modules[name]
+        raise
+
+
+def load_plugins(specs: Iterable[str], base_dir: Path | None = None) -> None:
+    """Import entry-point plugins once, then each config-listed module or ``.py`` file."""
+    global _entry_points_loaded
+    if not _entry_points_loaded:
+        for ep in entry_points(group=ENTRY_POINT_GROUP):
+            _import(ep.value, f"entry point {ep.name!r}")
+        _entry_points_loaded = True
+    for spec in specs:
+        if spec.endswith(".py"):
+            path = Path(spec) if base_dir is None else base_dir / spec
+            if not path.is_file():
+                raise PluginError(f"plugins: no such file {path}")
+            _wrap(lambda p=path: _import_path(p), f"plugin file {path}")
+        else:
+            _import(spec, f"plugin module {spec!r}")
+
+
+def _import(module: str, what: str) -> None:
+    _wrap(lambda: importlib.import_module(module), what)
+
+
+def _wrap(action: Callable[[], Any], what: str) -> None:
+    try:
+        action()
+    except PluginError:
+        raise
+    except Exception as exc:
+        raise PluginError(f"{what} failed to import: {type(exc).__name__}: {exc}") from exc

@@ -1,0 +1,80 @@
+"""Local SGD steps and evaluation, run in a worker thread so the node keeps receiving."""
+
+from __future__ import annotations
+
+import asyncio
+
+import torch
+import torch.nn.functional as F
+
+from dlactor.node.context import EvalStats, RoundContext, TrainStats
+
+__all__ = ["SGDTrainer"]
+
+
+class SGDTrainer:
+    """``local_steps`` minibatch SGD steps per round on the node's own shard (cross-entropy)."""
+
+    def __init__(
+        self,
+        *,
+        model: torch.nn.Module,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        x_test: torch.Tensor,
+        y_test: torch.Tensor,
+        lr: float,
+        momentum: float = 0.0,
+        weight_decay: float = 0.0,
+        local_steps: int = 1,
+        batch_size: int = 32,
+        seed: int = 0,
+    ) -> None:
+        self._model = model
+        self._x, self._y = x, y
+        self._x_test, self._y_test = x_test, y_test
+        self._opt = torch.optim.SGD(
+            model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay
+        )
+        self._local_steps = local_steps
+        self._batch_size = min(batch_size, len(y))
+        self._gen = torch.Generator().manual_seed(seed)
+        self._order = torch.empty(0, dtype=torch.int64)
+        self._cursor = 0
+
+    async def train(self, ctx: RoundContext) -> TrainStats:
+        return await asyncio.to_thread(self.train_steps)
+
+    async def evaluate(self, ctx: RoundContext) -> EvalStats:
+        return await asyncio.to_thread(self.evaluate_now)
+
+    def _next_batch(self) -> torch.Tensor:
+        if self._cursor + self._batch_size > len(self._order):
+            self._order = torch.randperm(len(self._y), generator=self._gen)
+            self._cursor = 0
+        idx = self._order[self._cursor : self._cursor + self._batch_size]
+        self._cursor += self._batch_size
+        return idx
+
+    def train_steps(self) -> TrainStats:
+        """The round's local steps, synchronously (what ``train`` runs in a thread)."""
+        self._model.train()
+        total = 0.0
+        for _ in range(self._local_steps):
+            idx = self._next_batch()
+            self._opt.zero_grad(set_to_none=True)
+            loss = F.cross_entropy(self._model(self._x[idx]), self._y[idx])
+            loss.backward()
+            self._opt.step()
+            total += loss.item()
+        steps = self._local_steps
+        return TrainStats(loss=total / steps, steps=steps, samples=steps * self._batch_size)
+
+    @torch.no_grad()
+    def evaluate_now(self) -> EvalStats:
+        """Loss and accuracy on the whole test set, synchronously."""
+        self._model.eval()
+        logits = self._model(self._x_test)
+        loss = F.cross_entropy(logits, self._y_test).item()
+        acc = (logits.argmax(dim=1) == self._y_test).float().mean().item()
+        return EvalStats(loss=loss, accuracy=acc, samples=len(self._y_test))
