@@ -6,13 +6,6 @@ graph file, arguments), reported before any process starts; 130 interrupted (Ctr
 
 from __future__ import annotations
 
-import os
-
-# One torch thread per process, set before torch is imported: 32 nodes with torch's
-# default thread pools ran 46x slower than with one thread each (DESIGN.md).
-os.environ.setdefault("OMP_NUM_THREADS", "1")
-os.environ.setdefault("MKL_NUM_THREADS", "1")
-
 import sys
 from pathlib import Path
 from typing import Annotated, Any
@@ -41,7 +34,10 @@ ConfigArg = Annotated[Path, typer.Argument(help="TOML experiment config.", show_
 SetOpt = Annotated[
     list[str] | None,
     typer.Option(
-        "--set", "-s", help="Override a config value: --set nodes=32 --set topology.degree=5"
+        "--set",
+        "-s",
+        help="Override a config value: --set nodes=32 --set topology.degree=5 "
+        "(setting a table's kind starts that table afresh)",
     ),
 ]
 

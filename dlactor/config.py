@@ -61,6 +61,8 @@ class Settings(BaseModel):
 class TopologySettings(Settings):
     """Base of topology settings: the graph at round 0, and the strategy a node runs."""
 
+    kind: str
+
     def graph(self, nodes: int, seed: int) -> nx.Graph:
         raise NotImplementedError
 
@@ -140,6 +142,8 @@ class FileTopology(TopologySettings):
 
 
 class SharingSettings(Settings):
+    kind: str
+
     def build(self, env: NodeEnv) -> Sharing:
         raise NotImplementedError
 
@@ -158,6 +162,8 @@ class FullSharingSettings(SharingSettings):
 
 
 class TrainingSettings(Settings):
+    kind: str
+
     def build(self, env: NodeEnv) -> Trainer:
         raise NotImplementedError
 
@@ -165,7 +171,7 @@ class TrainingSettings(Settings):
 @register("training")
 class SGDSettings(TrainingSettings):
     kind: Literal["sgd"] = "sgd"
-    lr: float = Field(0.05, gt=0.0, description="learning rate")
+    lr: float = Field(0.05, ge=0.0, description="learning rate (0: pure gossip averaging)")
     momentum: float = Field(0.0, ge=0.0, lt=1.0)
     weight_decay: float = Field(0.0, ge=0.0)
     local_steps: int = Field(10, ge=1, description="minibatch steps per round")
@@ -195,6 +201,8 @@ class SGDSettings(TrainingSettings):
 
 
 class ModelSettings(Settings):
+    kind: str
+
     def build(self, dataset: Dataset, seed: int) -> torch.nn.Module:
         raise NotImplementedError
 
@@ -230,6 +238,8 @@ class LogisticRegressionSettings(ModelSettings):
 
 
 class PartitionSettings(Settings):
+    kind: str
+
     def split(self, labels: np.ndarray, nodes: int, seed: int) -> list[np.ndarray]:
         raise NotImplementedError
 
@@ -268,6 +278,8 @@ class DirichletPartition(PartitionSettings):
 
 
 class DataSettings(Settings):
+    kind: str
+
     def load(self, seed: int) -> Dataset:
         raise NotImplementedError
 
@@ -352,11 +364,17 @@ def config_model() -> type[RunConfigBase]:
     return create_model("RunConfig", __base__=RunConfigBase, **fields)
 
 
+def _field_path(loc: tuple[int | str, ...]) -> str:
+    """The dotted path as the user wrote it: pydantic puts the union's tag after a category
+    name (``topology.regular.degree``); the TOML says ``topology.degree``."""
+    parts = list(loc)
+    if len(parts) > 2 and parts[0] in CATEGORIES and len(plugins.kinds(str(parts[0]))) > 1:
+        del parts[1]
+    return ".".join(str(p) for p in parts) or "(top level)"
+
+
 def format_validation_error(err: ValidationError) -> str:
-    lines = []
-    for e in err.errors():
-        loc = ".".join(str(p) for p in e["loc"]) or "(top level)"
-        lines.append(f"  {loc}: {e['msg']}")
+    lines = [f"  {_field_path(e['loc'])}: {e['msg']}" for e in err.errors()]
     return "invalid config:\n" + "\n".join(lines)
 
 
@@ -368,7 +386,11 @@ def _parse_value(text: str) -> Any:
 
 
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """Apply ``a.b=value`` settings (values parsed as TOML, else taken as strings)."""
+    """Apply ``a.b=value`` settings (values parsed as TOML, else taken as strings).
+
+    Setting a table's ``kind`` to another kind starts that table afresh (the old kind's
+    settings would not fit the new one); later ``--set`` items can fill it in.
+    """
     out: dict[str, Any] = _deep_copy(data)
     for item in overrides:
         key, sep, raw = item.partition("=")
@@ -378,7 +400,10 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
         target = reduce(lambda d, k: d.setdefault(k, {}), parents, out)
         if not isinstance(target, dict):
             raise ConfigError(f"--set {item!r}: {'.'.join(parents)} is not a table")
-        target[leaf] = _parse_value(raw.strip())
+        value = _parse_value(raw.strip())
+        if leaf == "kind" and target.get("kind") != value:
+            target.clear()
+        target[leaf] = value
     return out
 
 

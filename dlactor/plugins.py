@@ -15,6 +15,7 @@ import importlib
 import importlib.util
 import sys
 from collections.abc import Callable, Iterable
+from functools import partial
 from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any, TypeVar
@@ -28,7 +29,6 @@ ENTRY_POINT_GROUP = "dlactor.plugins"
 T = TypeVar("T", bound=type[BaseModel])
 
 _REGISTRY: dict[str, dict[str, type[BaseModel]]] = {}
-_entry_points_loaded = False
 
 
 class PluginError(ValueError):
@@ -87,18 +87,16 @@ def _import_path(path: Path) -> None:
 
 
 def load_plugins(specs: Iterable[str], base_dir: Path | None = None) -> None:
-    """Import entry-point plugins once, then each config-listed module or ``.py`` file."""
-    global _entry_points_loaded
-    if not _entry_points_loaded:
-        for ep in entry_points(group=ENTRY_POINT_GROUP):
-            _import(ep.value, f"entry point {ep.name!r}")
-        _entry_points_loaded = True
+    """Import the entry-point plugins, then each config-listed module or ``.py`` file
+    (importing twice is a no-op)."""
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        _import(ep.value, f"entry point {ep.name!r}")
     for spec in specs:
         if spec.endswith(".py"):
             path = Path(spec) if base_dir is None else base_dir / spec
             if not path.is_file():
                 raise PluginError(f"plugins: no such file {path}")
-            _wrap(lambda p=path: _import_path(p), f"plugin file {path}")
+            _wrap(partial(_import_path, path), f"plugin file {path}")
         else:
             _import(spec, f"plugin module {spec!r}")
 

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import networkx as nx
@@ -47,20 +48,28 @@ def make_plan(config: RunConfig) -> Plan:
     Problems the config could not see alone (a graph file's line, too few samples for the
     partition, a degree too large for the node count) become ConfigError (exit 2).
     """
-    try:
+    with _field("topology"):
         graph = config.topology.graph(config.nodes, config.seed)
+        if sorted(graph.nodes) != list(range(config.nodes)):
+            raise ValueError(
+                f"the graph's nodes are not 0..{config.nodes - 1} (nodes = {config.nodes})"
+            )
+    with _field("data"):
         dataset = config.data.load(config.seed)
+    with _field("partition"):
         parts = config.partition.split(dataset.y_train.numpy(), config.nodes, config.seed)
-    except (ValueError, OSError) as exc:
-        raise ConfigError(f"invalid config: {exc}") from exc
-    if sorted(graph.nodes) != list(range(config.nodes)):
-        raise ConfigError(
-            f"invalid config:\n  topology: the graph has nodes {graph.number_of_nodes()}, "
-            f"the run has nodes = {config.nodes}"
-        )
     model = config.model.build(dataset, config.seed)
     _warm_up(model)
     return Plan(config=config, graph=graph, dataset=dataset, parts=parts, model=model)
+
+
+@contextmanager
+def _field(name: str) -> Iterator[None]:
+    """Turn a ValueError/OSError raised while building ``name`` into a ConfigError naming it."""
+    try:
+        yield
+    except (ValueError, OSError) as exc:
+        raise ConfigError(f"invalid config:\n  {name}: {exc}") from exc
 
 
 def _warm_up(model: torch.nn.Module) -> None:

@@ -13,7 +13,9 @@ import contextlib
 import os
 import signal
 import traceback
+from collections.abc import Coroutine
 from pathlib import Path
+from typing import Any, TypeVar
 
 import torch
 
@@ -29,14 +31,16 @@ __all__ = ["EXIT_DONE", "EXIT_FAILED", "EXIT_STOPPED", "node_process_main", "run
 
 EXIT_DONE, EXIT_FAILED, EXIT_STOPPED = 0, 1, 3
 
+T = TypeVar("T")
 
-def run_event_loop(main: object) -> int:
+
+def run_event_loop(main: Coroutine[Any, Any, T]) -> T:
     """Run a coroutine on uvloop where available (Linux, macOS), else on asyncio's loop."""
     try:
         import uvloop
     except ImportError:  # pragma: no cover - Windows
-        return asyncio.run(main)  # type: ignore[arg-type]
-    return uvloop.run(main)  # type: ignore[arg-type, no-any-return]
+        return asyncio.run(main)
+    return uvloop.run(main)
 
 
 def node_process_main(plan: Plan, node: int, control: Address, run_dir: Path) -> int:
@@ -79,13 +83,18 @@ async def _node_main(plan: Plan, node: int, control: Address, run_dir: Path) -> 
         actor = build_node(plan, node, transport, on_round=on_round)
         return await _lifecycle(actor, ctl)
     except Exception:
-        await ctl.send(Failed(node, traceback.format_exc()))
+        await ctl.send(Failed(node, _clip(traceback.format_exc())))
         return EXIT_FAILED
     finally:
         if actor is not None:
             await actor.stop()
         recorder.close()
         ctl.close()
+
+
+def _clip(text: str, limit: int = 64 << 10) -> str:
+    """Keep a traceback's tail (the part that names the error) within one control frame."""
+    return text if len(text) <= limit else "[...]\n" + text[-limit:]
 
 
 async def _lifecycle(actor: Node, ctl: ControlStream) -> int:

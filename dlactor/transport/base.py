@@ -8,12 +8,20 @@ from typing import Protocol, runtime_checkable
 
 from dlactor.messages import Message
 
-__all__ = ["Address", "Deliver", "TrafficStats", "Transport"]
+__all__ = ["Address", "Deliver", "PeerUnreachable", "TrafficStats", "Transport"]
 
 Address = tuple[str, int]
 
 #: Called on the event loop for every message received: (message, bytes it took on the wire).
 Deliver = Callable[[Message, int], None]
+
+
+class PeerUnreachable(ConnectionError):
+    """Sending to a peer failed at the socket level (refused, reset, gone)."""
+
+    def __init__(self, peer: int, cause: BaseException) -> None:
+        self.peer = peer
+        super().__init__(f"node {peer} is unreachable: {type(cause).__name__}: {cause}")
 
 
 @dataclass(slots=True)

@@ -23,7 +23,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import cast
 
 from dlactor.messages import Hello, Message
-from dlactor.transport.base import Address, Deliver, TrafficStats
+from dlactor.transport.base import Address, Deliver, PeerUnreachable, TrafficStats
 from dlactor.wire.codec import decode, encode
 from dlactor.wire.errors import ProtocolError, RemoteProtocolError
 from dlactor.wire.framing import DEFAULT_MAX_FRAME, FrameDecoder
@@ -118,6 +118,7 @@ class TcpTransport:
         self._connecting: dict[int, asyncio.Lock] = {}
         self._inbound: set[_Inbound] = set()
         self._server: asyncio.Server | None = None
+        self.address: Address | None = None
 
     async def start(self) -> Address:
         loop = asyncio.get_running_loop()
@@ -125,7 +126,8 @@ class TcpTransport:
             lambda: _Inbound(self), self._host, self._port, backlog=1024
         )
         host, port = self._server.sockets[0].getsockname()[:2]
-        return str(host), int(port)
+        self.address = (str(host), int(port))
+        return self.address
 
     def set_peers(self, addresses: Mapping[int, Address]) -> None:
         self._peers = dict(addresses)
@@ -139,16 +141,23 @@ class TcpTransport:
 
     async def send_all(self, peers: Iterable[int], msg: Message) -> None:
         buffers = encode(msg, max_frame=self.max_frame)
-        async with asyncio.TaskGroup() as tg:
-            for peer in peers:
-                tg.create_task(self._send_buffers(peer, buffers))
+        try:
+            async with asyncio.TaskGroup() as tg:
+                for peer in peers:
+                    tg.create_task(self._send_buffers(peer, buffers))
+        except* PeerUnreachable as group:
+            raise group.exceptions[0] from None
 
     async def _send_buffers(self, peer: int, buffers: Buffers) -> None:
-        writer = self._out.get(peer) or await self._connect(peer)
-        writer.writelines(buffers)
-        self.stats.bytes_sent += sum(len(b) for b in buffers)
-        self.stats.msgs_sent += 1
-        await writer.drain()
+        try:
+            writer = self._out.get(peer) or await self._connect(peer)
+            writer.writelines(buffers)
+            self.stats.bytes_sent += sum(len(b) for b in buffers)
+            self.stats.msgs_sent += 1
+            await writer.drain()
+        except OSError as exc:
+            self._out.pop(peer, None)
+            raise PeerUnreachable(peer, exc) from exc
 
     async def _connect(self, peer: int) -> asyncio.StreamWriter:
         lock = self._connecting.setdefault(peer, asyncio.Lock())

@@ -1,0 +1,3 @@
+from dlactor.cli import main
+
+main()

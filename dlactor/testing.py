@@ -1,0 +1,77 @@
+"""Run a whole network of nodes inside one process, on the in-memory transport.
+
+This is how protocol tests run (and how users test their strategy plugins with
+pytest-asyncio): the same Node, strategies and codec as a launched run, without
+processes or sockets::
+
+    plan = make_plan(config)
+    records = await run_in_memory(plan)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+from collections.abc import Callable, Sequence
+from functools import partial
+
+import torch
+
+from dlactor.launch.plan import Plan, build_node
+from dlactor.node.node import Node, Record
+from dlactor.transport.memory import MemoryNetwork
+
+__all__ = ["build_network", "run_in_memory"]
+
+
+def build_network(
+    plan: Plan,
+    *,
+    codec: bool = True,
+    models: Sequence[torch.nn.Module] | None = None,
+    on_round: Callable[[Record], None] | None = None,
+) -> tuple[MemoryNetwork, list[Node]]:
+    """One node per id on a fresh in-memory network; each gets its own copy of the model
+    (``models[i]`` when given)."""
+    net = MemoryNetwork(codec=codec)
+    nodes = [
+        build_node(
+            plan,
+            i,
+            partial(net.transport, i),
+            model=copy.deepcopy(plan.model) if models is None else models[i],
+            on_round=on_round,
+        )
+        for i in range(plan.config.nodes)
+    ]
+    return net, nodes
+
+
+async def run_in_memory(
+    plan: Plan,
+    *,
+    codec: bool = True,
+    models: Sequence[torch.nn.Module] | None = None,
+    on_round: Callable[[Record], None] | None = None,
+) -> dict[int, list[Record]]:
+    """Run every round of every node concurrently; returns each node's records."""
+    records: dict[int, list[Record]] = {i: [] for i in range(plan.config.nodes)}
+
+    def collect(record: Record) -> None:
+        records[record["node"]].append(record)
+        if on_round is not None:
+            on_round(record)
+
+    _, nodes = build_network(plan, codec=codec, models=models, on_round=collect)
+    for node in nodes:
+        await node.start()
+    for node in nodes:
+        node.connect({})
+    try:
+        async with asyncio.TaskGroup() as tg:
+            for node in nodes:
+                tg.create_task(node.run())
+    finally:
+        for node in nodes:
+            await node.stop()
+    return records

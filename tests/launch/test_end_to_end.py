@@ -1,0 +1,176 @@
+"""Real runs: `dlactor launch` starting one OS process per node on 127.0.0.1."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import psutil
+import pytest
+
+ROOT = Path(__file__).parents[2]
+EXAMPLE = ROOT / "tests" / "plugins" / "example.toml"
+FAULTY = [
+    "plugins=['lazy_sharing.py', 'faulty_training.py']",
+    "training.kind=faulty",
+    "training.lr=0.5",
+    "training.local_steps=2",
+    "training.batch_size=32",
+]
+
+
+@pytest.fixture
+def launch() -> Iterator[Callable[..., subprocess.Popen[str]]]:
+    """Start `dlactor launch` on the example config; whatever a test leaves running is killed."""
+    procs: list[subprocess.Popen[str]] = []
+
+    def start(out: Path, *overrides: str, config: Path = EXAMPLE) -> subprocess.Popen[str]:
+        sets = [arg for o in overrides for arg in ("--set", o)]
+        cmd = [sys.executable, "-m", "dlactor", "launch", str(config), "--out", str(out),
+               "--no-progress", *sets]  # fmt: skip
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        procs.append(proc)
+        return proc
+
+    yield start
+    for proc in procs:
+        if proc.poll() is None:
+            proc.kill()
+        proc.communicate()
+
+
+def finish(proc: subprocess.Popen[str], timeout: float = 120) -> tuple[int, str, str]:
+    out, err = proc.communicate(timeout=timeout)
+    return proc.returncode, out, err
+
+
+def run_dir(out: Path) -> Path:
+    (only,) = out.iterdir()
+    return only
+
+
+def node_pids(proc: subprocess.Popen[str], n: int, timeout: float = 60) -> list[int]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and proc.poll() is None:
+        kids = psutil.Process(proc.pid).children()
+        if len(kids) >= n:
+            return [k.pid for k in kids]
+        time.sleep(0.05)
+    raise AssertionError(f"node processes did not start: {finish(proc)}")
+
+
+def wait_for_lines(path: Path, lines: int, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if path.exists() and len(path.read_text().splitlines()) >= lines:
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"{path} never reached {lines} lines")
+
+
+def assert_all_gone(pids: list[int]) -> None:
+    for pid in pids:
+        if psutil.pid_exists(pid):
+            assert psutil.Process(pid).status() == psutil.STATUS_ZOMBIE, f"node pid {pid} lives"
+
+
+def records(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_a_plugin_run_writes_the_whole_results_schema(
+    tmp_path: Path, launch: Callable[..., subprocess.Popen[str]]
+) -> None:
+    code, out, err = finish(launch(tmp_path))
+    assert code == 0, err
+    rd = run_dir(tmp_path)
+    assert rd.name.startswith("plugin-example-")
+    manifest = json.loads((rd / "manifest.json").read_text())
+    assert manifest["status"] == "ok" and manifest["nodes"] == 6 and manifest["end"]
+    assert manifest["model_params"] == 64 * 16 + 16 + 16 * 10 + 10
+    assert manifest["model_bytes"] == 4 * manifest["model_params"]
+    assert {"versions", "hosts", "seed", "start"} <= manifest.keys()
+    summary = json.loads((rd / "summary.json").read_text())
+    assert summary["status"] == "ok" and summary["nodes"] == 6 and summary["rounds"] == 4
+    assert {"wall_s", "round_s_median", "bytes_sent_per_node_per_round"} <= summary.keys()
+    assert {"test_acc_mean", "test_acc_min", "test_acc_max", "test_loss_mean"} <= summary[
+        "final"
+    ].keys()
+    assert 'kind = "lazy"' in (rd / "config.toml").read_text()
+    assert (rd / "topology.edges").read_text().splitlines()[0] == "6"
+    for node in range(6):
+        recs = records(rd / "nodes" / f"{node}.jsonl")
+        assert [r["round"] for r in recs] == [0, 1, 2, 3]
+        for key in ("node", "train_loss", "bytes_sent", "bytes_recv", "msgs_sent", "msgs_recv",
+                    "t_wall", "t_train", "rss_bytes"):  # fmt: skip
+            assert key in recs[0], key
+        assert "test_acc" in recs[1] and "test_acc" in recs[3] and "test_acc" not in recs[0]
+        # full model to each of 3 neighbours, plus one hello per connection in round 0
+        assert recs[2]["bytes_sent"] <= 1.02 * 3 * manifest["model_bytes"]
+    assert "plugin-example: ok" in out
+
+
+def test_a_node_that_raises_fails_the_run_once_and_keeps_results(
+    tmp_path: Path, launch: Callable[..., subprocess.Popen[str]]
+) -> None:
+    proc = launch(tmp_path, *FAULTY, "training.fail_node=2", "training.fail_round=2")
+    pids = node_pids(proc, 6)
+    code, _out, err = finish(proc)
+    assert code == 1
+    assert err.count("RuntimeError: injected failure on node 2 at round 2") == 1
+    assert "run failed: node 2 raised an exception" in err
+    rd = run_dir(tmp_path)
+    assert json.loads((rd / "manifest.json").read_text())["status"] == "failed"
+    assert json.loads((rd / "summary.json").read_text())["status"] == "failed"
+    assert len(records(rd / "nodes" / "2.jsonl")) == 2  # rounds 0 and 1 were kept
+    assert_all_gone(pids)
+
+
+def test_a_killed_node_stops_the_run_with_exit_1_and_no_orphans(
+    tmp_path: Path, launch: Callable[..., subprocess.Popen[str]]
+) -> None:
+    proc = launch(tmp_path, *FAULTY, "rounds=400", "training.delay_s=0.01")
+    pids = node_pids(proc, 6)
+    rd = run_dir(tmp_path)
+    wait_for_lines(rd / "nodes" / "0.jsonl", 3)
+    victim = pids[3]
+    psutil.Process(victim).send_signal(signal.SIGKILL)
+    code, _out, err = finish(proc)
+    assert code == 1
+    assert "was killed by SIGKILL" in err
+    assert_all_gone(pids)
+    survivors = [p for p in range(6) if (rd / "nodes" / f"{p}.jsonl").exists()]
+    assert len(survivors) == 6
+    assert all(len(records(rd / "nodes" / f"{p}.jsonl")) >= 2 for p in survivors)
+    assert json.loads((rd / "manifest.json").read_text())["status"] == "failed"
+
+
+def test_ctrl_c_stops_every_node_and_marks_the_run_interrupted(
+    tmp_path: Path, launch: Callable[..., subprocess.Popen[str]]
+) -> None:
+    proc = launch(tmp_path, *FAULTY, "rounds=400", "training.delay_s=0.01")
+    pids = node_pids(proc, 6)
+    wait_for_lines(run_dir(tmp_path) / "nodes" / "0.jsonl", 3)
+    proc.send_signal(signal.SIGINT)
+    code, _out, err = finish(proc)
+    assert code == 130
+    assert "run interrupted" in err
+    rd = run_dir(tmp_path)
+    assert json.loads((rd / "manifest.json").read_text())["status"] == "interrupted"
+    assert json.loads((rd / "summary.json").read_text())["status"] == "interrupted"
+    assert_all_gone(pids)
+
+
+@pytest.mark.parametrize("bad", ["topology.degree=9", "nodes=one"])
+def test_an_invalid_config_exits_2_and_starts_nothing(
+    tmp_path: Path, bad: str, launch: Callable[..., subprocess.Popen[str]]
+) -> None:
+    code, _out, err = finish(launch(tmp_path, bad))
+    assert code == 2
+    assert "topology" in err or "nodes" in err
+    assert not tmp_path.exists() or not any(tmp_path.iterdir())

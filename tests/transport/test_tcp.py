@@ -1,0 +1,163 @@
+"""The TCP transport on 127.0.0.1: delivery, accounting, and what it does with bad peers."""
+
+import asyncio
+import logging
+
+import pytest
+import torch
+
+from dlactor.messages import Hello, Message, Payload, Share
+from dlactor.transport.tcp import TcpTransport
+from dlactor.wire.codec import encode
+
+RUN, SECRET = "run-1", "s3cret"
+
+
+class Inbox:
+    def __init__(self) -> None:
+        self.messages: list[tuple[Message, int]] = []
+        self.arrived = asyncio.Event()
+
+    def __call__(self, msg: Message, nbytes: int) -> None:
+        self.messages.append((msg, nbytes))
+        self.arrived.set()
+
+    async def wait_for(self, n: int, timeout: float = 5.0) -> None:
+        async with asyncio.timeout(timeout):
+            while len(self.messages) < n:
+                self.arrived.clear()
+                await self.arrived.wait()
+
+
+def transport(node: int, inbox: Inbox, **kw: object) -> TcpTransport:
+    return TcpTransport(node=node, run_id=RUN, secret=SECRET, deliver=inbox, **kw)  # type: ignore[arg-type]
+
+
+def share(sender: int, round: int, n: int = 1000) -> Share:
+    return Share(sender, round, Payload({"params": torch.arange(n, dtype=torch.float32)}))
+
+
+async def pair() -> tuple[TcpTransport, TcpTransport, Inbox]:
+    inbox = Inbox()
+    receiver = transport(1, inbox)
+    sender = transport(0, Inbox())
+    addr = await receiver.start()
+    await sender.start()
+    sender.set_peers({1: addr})
+    return sender, receiver, inbox
+
+
+async def raw_client(addr: tuple[str, int], *chunks: bytes) -> bytes:
+    """Connect, write ``chunks``, return what comes back before the server closes."""
+    reader, writer = await asyncio.open_connection(*addr)
+    for chunk in chunks:
+        writer.write(chunk)
+    await writer.drain()
+    async with asyncio.timeout(5):
+        data = await reader.read()  # b"" once the server drops us
+    writer.close()
+    return data
+
+
+async def test_messages_arrive_in_order_with_their_wire_size() -> None:
+    sender, receiver, inbox = await pair()
+    for r in range(3):
+        await sender.send(1, share(0, r))
+    await inbox.wait_for(3)
+    assert [m.round for m, _ in inbox.messages] == [0, 1, 2]  # type: ignore[union-attr]
+    assert torch.equal(inbox.messages[0][0].payload.tensors["params"], torch.arange(1000.0))  # type: ignore[union-attr]
+    frame = sum(len(b) for b in encode(share(0, 0)))
+    hello = sum(len(b) for b in encode(Hello(RUN, SECRET, 0)))
+    assert sender.stats.bytes_sent == 3 * frame + hello
+    assert receiver.stats.bytes_recv == sender.stats.bytes_sent
+    assert sender.stats.msgs_sent == 4 and receiver.stats.msgs_recv == 4
+    await sender.stop()
+    await receiver.stop()
+
+
+async def test_one_connection_per_peer_is_opened_lazily_and_reused() -> None:
+    sender, receiver, inbox = await pair()
+    assert sender.open_connections == 0
+    for r in range(5):
+        await sender.send_all([1], share(0, r))
+    await inbox.wait_for(5)
+    assert sender.open_connections == 1
+    assert receiver.open_connections == 1
+    await sender.close_peer(1)
+    assert sender.open_connections == 0
+    await sender.stop()
+    await receiver.stop()
+
+
+async def test_a_32_mb_message_arrives_intact() -> None:
+    sender, receiver, inbox = await pair()
+    big = share(0, 0, n=8 << 20)
+    await sender.send(1, big)
+    await inbox.wait_for(1, timeout=20)
+    assert torch.equal(
+        inbox.messages[0][0].payload.tensors["params"], big.payload.tensors["params"]
+    )  # type: ignore[union-attr]
+    await sender.stop()
+    await receiver.stop()
+
+
+async def test_send_waits_for_a_slow_reader_instead_of_buffering_without_bound() -> None:
+    inbox = Inbox()
+    receiver = transport(1, inbox)
+    addr = await receiver.start()
+    sender = transport(0, Inbox())
+    sender.set_peers({1: addr})
+    await sender.send(1, share(0, 0, n=16))  # connects and handshakes
+    await inbox.wait_for(1)
+    (conn,) = receiver._inbound
+    conn._transport.pause_reading()  # type: ignore[union-attr]
+    sending = asyncio.ensure_future(sender.send(1, share(0, 1, n=16 << 20)))  # 64 MB
+    await asyncio.sleep(0.5)
+    assert not sending.done(), "drain() returned while the peer read nothing"
+    conn._transport.resume_reading()  # type: ignore[union-attr]
+    async with asyncio.timeout(20):
+        await sending
+    await inbox.wait_for(2, timeout=20)
+    await sender.stop()
+    await receiver.stop()
+
+
+@pytest.mark.parametrize(
+    ("name", "chunks"),
+    [
+        ("garbage", [b"\x00\x00\x00\x08GARBAGE!"]),
+        ("oversize length", [b"\xff\xff\xff\xff"]),
+        ("share before hello", [b"".join(bytes(b) for b in encode(share(5, 0)))]),
+        ("wrong secret", [b"".join(bytes(b) for b in encode(Hello(RUN, "guess", 5)))]),
+        ("wrong run", [b"".join(bytes(b) for b in encode(Hello("other-run", SECRET, 5)))]),
+        ("empty frame", [b"\x00\x00\x00\x00"]),
+    ],
+)
+async def test_a_bad_peer_is_dropped_and_logged_while_the_node_carries_on(
+    name: str, chunks: list[bytes], caplog: pytest.LogCaptureFixture
+) -> None:
+    sender, receiver, inbox = await pair()
+    assert receiver.address is not None
+    addr = receiver.address
+    with caplog.at_level(logging.WARNING, logger="dlactor.transport"):
+        assert await raw_client(addr, *chunks) == b""
+    assert receiver.stats.dropped_connections == 1
+    assert "dropped connection" in caplog.text
+    assert inbox.messages == []
+    await sender.send(1, share(0, 0))  # the node still works for honest peers
+    await inbox.wait_for(1)
+    await sender.stop()
+    await receiver.stop()
+
+
+async def test_a_peer_that_lies_about_its_id_after_hello_is_dropped() -> None:
+    sender, receiver, inbox = await pair()
+    assert receiver.address is not None
+    addr = receiver.address
+    hello = b"".join(bytes(b) for b in encode(Hello(RUN, SECRET, 5)))
+    forged = b"".join(bytes(b) for b in encode(share(6, 0)))
+    assert await raw_client(addr, hello, forged) == b""
+    assert receiver.stats.dropped_connections == 1
+    assert inbox.messages == []
+    await sender.stop()
+    await receiver.stop()

@@ -1,0 +1,263 @@
+"""FrameDecoder and frame_prefix: bytes in, frame bodies out."""
+
+from __future__ import annotations
+
+import array
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from dlactor.wire.errors import LocalProtocolError, RemoteProtocolError
+from dlactor.wire.framing import DEFAULT_MAX_FRAME, FrameDecoder, frame_prefix
+
+
+def frame(body: bytes) -> bytes:
+    return frame_prefix(len(body)) + body
+
+
+def address(buf: bytearray | memoryview) -> int:
+    return int(np.frombuffer(buf, dtype=np.uint8).ctypes.data)
+
+
+def drain(decoder: FrameDecoder) -> list[bytes]:
+    bodies = []
+    while (body := decoder.next_frame()) is not None:
+        bodies.append(bytes(body))
+    return bodies
+
+
+def feed_in_chunks(decoder: FrameDecoder, data: bytes, sizes: list[int]) -> list[bytes]:
+    """Feed ``data`` in chunks of the given sizes (cycled), draining after every chunk."""
+    bodies: list[bytes] = []
+    pos, i = 0, 0
+    while pos < len(data):
+        size = sizes[i % len(sizes)]
+        decoder.receive_data(data[pos : pos + size])
+        bodies += drain(decoder)
+        pos, i = pos + size, i + 1
+    return bodies
+
+
+BODIES = [b"a", b"hello world", bytes(range(256)) * 3, b"\x00" * 70_000, b"z" * 12]
+STREAM = b"".join(frame(body) for body in BODIES)
+
+
+def test_frame_prefix_is_four_byte_big_endian_length() -> None:
+    assert frame_prefix(1) == b"\x00\x00\x00\x01"
+    assert frame_prefix(0x01020304) == b"\x01\x02\x03\x04"
+    assert frame_prefix(2**32 - 1) == b"\xff\xff\xff\xff"
+
+
+@pytest.mark.parametrize("body_len", [0, -1, 2**32])
+def test_frame_prefix_rejects_lengths_outside_u32_or_zero(body_len: int) -> None:
+    with pytest.raises(LocalProtocolError):
+        frame_prefix(body_len)
+
+
+def test_default_max_frame_is_one_gibibyte() -> None:
+    assert DEFAULT_MAX_FRAME == 1 << 30
+
+
+def test_whole_stream_in_one_chunk_yields_every_body_in_order() -> None:
+    decoder = FrameDecoder()
+
+    decoder.receive_data(STREAM)
+
+    assert drain(decoder) == BODIES
+
+
+def test_frame_split_one_byte_at_a_time_decodes_identically() -> None:
+    decoder = FrameDecoder(scratch_size=64)
+
+    bodies = feed_in_chunks(decoder, STREAM, [1])
+
+    assert bodies == BODIES
+
+
+def test_prefix_split_across_receives_is_reassembled() -> None:
+    decoder = FrameDecoder()
+    data = frame(b"payload")
+
+    decoder.receive_data(data[:2])
+    assert decoder.next_frame() is None
+    decoder.receive_data(data[2:3])
+    assert decoder.next_frame() is None
+    decoder.receive_data(data[3:])
+
+    assert drain(decoder) == [b"payload"]
+
+
+@pytest.mark.parametrize("scratch_size", [16, 64, 1 << 16])
+def test_trailing_partial_frame_is_held_until_it_completes(scratch_size: int) -> None:
+    decoder = FrameDecoder(scratch_size=scratch_size)
+    last = frame(b"x" * 500)
+
+    decoder.receive_data(frame(b"one") + frame(b"two") + last[:-1])
+    assert drain(decoder) == [b"one", b"two"]
+    assert decoder.next_frame() is None
+    decoder.receive_data(last[-1:])
+
+    assert drain(decoder) == [b"x" * 500]
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    bodies=st.lists(st.binary(min_size=1, max_size=300), min_size=1, max_size=8),
+    sizes=st.lists(st.integers(min_value=1, max_value=400), min_size=1, max_size=10),
+    scratch_size=st.sampled_from([16, 17, 40, 1 << 16]),
+)
+def test_random_chunk_splits_decode_identically(
+    bodies: list[bytes], sizes: list[int], scratch_size: int
+) -> None:
+    decoder = FrameDecoder(scratch_size=scratch_size)
+    data = b"".join(frame(body) for body in bodies)
+
+    assert feed_in_chunks(decoder, data, sizes) == bodies
+    assert decoder.bytes_received == len(data)
+
+
+@pytest.mark.parametrize("scratch_size", [16, 64])
+@pytest.mark.parametrize("delta", [-1, 0, 1])
+def test_frames_at_the_scratch_size_boundary_decode_one_byte_at_a_time(
+    scratch_size: int, delta: int
+) -> None:
+    body = bytes(range(scratch_size - 4 + delta))
+    decoder = FrameDecoder(scratch_size=scratch_size)
+
+    bodies = feed_in_chunks(decoder, frame(body) * 3, [1])
+
+    assert bodies == [body] * 3
+
+
+def test_large_frame_is_received_straight_into_its_own_body() -> None:
+    body_len = 8 << 20
+    payload = np.random.default_rng(0).integers(0, 256, body_len, dtype=np.uint8).tobytes()
+    data = frame(payload)
+    decoder = FrameDecoder(scratch_size=1 << 16)
+    decoder.receive_data(data[:100])
+
+    view = decoder.get_buffer()
+    assert len(view) == body_len - 96
+    view[:] = data[100:]
+    decoder.buffer_updated(len(view))
+    body = decoder.next_frame()
+
+    assert body is not None
+    assert address(body) + 96 == address(view)
+    assert body == payload
+
+
+def test_receive_data_copies_the_rest_of_a_large_frame_into_its_body_in_one_step() -> None:
+    decoder = FrameDecoder(scratch_size=1 << 16)
+    data = frame(b"\x07" * (4 << 20)) + frame(b"next")
+
+    decoder.receive_data(data)
+
+    assert drain(decoder) == [b"\x07" * (4 << 20), b"next"]
+
+
+def test_each_frame_is_a_fresh_bytearray_unaffected_by_later_receives() -> None:
+    decoder = FrameDecoder(scratch_size=32)
+    decoder.receive_data(frame(b"first"))
+    first = decoder.next_frame()
+
+    decoder.receive_data(frame(b"XXXXX") * 10)
+    later = [decoder.next_frame() for _ in range(10)]
+
+    assert isinstance(first, bytearray)
+    assert first == b"first"
+    assert all(isinstance(body, bytearray) and body == b"XXXXX" for body in later)
+    assert len({id(body) for body in later}) == 10
+
+
+def test_get_buffer_is_writable_and_never_empty() -> None:
+    decoder = FrameDecoder(scratch_size=16)
+    for chunk in [b"\x00\x00", b"\x00\x0c", b"abcdefgh", b"ijkl", b"\x00\x00\x00"]:
+        buf = decoder.get_buffer()
+        assert len(buf) >= 1
+        assert not buf.readonly
+        decoder.receive_data(chunk)
+    assert drain(decoder) == [b"abcdefghijkl"]
+
+
+def test_bytes_received_counts_prefixes_and_partial_frames() -> None:
+    decoder = FrameDecoder()
+
+    decoder.receive_data(frame(b"abc") + b"\x00\x00")
+
+    assert decoder.bytes_received == 9
+
+
+@pytest.mark.parametrize("kind", [bytes, bytearray, memoryview])
+def test_receive_data_accepts_bytes_like_input(kind: type) -> None:
+    decoder = FrameDecoder()
+
+    decoder.receive_data(kind(frame(b"abc")))
+
+    assert drain(decoder) == [b"abc"]
+
+
+def test_receive_data_accepts_a_memoryview_with_wider_items() -> None:
+    decoder = FrameDecoder()
+    words = array.array("I", [0, 0])
+    data = frame(words.tobytes())
+
+    decoder.receive_data(memoryview(array.array("B", data)).cast("I"))
+
+    assert drain(decoder) == [words.tobytes()]
+
+
+def test_zero_length_frame_is_a_remote_protocol_error() -> None:
+    decoder = FrameDecoder()
+
+    with pytest.raises(RemoteProtocolError, match="length 0"):
+        decoder.receive_data(b"\x00\x00\x00\x00")
+
+
+def test_oversize_frame_is_refused_as_soon_as_its_prefix_arrives() -> None:
+    decoder = FrameDecoder(max_frame=1000)
+    decoder.receive_data(frame(b"y" * 1000))
+
+    with pytest.raises(RemoteProtocolError, match="exceeds"):
+        decoder.receive_data(frame_prefix(1001))
+
+
+def test_decoder_is_dead_after_a_remote_protocol_error() -> None:
+    decoder = FrameDecoder(max_frame=10)
+    with pytest.raises(RemoteProtocolError):
+        decoder.receive_data(frame(b"ok") + frame_prefix(11))
+
+    for call in [
+        decoder.get_buffer,
+        decoder.next_frame,
+        lambda: decoder.buffer_updated(0),
+        lambda: decoder.receive_data(frame(b"ok")),
+    ]:
+        with pytest.raises(RemoteProtocolError, match="failed earlier"):
+            call()
+    assert decoder.bytes_received == 10
+
+
+def test_buffer_updated_beyond_the_offered_buffer_is_a_local_protocol_error() -> None:
+    decoder = FrameDecoder(scratch_size=16)
+    buf = decoder.get_buffer()
+
+    with pytest.raises(LocalProtocolError):
+        decoder.buffer_updated(len(buf) + 1)
+
+
+def test_buffer_updated_without_a_new_get_buffer_is_a_local_protocol_error() -> None:
+    decoder = FrameDecoder()
+    decoder.get_buffer()
+    decoder.buffer_updated(1)
+
+    with pytest.raises(LocalProtocolError):
+        decoder.buffer_updated(1)
+
+
+@pytest.mark.parametrize("kwargs", [{"max_frame": 0}, {"max_frame": 2**32}, {"scratch_size": 15}])
+def test_constructor_rejects_unusable_limits(kwargs: dict[str, int]) -> None:
+    with pytest.raises(ValueError):
+        FrameDecoder(**kwargs)
