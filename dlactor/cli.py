@@ -109,35 +109,32 @@ def _fmt(value: Any, spec: str) -> str:
     return "-" if value is None else format(value, spec)
 
 
-def print_summary(summary: dict[str, Any], run_dir: Path) -> None:
+def summary_rows(summary: dict[str, Any]) -> list[tuple[str, str]]:
+    """The summary table's rows: (figure, value), values formatted for people."""
     final = summary["final"]
-    table = Table(title=f"{summary['name']}: {summary['status']}", title_justify="left")
-    for col in (
-        "nodes",
-        "rounds",
-        "wall s",
-        "median round ms",
-        "bytes/node/round",
-        "acc mean",
-        "acc min",
-        "acc max",
-        "test loss",
-        "peak PSS MiB",
-    ):
-        table.add_column(col, justify="right")
     med = summary["round_s_median"]
-    table.add_row(
-        str(summary["nodes"]),
-        str(summary["rounds"]),
-        _fmt(summary["wall_s"], ".1f"),
-        _fmt(None if med is None else med * 1000, ".1f"),
-        _fmt(summary["bytes_sent_per_node_per_round"], ",.0f"),
-        _fmt(final["test_acc_mean"], ".4f"),
-        _fmt(final["test_acc_min"], ".4f"),
-        _fmt(final["test_acc_max"], ".4f"),
-        _fmt(final["test_loss_mean"], ".4f"),
-        _fmt(summary["peak_pss_bytes"] / 2**20 if summary["peak_pss_bytes"] else None, ".0f"),
-    )
+    pss = summary.get("peak_pss_bytes") or None
+    return [
+        ("status", summary["status"]),
+        ("nodes", str(summary["nodes"])),
+        ("rounds completed", str(summary["rounds"])),
+        ("wall time (s, from the start barrier)", _fmt(summary["wall_s"], ".2f")),
+        ("median round (ms)", _fmt(None if med is None else med * 1000, ".1f")),
+        ("bytes sent per node per round", _fmt(summary["bytes_sent_per_node_per_round"], ",.0f")),
+        ("test accuracy mean", _fmt(final["test_acc_mean"], ".4f")),
+        ("test accuracy min / max", f"{_fmt(final['test_acc_min'], '.4f')} / "
+                                    f"{_fmt(final['test_acc_max'], '.4f')}"),
+        ("test loss mean", _fmt(final["test_loss_mean"], ".4f")),
+        ("peak memory, whole run (PSS MiB)", _fmt(None if pss is None else pss / 2**20, ",.0f")),
+    ]  # fmt: skip
+
+
+def print_summary(summary: dict[str, Any], run_dir: Path) -> None:
+    table = Table(title=f"run {summary['name']}", title_justify="left", show_header=False)
+    table.add_column("figure")
+    table.add_column("value", justify="right")
+    for row in summary_rows(summary):
+        table.add_row(*row)
     out.print(table)
     out.print(f"results: {run_dir}", highlight=False)
 
