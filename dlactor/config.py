@@ -25,7 +25,7 @@ from dlactor import plugins
 from dlactor.plugins import register
 
 if TYPE_CHECKING:
-    from dlactor.data.digits import Dataset
+    from dlactor.data.base import Dataset
     from dlactor.node.context import NodeEnv
     from dlactor.sharing.base import Sharing
     from dlactor.topology.base import Topology

@@ -6,44 +6,14 @@ digits 0-9, 64 pixels each with values 0..16.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 import torch
 from sklearn.datasets import load_digits as _sklearn_load_digits
 from sklearn.model_selection import train_test_split
 
+from dlactor.data.base import Dataset
+
 __all__ = ["Dataset", "load_digits"]
-
-
-@dataclass(frozen=True, eq=False)
-class Dataset:
-    """A labelled dataset already split into train and test tensors.
-
-    ``x_*`` are float32 of shape ``(samples, *input_shape)``; ``y_*`` are int64 class ids in
-    ``0..num_classes-1``. Equality is identity (comparing tensors element-wise has no bool).
-    """
-
-    name: str
-    x_train: torch.Tensor
-    y_train: torch.Tensor
-    x_test: torch.Tensor
-    y_test: torch.Tensor
-    num_classes: int
-    input_shape: tuple[int, ...]
-
-    def __post_init__(self) -> None:
-        for split, x, y in (
-            ("train", self.x_train, self.y_train),
-            ("test", self.x_test, self.y_test),
-        ):
-            if x.dtype != torch.float32 or y.dtype != torch.int64:
-                raise ValueError(f"{split}: expected float32 inputs and int64 labels")
-            if tuple(x.shape[1:]) != self.input_shape or y.shape != (x.shape[0],):
-                raise ValueError(
-                    f"{split}: inputs {tuple(x.shape)} and labels {tuple(y.shape)} do not match "
-                    f"input_shape {self.input_shape}"
-                )
 
 
 def _as_tensor(array: np.ndarray, dtype: torch.dtype) -> torch.Tensor:

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from dlactor.config import ConfigError, RunConfig
-from dlactor.data.digits import Dataset
+from dlactor.data.base import Dataset
 from dlactor.node.context import NodeEnv
 from dlactor.node.node import Node, Record
 from dlactor.training.models import count_parameters, parameter_bytes

@@ -9,7 +9,7 @@ import networkx as nx
 import numpy as np
 import torch
 
-from dlactor.data.digits import Dataset
+from dlactor.data.base import Dataset
 
 __all__ = ["EvalStats", "NodeEnv", "RoundContext", "TrainStats"]
 

@@ -9,7 +9,8 @@ import pytest
 import sklearn.datasets
 import torch
 
-from dlactor.data.digits import Dataset, load_digits
+from dlactor.data.base import Dataset
+from dlactor.data.digits import load_digits
 
 SAMPLES = 1797  # scikit-learn's digits
 
