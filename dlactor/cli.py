@@ -61,7 +61,7 @@ def _plan(cfg: RunConfig, config: Path) -> Any:
 
 
 def config_toml(cfg: RunConfig) -> str:
-    return tomli_w.dumps(cfg.model_dump(mode="json"))
+    return tomli_w.dumps(cfg.model_dump(mode="json", exclude_none=True))  # TOML has no null
 
 
 @app.command()

@@ -194,6 +194,7 @@ class SGDSettings(TrainingSettings):
             local_steps=self.local_steps,
             batch_size=self.batch_size,
             seed=env.seed * 100_003 + env.node,
+            task=ds.task,
         )
 
 
@@ -234,24 +235,96 @@ class LogisticRegressionSettings(ModelSettings):
         return logistic_regression(_features(dataset), dataset.num_classes)
 
 
+def _channels(dataset: Dataset) -> int:
+    if len(dataset.input_shape) != 3:
+        raise ValueError(f"a CNN needs (channels, height, width) images; {dataset.name} has "
+                         f"input shape {dataset.input_shape}")
+    return dataset.input_shape[0]
+
+
+@register("model")
+class LeNet5Settings(ModelSettings):
+    kind: Literal["lenet5"] = "lenet5"
+
+    def build(self, dataset: Dataset, seed: int) -> torch.nn.Module:
+        from dlactor.training.models import lenet5
+
+        torch.manual_seed(seed)
+        return lenet5(dataset.num_classes, _channels(dataset))
+
+
+@register("model")
+class GNLeNetSettings(ModelSettings):
+    """The reference paper's CIFAR-10 model (GroupNorm LeNet)."""
+
+    kind: Literal["gn_lenet"] = "gn_lenet"
+
+    def build(self, dataset: Dataset, seed: int) -> torch.nn.Module:
+        from dlactor.training.models import gn_lenet
+
+        torch.manual_seed(seed)
+        return gn_lenet(dataset.num_classes, _channels(dataset))
+
+
+@register("model")
+class CharLSTMSettings(ModelSettings):
+    """LEAF's Shakespeare baseline: embedding, stacked LSTM, next-character logits."""
+
+    kind: Literal["char_lstm"] = "char_lstm"
+    embed: int = Field(8, ge=1)
+    hidden: int = Field(256, ge=1)
+    layers: int = Field(2, ge=1)
+
+    def build(self, dataset: Dataset, seed: int) -> torch.nn.Module:
+        from dlactor.training.models import char_lstm
+
+        if dataset.vocab <= 0:
+            raise ValueError(f"char_lstm needs character inputs; {dataset.name} has none")
+        torch.manual_seed(seed)
+        return char_lstm(dataset.vocab, self.embed, self.hidden, self.layers)
+
+
+@register("model")
+class MatrixFactorizationSettings(ModelSettings):
+    """Rating = <user, item> + biases, for MovieLens."""
+
+    kind: Literal["mf"] = "mf"
+    dim: int = Field(20, ge=1)
+
+    def build(self, dataset: Dataset, seed: int) -> torch.nn.Module:
+        from dlactor.data.movielens import movielens_sizes
+        from dlactor.training.models import matrix_factorization
+
+        n_users, n_items = movielens_sizes(dataset)
+        torch.manual_seed(seed)
+        return matrix_factorization(n_users, n_items, self.dim, item_offset=n_users)
+
+
 # --- data -------------------------------------------------------------------------------
 
 
 class PartitionSettings(Settings):
     kind: str
 
-    def split(self, labels: np.ndarray, nodes: int, seed: int) -> list[np.ndarray]:
+    def split(self, dataset: Dataset, nodes: int, seed: int) -> list[np.ndarray]:
+        """Training-sample indices for each node."""
         raise NotImplementedError
+
+
+def _labels(dataset: Dataset) -> np.ndarray:
+    if dataset.task != "classification":
+        raise ValueError(f"{dataset.name} has no class labels: use iid or natural")
+    return dataset.y_train.numpy()
 
 
 @register("partition")
 class IIDPartition(PartitionSettings):
     kind: Literal["iid"] = "iid"
 
-    def split(self, labels: np.ndarray, nodes: int, seed: int) -> list[np.ndarray]:
+    def split(self, dataset: Dataset, nodes: int, seed: int) -> list[np.ndarray]:
         from dlactor.data.partition import iid
 
-        return iid(labels, nodes, seed)
+        return iid(np.zeros(len(dataset.y_train), dtype=np.int64), nodes, seed)
 
 
 @register("partition")
@@ -259,10 +332,10 @@ class ShardsPartition(PartitionSettings):
     kind: Literal["shards"] = "shards"
     shards_per_node: int = Field(2, ge=1)
 
-    def split(self, labels: np.ndarray, nodes: int, seed: int) -> list[np.ndarray]:
+    def split(self, dataset: Dataset, nodes: int, seed: int) -> list[np.ndarray]:
         from dlactor.data.partition import shards
 
-        return shards(labels, nodes, self.shards_per_node, seed)
+        return shards(_labels(dataset), nodes, self.shards_per_node, seed)
 
 
 @register("partition")
@@ -271,10 +344,26 @@ class DirichletPartition(PartitionSettings):
     alpha: float = Field(0.5, gt=0.0)
     min_size: int = Field(1, ge=1)
 
-    def split(self, labels: np.ndarray, nodes: int, seed: int) -> list[np.ndarray]:
+    def split(self, dataset: Dataset, nodes: int, seed: int) -> list[np.ndarray]:
         from dlactor.data.partition import dirichlet
 
-        return dirichlet(labels, nodes, self.alpha, seed, self.min_size)
+        return dirichlet(_labels(dataset), nodes, self.alpha, seed, self.min_size)
+
+
+@register("partition")
+class NaturalPartition(PartitionSettings):
+    """Each writer, speaking role or user goes whole to one node."""
+
+    kind: Literal["natural"] = "natural"
+
+    def split(self, dataset: Dataset, nodes: int, seed: int) -> list[np.ndarray]:
+        from dlactor.data.partition import natural
+
+        if dataset.groups is None:
+            raise ValueError(
+                f"{dataset.name} has no natural groups (shakespeare and movielens do)"
+            )
+        return natural(dataset.groups, nodes, seed)
 
 
 class DataSettings(Settings):
@@ -295,11 +384,90 @@ class DigitsSettings(DataSettings):
         return load_digits(test_fraction=self.test_fraction, seed=seed)
 
 
+def _stored(name: str) -> Path:
+    """The dataset's directory in the data store, or MissingDataset naming the fetch command."""
+    from dlactor.data.store import require
+
+    return require(name)
+
+
+@register("data")
+class MnistSettings(DataSettings):
+    kind: Literal["mnist"] = "mnist"
+
+    def load(self, seed: int) -> Dataset:
+        from dlactor.data.idx import load_mnist
+
+        return load_mnist(_stored("mnist"))
+
+
+@register("data")
+class FashionMnistSettings(DataSettings):
+    kind: Literal["fashion_mnist"] = "fashion_mnist"
+
+    def load(self, seed: int) -> Dataset:
+        from dlactor.data.idx import load_mnist
+
+        return load_mnist(_stored("fashion_mnist"), fashion=True)
+
+
+@register("data")
+class Cifar10Settings(DataSettings):
+    kind: Literal["cifar10"] = "cifar10"
+
+    def load(self, seed: int) -> Dataset:
+        from dlactor.data.cifar import load_cifar10
+
+        return load_cifar10(_stored("cifar10"))
+
+
+@register("data")
+class ShakespeareSettings(DataSettings):
+    """LEAF-style next-character prediction, one group per (play, speaking role)."""
+
+    kind: Literal["shakespeare"] = "shakespeare"
+    seq_len: int = Field(80, ge=1)
+    test_fraction: float = Field(0.1, gt=0.0, lt=1.0)
+    min_samples: int = Field(64, ge=1, description="drop roles with fewer samples")
+    max_roles: int | None = Field(None, ge=1, description="keep only the largest N roles")
+
+    def load(self, seed: int) -> Dataset:
+        from dlactor.data.shakespeare import load_shakespeare
+
+        return load_shakespeare(
+            _stored("shakespeare"),
+            seq_len=self.seq_len,
+            test_fraction=self.test_fraction,
+            seed=seed,
+            min_samples=self.min_samples,
+            max_roles=self.max_roles,
+        )
+
+
+@register("data")
+class MovieLensSettings(DataSettings):
+    """Ratings regression from (user, item) pairs, one group per user."""
+
+    kind: Literal["movielens"] = "movielens"
+    test_fraction: float = Field(0.2, gt=0.0, lt=1.0)
+
+    def load(self, seed: int) -> Dataset:
+        from dlactor.data.movielens import load_movielens
+
+        return load_movielens(_stored("movielens"), test_fraction=self.test_fraction, seed=seed)
+
+
 # --- run-level --------------------------------------------------------------------------
 
 
 class EvaluationSettings(Settings):
     every: int = Field(5, ge=1, description="evaluate every N rounds (and after the last)")
+    test_samples: int | None = Field(
+        None, ge=1, description="evaluate on a fixed, seeded subset of the test set (default: all)"
+    )
+    consensus: bool = Field(
+        True, description="record the consensus distance of the node models on evaluation rounds"
+    )
 
 
 class LauncherSettings(Settings):

@@ -7,11 +7,11 @@ import asyncio
 
 from dlactor.messages import Message
 from dlactor.wire.codec import decode, encode
-from dlactor.wire.framing import FrameDecoder
+from dlactor.wire.framing import DEFAULT_MAX_FRAME, FrameDecoder
 
 __all__ = ["ControlStream"]
 
-CONTROL_MAX_FRAME = 16 << 20
+CONTROL_MAX_FRAME = DEFAULT_MAX_FRAME  # consensus reports carry whole models
 
 
 class ControlStream:

@@ -31,8 +31,10 @@ from dlactor.launch.control import ControlStream
 from dlactor.launch.plan import Plan
 from dlactor.launch.progress import RunProgress
 from dlactor.launch.worker import EXIT_DONE, node_process_main, run_event_loop
-from dlactor.messages import Done, Failed, Message, Progress, Register, Start, Stop
+from dlactor.messages import Done, Failed, Message, Progress, Register, Share, Start, Stop
+from dlactor.metrics.consensus import ConsensusMeter
 from dlactor.metrics.memory import MemorySampler
+from dlactor.metrics.recorder import JsonlRecorder
 from dlactor.transport.base import Address
 from dlactor.transport.tcp import check_hello
 from dlactor.wire.errors import ProtocolError
@@ -85,7 +87,7 @@ def launch_local(plan: Plan, run_dir: Path, *, show_progress: bool = True) -> Ou
             procs.append(p)
     finally:
         gc.unfreeze()
-    supervisor = Supervisor(plan, procs, listener, show_progress=show_progress)
+    supervisor = Supervisor(plan, procs, listener, run_dir, show_progress=show_progress)
     try:
         return run_event_loop(supervisor.run())
     finally:
@@ -105,9 +107,17 @@ class Supervisor:
     """Runs on the launcher's event loop from the start barrier to the last exit."""
 
     def __init__(
-        self, plan: Plan, procs: list[BaseProcess], listener: socket.socket, *, show_progress: bool
+        self,
+        plan: Plan,
+        procs: list[BaseProcess],
+        listener: socket.socket,
+        run_dir: Path,
+        *,
+        show_progress: bool,
     ) -> None:
         self.plan, self.procs, self.listener = plan, procs, listener
+        self.consensus = ConsensusMeter(plan.config.nodes)
+        self.consensus_log = JsonlRecorder(run_dir / "consensus.jsonl")
         self.n = plan.config.nodes
         self.outcome = Outcome()
         self.addresses: dict[int, Address] = {}
@@ -137,6 +147,7 @@ class Supervisor:
             server.close()
             for stream in self.streams.values():
                 stream.close()
+            self.consensus_log.close()
         self.outcome.peak_pss_bytes = self.memory.peak_pss
         self.outcome.peak_rss_bytes = self.memory.peak_rss
         return self.outcome
@@ -178,6 +189,12 @@ class Supervisor:
                     self._all_registered.set()
             case Progress(sender=node, round=r):
                 self.progress.advance(node, r)
+            case Share(round=r, payload=payload):
+                distance = self.consensus.add(r, payload.tensors["params"])
+                if distance is not None:
+                    self.consensus_log.write(
+                        {"round": r, "consensus_distance": distance, "nodes": self.n}
+                    )
             case Done(sender=node):
                 self.done.add(node)
                 if len(self.done) == self.n:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import secrets
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -55,12 +56,22 @@ def make_plan(config: RunConfig) -> Plan:
                 f"the graph's nodes are not 0..{config.nodes - 1} (nodes = {config.nodes})"
             )
     with _field("data"):
-        dataset = config.data.load(config.seed)
+        dataset = _subsample_test(config.data.load(config.seed), config)
     with _field("partition"):
-        parts = config.partition.split(dataset.y_train.numpy(), config.nodes, config.seed)
+        parts = config.partition.split(dataset, config.nodes, config.seed)
     model = config.model.build(dataset, config.seed)
     _warm_up(model)
     return Plan(config=config, graph=graph, dataset=dataset, parts=parts, model=model)
+
+
+def _subsample_test(dataset: Dataset, config: RunConfig) -> Dataset:
+    """The same seeded subset of the test set for every node (``evaluation.test_samples``)."""
+    k = config.evaluation.test_samples
+    if k is None or k >= len(dataset.y_test):
+        return dataset
+    gen = torch.Generator().manual_seed(config.seed)
+    idx = torch.randperm(len(dataset.y_test), generator=gen)[:k].sort().values
+    return dataclasses.replace(dataset, x_test=dataset.x_test[idx], y_test=dataset.y_test[idx])
 
 
 @contextmanager

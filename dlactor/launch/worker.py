@@ -21,9 +21,10 @@ import torch
 
 from dlactor.launch.control import ControlStream
 from dlactor.launch.plan import Plan, build_node
-from dlactor.messages import Done, Failed, Hello, Progress, Register, Start
+from dlactor.messages import Done, Failed, Hello, Payload, Progress, Register, Share, Start
 from dlactor.metrics.recorder import JsonlRecorder
 from dlactor.node.node import Node, Record
+from dlactor.sharing.ops import flatten
 from dlactor.transport.base import Address, Deliver
 from dlactor.transport.tcp import TcpTransport
 
@@ -71,6 +72,10 @@ async def _node_main(plan: Plan, node: int, control: Address, run_dir: Path) -> 
     def on_round(record: Record) -> None:
         recorder.write(record)
         ctl.post(Progress(node, record["round"]))
+        if "test_loss" in record and plan.config.evaluation.consensus and actor is not None:
+            # the evaluated model, for the launcher's consensus distance
+            params = Payload({"params": flatten(actor.model.parameters())})
+            ctl.post(Share(node, record["round"], params))
 
     def transport(deliver: Deliver) -> TcpTransport:
         host = plan.config.launcher.host

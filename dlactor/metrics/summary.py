@@ -51,6 +51,12 @@ def _final(records_by_node: dict[int, list[dict[str, Any]]]) -> dict[str, float 
     }
 
 
+def _last_consensus(run_dir: Path) -> float | None:
+    path = run_dir / "consensus.jsonl"
+    rows = read_jsonl(path) if path.exists() else []
+    return rows[-1]["consensus_distance"] if rows else None
+
+
 def summarize(run_dir: Path, *, nodes: int, status: str, wall_s: float) -> dict[str, Any]:
     by_node = load_node_records(run_dir)
     records = [r for rs in by_node.values() for r in rs]
@@ -68,5 +74,5 @@ def summarize(run_dir: Path, *, nodes: int, status: str, wall_s: float) -> dict[
         ),
         "bytes_sent_total": sum(r["bytes_sent"] for r in records),
         "rss_bytes_max_node": max((r["rss_bytes"] for r in records), default=None),
-        "final": _final(by_node),
+        "final": {**_final(by_node), "consensus_distance": _last_consensus(run_dir)},
     }

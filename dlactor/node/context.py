@@ -47,6 +47,9 @@ class TrainStats:
 
 @dataclass(frozen=True, slots=True)
 class EvalStats:
+    """Test-set figures: ``accuracy`` for classification, ``rmse`` for regression (else None)."""
+
     loss: float
     accuracy: float
     samples: int
+    rmse: float | None = None

@@ -110,9 +110,11 @@ class Node:
         if self._evaluates(r):
             t_eval = time.perf_counter()
             ev = await self.trainer.evaluate(ctx)
-            record.update(
-                test_loss=ev.loss, test_acc=ev.accuracy, t_eval=time.perf_counter() - t_eval
-            )
+            record.update(test_loss=ev.loss, t_eval=time.perf_counter() - t_eval)
+            if ev.rmse is None:
+                record["test_acc"] = ev.accuracy
+            else:
+                record["test_rmse"] = ev.rmse
         return record
 
     async def stop(self) -> None:

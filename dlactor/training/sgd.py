@@ -3,17 +3,28 @@
 from __future__ import annotations
 
 import asyncio
+import math
 
 import torch
 import torch.nn.functional as F
 
+from dlactor.data.base import Task
 from dlactor.node.context import EvalStats, RoundContext, TrainStats
 
-__all__ = ["SGDTrainer"]
+__all__ = ["SGDTrainer", "loss_fn"]
+
+EVAL_BATCH = 2048
+
+
+def loss_fn(task: Task, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy for classification, mean squared error for regression."""
+    if task == "classification":
+        return F.cross_entropy(output, target)
+    return F.mse_loss(output, target)
 
 
 class SGDTrainer:
-    """``local_steps`` minibatch SGD steps per round on the node's own shard (cross-entropy)."""
+    """``local_steps`` minibatch SGD steps per round on the node's own shard."""
 
     def __init__(
         self,
@@ -24,13 +35,14 @@ class SGDTrainer:
         x_test: torch.Tensor,
         y_test: torch.Tensor,
         lr: float,
+        task: Task = "classification",
         momentum: float = 0.0,
         weight_decay: float = 0.0,
         local_steps: int = 1,
         batch_size: int = 32,
         seed: int = 0,
     ) -> None:
-        self._model = model
+        self._model, self._task = model, task
         self._x, self._y = x, y
         self._x_test, self._y_test = x_test, y_test
         self._opt = torch.optim.SGD(
@@ -63,7 +75,7 @@ class SGDTrainer:
         for _ in range(self._local_steps):
             idx = self._next_batch()
             self._opt.zero_grad(set_to_none=True)
-            loss = F.cross_entropy(self._model(self._x[idx]), self._y[idx])
+            loss = loss_fn(self._task, self._model(self._x[idx]), self._y[idx])
             loss.backward()
             self._opt.step()
             total += loss.item()
@@ -72,9 +84,21 @@ class SGDTrainer:
 
     @torch.no_grad()
     def evaluate_now(self) -> EvalStats:
-        """Loss and accuracy on the whole test set, synchronously."""
+        """Loss and accuracy (classification) or RMSE (regression) on the whole test set,
+        in batches so big test sets do not need one huge activation tensor."""
         self._model.eval()
-        logits = self._model(self._x_test)
-        loss = F.cross_entropy(logits, self._y_test).item()
-        acc = (logits.argmax(dim=1) == self._y_test).float().mean().item()
-        return EvalStats(loss=loss, accuracy=acc, samples=len(self._y_test))
+        n = len(self._y_test)
+        loss_sum, correct = 0.0, 0
+        for start in range(0, n, EVAL_BATCH):
+            x, y = (
+                self._x_test[start : start + EVAL_BATCH],
+                self._y_test[start : start + EVAL_BATCH],
+            )
+            out = self._model(x)
+            loss_sum += loss_fn(self._task, out, y).item() * len(y)
+            if self._task == "classification":
+                correct += int((out.argmax(dim=1) == y).sum())
+        loss = loss_sum / n
+        if self._task == "classification":
+            return EvalStats(loss=loss, accuracy=correct / n, samples=n)
+        return EvalStats(loss=loss, accuracy=float("nan"), samples=n, rmse=math.sqrt(loss))

@@ -112,7 +112,9 @@ def test_a_plugin_run_writes_the_whole_results_schema(
         assert "test_acc" in recs[1] and "test_acc" in recs[3] and "test_acc" not in recs[0]
         # full model to each of 3 neighbours, plus one hello per connection in round 0
         assert recs[2]["bytes_sent"] <= 1.02 * 3 * manifest["model_bytes"]
-    assert "plugin-example: ok" in out
+    assert "run plugin-example" in out
+    assert [r["round"] for r in records(rd / "consensus.jsonl")] == [1, 3]
+    assert summary["final"]["consensus_distance"] >= 0
 
 
 def test_a_node_that_raises_fails_the_run_once_and_keeps_results(

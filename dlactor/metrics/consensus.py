@@ -1,0 +1,49 @@
+"""Consensus distance: how far the node models are from agreeing.
+
+Xi_t = sqrt( (1/n) sum_i ||x_i - x_bar||^2 ), the root-mean-square distance of the n node
+models to their average (Kong et al., "Consensus Control for Decentralized Deep Learning",
+ICML 2021). Computed in one pass from the running sum and sum of squares, so the launcher
+keeps O(model size) memory per round in flight, not one model per node.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+__all__ = ["ConsensusMeter"]
+
+
+class _Accumulator:
+    def __init__(self, numel: int) -> None:
+        self.total = torch.zeros(numel, dtype=torch.float64)
+        self.squares = 0.0
+        self.count = 0
+
+
+class ConsensusMeter:
+    """Feed each node's model vector of a round; get the distance once all n have arrived."""
+
+    def __init__(self, nodes: int) -> None:
+        self.nodes = nodes
+        self._rounds: dict[int, _Accumulator] = {}
+
+    def add(self, round: int, vector: torch.Tensor) -> float | None:
+        v = vector.detach().reshape(-1).to(torch.float64)
+        acc = self._rounds.get(round)
+        if acc is None:
+            acc = self._rounds[round] = _Accumulator(v.numel())
+        if v.numel() != acc.total.numel():
+            raise ValueError(
+                f"round {round}: model of {v.numel()} values, expected {acc.total.numel()}"
+            )
+        acc.total += v
+        acc.squares += float(v.dot(v))
+        acc.count += 1
+        if acc.count < self.nodes:
+            return None
+        del self._rounds[round]
+        mean = acc.total / self.nodes
+        spread = acc.squares / self.nodes - float(mean.dot(mean))
+        return math.sqrt(max(spread, 0.0))
