@@ -165,6 +165,72 @@ def graph(
         out.print(f"wrote {output}")
 
 
+data_app = typer.Typer(no_args_is_help=True, help="Datasets: what is here, and fetching the rest.")
+app.add_typer(data_app, name="data")
+
+
+@data_app.command("list")
+def data_list() -> None:
+    """Each dataset, whether it is present, and where it is cached ($DLACTOR_DATA)."""
+    from dlactor.data.store import data_home, entries, is_present
+
+    table = Table(title=f"datasets in {data_home()}", title_justify="left")
+    for col in ("name", "present", "location", "sources, in order"):
+        table.add_column(col)
+    table.add_row("digits", "yes", "inside scikit-learn", "-")
+    for name, entry in entries().items():
+        present = "[green]yes[/]" if is_present(name) else "[red]no[/]"
+        where = str(data_home() / name)
+        table.add_row(name, present, where, "; ".join(src.name for src in entry.sources))
+    out.print(table)
+
+
+@data_app.command("fetch")
+def data_fetch(
+    name: Annotated[str, typer.Argument(help="Dataset name, as `dlactor data list` shows it.")],
+    local: Annotated[
+        Path | None, typer.Option("--from", help="Take it from this local file or directory.")
+    ] = None,
+) -> None:
+    """Get a dataset from the first source that answers, and say which one it was."""
+    from dlactor.data.store import SourceUnavailable, entries, fetch
+
+    if name not in entries():
+        err.print(f"[red]error:[/] unknown dataset {name!r}; known: {', '.join(entries())}")
+        raise typer.Exit(EXIT_INVALID)
+    try:
+        where, source = fetch(name, local=local, log=lambda line: err.print(line, highlight=False))
+    except SourceUnavailable as exc:
+        err.print(f"[red]error:[/] {exc}", highlight=False)
+        raise typer.Exit(EXIT_FAILED) from None
+    out.print(f"[green]fetched[/] {name} from {source} into {where}", highlight=False)
+
+
+@app.command()
+def report(
+    run_dirs: Annotated[list[Path], typer.Argument(help="Run directories to plot.")],
+    out_dir: Annotated[
+        Path | None,
+        typer.Option("--out", help="Write a comparison here (default: each run's plots/)."),
+    ] = None,
+) -> None:
+    """Plot accuracy against rounds, wall-clock time and bytes; write a summary table."""
+    from dlactor.metrics.report import load_run, summary_table, write_table
+    from dlactor.metrics.report import report as make_report
+
+    try:
+        runs = [load_run(d) for d in run_dirs]
+    except ValueError as exc:
+        err.print(f"[red]error:[/] {exc}", highlight=False)
+        raise typer.Exit(EXIT_INVALID) from None
+    written = make_report(run_dirs, out_dir)
+    table_dir = out_dir if out_dir is not None else run_dirs[0] / "plots"
+    md, csv = write_table(summary_table(runs), table_dir)
+    out.print(md.read_text(), markup=False, highlight=False)
+    for path in [*written, md, csv]:
+        out.print(f"wrote {path}", highlight=False)
+
+
 def main() -> None:
     try:
         app()

@@ -180,12 +180,12 @@ class SGDSettings(TrainingSettings):
     def build(self, env: NodeEnv) -> Trainer:
         from dlactor.training.sgd import SGDTrainer
 
-        idx = torch.from_numpy(env.train_indices)
         ds = env.dataset
         return SGDTrainer(
             model=env.model,
-            x=ds.x_train[idx],
-            y=ds.y_train[idx],
+            x=ds.x_train,
+            y=ds.y_train,
+            indices=torch.from_numpy(env.train_indices).to(torch.int64),
             x_test=ds.x_test,
             y_test=ds.y_test,
             lr=self.lr,

@@ -24,7 +24,12 @@ def loss_fn(task: Task, output: torch.Tensor, target: torch.Tensor) -> torch.Ten
 
 
 class SGDTrainer:
-    """``local_steps`` minibatch SGD steps per round on the node's own shard."""
+    """``local_steps`` minibatch SGD steps per round on the node's own shard.
+
+    ``x``/``y`` are the whole training set, shared read-only by every node process (forked
+    from the template); ``indices`` are this node's samples. Batches are gathered from the
+    shared tensors, so a node never holds a private copy of its shard.
+    """
 
     def __init__(
         self,
@@ -32,6 +37,7 @@ class SGDTrainer:
         model: torch.nn.Module,
         x: torch.Tensor,
         y: torch.Tensor,
+        indices: torch.Tensor,
         x_test: torch.Tensor,
         y_test: torch.Tensor,
         lr: float,
@@ -43,13 +49,15 @@ class SGDTrainer:
         seed: int = 0,
     ) -> None:
         self._model, self._task = model, task
-        self._x, self._y = x, y
+        if len(indices) == 0:
+            raise ValueError("this node has no training samples")
+        self._x, self._y, self._indices = x, y, indices
         self._x_test, self._y_test = x_test, y_test
         self._opt = torch.optim.SGD(
             model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay
         )
         self._local_steps = local_steps
-        self._batch_size = min(batch_size, len(y))
+        self._batch_size = min(batch_size, len(indices))
         self._gen = torch.Generator().manual_seed(seed)
         self._order = torch.empty(0, dtype=torch.int64)
         self._cursor = 0
@@ -62,7 +70,8 @@ class SGDTrainer:
 
     def _next_batch(self) -> torch.Tensor:
         if self._cursor + self._batch_size > len(self._order):
-            self._order = torch.randperm(len(self._y), generator=self._gen)
+            perm = torch.randperm(len(self._indices), generator=self._gen)
+            self._order = self._indices[perm]
             self._cursor = 0
         idx = self._order[self._cursor : self._cursor + self._batch_size]
         self._cursor += self._batch_size
