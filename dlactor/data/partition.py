@@ -7,11 +7,12 @@ sample. Partitions are reproducible from ``seed`` alone, on every platform (nump
 
 from __future__ import annotations
 
+import heapq
 from collections.abc import Sequence
 
 import numpy as np
 
-__all__ = ["dirichlet", "iid", "label_histogram", "shards"]
+__all__ = ["dirichlet", "iid", "label_histogram", "natural", "shards"]
 
 _DIRICHLET_TRIES = 1000
 
@@ -118,3 +119,37 @@ def label_histogram(labels: np.ndarray, parts: Sequence[np.ndarray]) -> np.ndarr
         np.bincount(array[np.asarray(part, dtype=np.int64)], minlength=classes) for part in parts
     ]
     return np.array(rows, dtype=np.int64).reshape(len(parts), classes)
+
+
+def natural(groups: np.ndarray, nodes: int, seed: int) -> list[np.ndarray]:
+    """Each group (a writer, a speaking role, a user) goes whole to one node.
+
+    Groups are shuffled (seeded), then dealt largest first (a stable sort, so the shuffle
+    breaks ties) to the node holding the fewest samples so far (the lowest-numbered among
+    equals). Every node gets at least one group, and the largest and smallest node differ by
+    at most the size of the largest group. Fewer groups than nodes is an error.
+    """
+    array = np.asarray(groups)
+    if array.ndim != 1 or (
+        array.size and (not np.issubdtype(array.dtype, np.integer) or array.min() < 0)
+    ):
+        raise ValueError("groups must be a one-dimensional array of non-negative group ids")
+    if nodes < 1:
+        raise ValueError(f"nodes must be >= 1, got {nodes}")
+    ids, inverse, sizes = np.unique(array, return_inverse=True, return_counts=True)
+    if len(ids) < nodes:
+        raise ValueError(
+            f"too few groups: {len(ids)} groups cannot give each of {nodes} nodes a whole "
+            "group; use fewer nodes or another partition"
+        )
+    shuffled = np.random.default_rng(seed).permutation(len(ids))
+    dealt = shuffled[np.argsort(-sizes[shuffled], kind="stable")]
+    owner = np.empty(len(ids), dtype=np.int64)
+    loads = [(0, node) for node in range(nodes)]
+    for group in dealt:
+        load, node = heapq.heappop(loads)
+        owner[group] = node
+        heapq.heappush(loads, (load + int(sizes[group]), node))
+    sample_owner = owner[inverse]
+    cuts = np.cumsum(np.bincount(sample_owner, minlength=nodes))[:-1]
+    return _finish(np.split(np.argsort(sample_owner, kind="stable"), cuts))
