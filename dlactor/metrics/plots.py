@@ -1,0 +1,207 @@
+"""PNG figures of runs: accuracy (or RMSE), loss and consensus distance, one line per run.
+
+Pure drawing from already computed curves (``report.eval_curves``' dicts). The x axis of
+"rounds" counts rounds completed (the recorded 0-based ``round`` plus one). Figures are built
+with matplotlib's object API on an Agg canvas: no pyplot, no global state, no display. Never
+imported by node code (only ``dlactor report`` imports it).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from matplotlib import colormaps
+from matplotlib.artist import Artist
+from matplotlib.axes import Axes
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.colors import to_hex
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from matplotlib.patches import Patch
+from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter
+
+__all__ = [
+    "DPI",
+    "METRIC_LABELS",
+    "Line",
+    "consensus_figure",
+    "loss_figure",
+    "metric_figure",
+    "run_colors",
+]
+
+DPI = 150
+METRIC_LABELS = {"test_acc": "test accuracy", "test_rmse": "test RMSE (lower is better)"}
+BAND_LABEL = "min to max across nodes"
+_ROUND = "communication rounds"
+_MARKERS_UP_TO = 25  # points per line; more and markers only clutter
+_UNITS = (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10))
+
+
+@dataclass(frozen=True)
+class Line:
+    """One run's curve: ``curves`` has ``round``, ``mean`` and optionally ``min``/``max``
+    (the band), ``t_wall`` and ``bytes_sent`` lists of equal length."""
+
+    label: str
+    color: str
+    curves: Mapping[str, Sequence[float]]
+
+
+def run_colors(n: int) -> list[str]:
+    """``n`` distinct colors: matplotlib's tab10, then tab20, then samples of viridis."""
+    if n <= 10:
+        return [to_hex(c) for c in colormaps["tab10"].colors[:n]]  # type: ignore[attr-defined]
+    if n <= 20:
+        return [to_hex(c) for c in colormaps["tab20"].colors[:n]]  # type: ignore[attr-defined]
+    return [to_hex(c) for c in colormaps["viridis"](np.linspace(0.0, 0.95, n))]
+
+
+def _legend_shape(labels: Sequence[str], width: float, max_cols: int) -> tuple[int, float]:
+    """Legend columns that fit ``width`` inches, and the height in inches the legend needs."""
+    column = 0.6 + 0.075 * max((len(label) for label in labels), default=0)
+    cols = max(1, min(max_cols, len(labels), int(width // column)))
+    return cols, 0.1 + 0.24 * -(-len(labels) // cols)
+
+
+def _entries(lines: Sequence[Line], band: bool) -> list[tuple[Artist, str]]:
+    """Legend entries: a line per run (each run once), and the band's meaning."""
+    runs = {(li.label, li.color): None for li in lines}
+    out: list[tuple[Artist, str]] = [(Line2D([], [], color=c, lw=1.6), lab) for lab, c in runs]
+    if band:
+        out.append((Patch(facecolor="0.5", alpha=0.3), BAND_LABEL))
+    return out
+
+
+def _new_figure(
+    width: float, height: float, entries: Sequence[tuple[Artist, str]], max_cols: int
+) -> Figure:
+    """A constrained-layout figure on an Agg canvas: ``height`` inches for the axes, plus the
+    room that a legend of ``entries`` below them needs."""
+    handles, labels = [h for h, _ in entries], [lab for _, lab in entries]
+    cols, legend_height = _legend_shape(labels, width, max_cols)
+    fig = Figure(figsize=(width, height + legend_height), layout="constrained")
+    FigureCanvasAgg(fig)
+    fig.legend(handles, labels, loc="outside lower center", ncols=cols, frameon=False)
+    return fig
+
+
+def _save(fig: Figure, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=DPI)
+    return path
+
+
+def _plot(ax: Axes, line: Line, x: Sequence[float], band: float = 0.2) -> None:
+    """The mean against ``x``, over a min-max band of opacity ``band`` (0: no band)."""
+    marker = "o" if len(x) <= _MARKERS_UP_TO else None
+    ax.plot(x, line.curves["mean"], color=line.color, marker=marker, markersize=3, lw=1.6)
+    if band and "min" in line.curves and "max" in line.curves:
+        low, high = line.curves["min"], line.curves["max"]
+        ax.fill_between(x, low, high, color=line.color, alpha=band, linewidth=0)
+
+
+def _band_alpha(lines: Sequence[Line]) -> float:
+    """Bands fainter as runs are added, so overlapping bands stay readable."""
+    return min(0.2, max(0.06, 0.35 / max(1, len(lines)) ** 0.5))
+
+
+def _round_ticks() -> MaxNLocator:
+    """Whole rounds, in steps of 1, 2, 5 or 10 (times a power of ten)."""
+    return MaxNLocator(integer=True, steps=[1, 2, 5, 10])
+
+
+def _rounds(line: Line) -> list[float]:
+    """Rounds completed at each point: the recorded 0-based round plus one."""
+    return [r + 1 for r in line.curves["round"]]
+
+
+def _byte_unit(lines: Sequence[Line]) -> tuple[str, float]:
+    most = max((max(li.curves["bytes_sent"], default=0.0) for li in lines), default=0.0)
+    return next(((name, size) for name, size in _UNITS if most >= size), ("bytes", 1.0))
+
+
+def _metric_row(axes: Sequence[Axes], metric: str, lines: Sequence[Line]) -> None:
+    unit, size = _byte_unit(lines)
+    for line in lines:
+        sent = [b / size for b in line.curves["bytes_sent"]]
+        for ax, x in zip(axes, (_rounds(line), line.curves["t_wall"], sent), strict=True):
+            _plot(ax, line, x, band=_band_alpha(lines))
+    xlabels = (_ROUND, "wall-clock time (s)", f"data sent per node ({unit}, cumulative)")
+    titles = ("(a) per round", "(b) per second", "(c) per byte sent")
+    for ax, xlabel, title in zip(axes, xlabels, titles, strict=True):
+        ax.set_xlabel(xlabel)
+        ax.set_title(title, fontsize="medium")
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel(METRIC_LABELS.get(metric, metric))
+    axes[0].xaxis.set_major_locator(_round_ticks())
+
+
+def metric_figure(rows: Mapping[str, Sequence[Line]], path: Path) -> Path:
+    """The paper's Figure 3: the metric's mean and min-max band against rounds, wall-clock
+    seconds and cumulative bytes sent per node; one row of three panels per metric."""
+    entries = _entries([li for lines in rows.values() for li in lines], band=True)
+    fig = _new_figure(12.5, 3.4 * len(rows), entries, max_cols=4)
+    grid = fig.subplots(len(rows), 3, sharey="row", squeeze=False)
+    for axes, (metric, lines) in zip(grid, rows.items(), strict=True):
+        _metric_row(axes, metric, lines)
+    return _save(fig, path)
+
+
+def _placeholder(ax: Axes, text: str) -> None:
+    ax.text(0.5, 0.5, text, ha="center", va="center", transform=ax.transAxes, color="0.4")
+
+
+def loss_figure(test: Sequence[Line], train: Sequence[Line], path: Path) -> Path:
+    """Test loss (mean with min-max band) and training loss (mean over nodes) per round."""
+    fig = _new_figure(10.0, 3.8, _entries([*test, *train], band=bool(test)), max_cols=3)
+    left, right = fig.subplots(1, 2)
+    panels = ((left, test, True, "test loss", "(a) on the test set"),
+              (right, train, False, "training loss", "(b) on local batches"))  # fmt: skip
+    for ax, lines, band, ylabel, title in panels:
+        for line in lines:
+            _plot(ax, line, _rounds(line), band=_band_alpha(lines) if band else 0.0)
+        if not lines:
+            _placeholder(ax, "nothing recorded")
+        ax.set(xlabel=_ROUND, ylabel=ylabel)
+        ax.xaxis.set_major_locator(_round_ticks())
+        ax.set_title(title, fontsize="medium")
+        ax.grid(alpha=0.3)
+    return _save(fig, path)
+
+
+def _log_y(ax: Axes) -> None:
+    """Log scale; over at most two decades, ticks at 1, 2 and 5 in plain numbers."""
+    ax.set_yscale("log")
+    low, high = ax.dataLim.intervaly
+    if low > 0 and high / low <= 100:
+        ax.yaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+        ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+        ax.yaxis.set_minor_formatter(NullFormatter())
+
+
+def _positive(line: Line) -> list[tuple[float, float]]:
+    pairs = zip(_rounds(line), line.curves["mean"], strict=True)
+    return [(r, d) for r, d in pairs if d > 0]
+
+
+def consensus_figure(lines: Sequence[Line], path: Path) -> Path:
+    """Consensus distance (mean L2 distance of the node models to their average) per
+    evaluation round, log scale. Non-positive distances cannot be drawn and are left out."""
+    drawn = [(li, kept) for li in lines if (kept := _positive(li))]
+    fig = _new_figure(6.4, 4.0, _entries([li for li, _ in drawn], band=False), max_cols=2)
+    ax = fig.subplots()
+    for line, kept in drawn:
+        rounds, dists = zip(*kept, strict=True)
+        marker = "o" if len(kept) <= _MARKERS_UP_TO else None
+        ax.plot(rounds, dists, color=line.color, marker=marker, markersize=3, lw=1.6)
+    _log_y(ax)
+    ax.set(xlabel=_ROUND, ylabel="consensus distance (L2 to the mean model)")
+    ax.set_title("distance of the node models to their average", fontsize="medium")
+    ax.xaxis.set_major_locator(_round_ticks())
+    ax.grid(alpha=0.3)
+    ax.grid(alpha=0.1, which="minor")
+    return _save(fig, path)

@@ -1,0 +1,273 @@
+"""Read run directories (the schema in DESIGN.md) and turn them into curves, tables and plots.
+
+Imported by the CLI only; matplotlib is imported when plots are drawn, never by node code.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import statistics
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass
+from itertools import pairwise
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from dlactor.metrics.recorder import read_jsonl
+from dlactor.metrics.summary import load_node_records
+
+if TYPE_CHECKING:
+    from dlactor.metrics.plots import Line
+
+__all__ = [
+    "RunData",
+    "draw_figures",
+    "eval_curves",
+    "load_run",
+    "report",
+    "run_labels",
+    "summary_table",
+    "write_table",
+]
+
+#: Columns of the summary table: (key, markdown header, markdown format).
+COLUMNS: list[tuple[str, str, str]] = [
+    ("run", "run", ""),
+    ("status", "status", ""),
+    ("nodes", "nodes", "d"),
+    ("rounds", "rounds", "d"),
+    ("metric", "metric", ""),
+    ("final_mean", "final mean", ".4f"),
+    ("final_min", "final min", ".4f"),
+    ("final_max", "final max", ".4f"),
+    ("wall_s", "wall (s)", ".2f"),
+    ("round_ms_median", "median round (ms)", ".1f"),
+    ("bytes_per_node", "sent per node (MiB)", "mib"),
+]
+
+
+@dataclass
+class RunData:
+    """One run directory, read: its summary, manifest, per-node records and consensus rows."""
+
+    name: str
+    path: Path
+    summary: dict[str, Any]
+    manifest: dict[str, Any]
+    records: dict[int, list[dict[str, Any]]]
+    consensus: list[dict[str, Any]]
+
+    @property
+    def metric(self) -> str:
+        """``test_rmse`` for regression runs (MovieLens), ``test_acc`` otherwise."""
+        regression = any("test_rmse" in r for rs in self.records.values() for r in rs)
+        return "test_rmse" if regression else "test_acc"
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    if not path.exists():
+        return {}
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{path}: not readable JSON ({exc})") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a JSON object")
+    return data
+
+
+def load_run(path: Path) -> RunData:
+    """Read a run directory; ValueError naming ``path`` if it is not one."""
+    path = Path(path)
+    has_meta = (path / "summary.json").is_file() or (path / "manifest.json").is_file()
+    if not (path.is_dir() and (path / "nodes").is_dir() and has_meta):
+        raise ValueError(
+            f"{path} is not a dlactor run directory (expected nodes/ and summary.json or "
+            "manifest.json in it)"
+        )
+    summary, manifest = _read_json(path / "summary.json"), _read_json(path / "manifest.json")
+    consensus_path = path / "consensus.jsonl"
+    return RunData(
+        name=str(summary.get("name") or manifest.get("name") or path.name),
+        path=path,
+        summary=summary,
+        manifest=manifest,
+        records={n: sorted(rs, key=lambda r: r["round"]) for n, rs in _records(path).items()},
+        consensus=read_jsonl(consensus_path) if consensus_path.is_file() else [],
+    )
+
+
+def _records(path: Path) -> dict[int, list[dict[str, Any]]]:
+    by_node = load_node_records(path)
+    return {n: [r for r in rs if isinstance(r, dict) and "round" in r] for n, rs in by_node.items()}
+
+
+def run_labels(runs: list[RunData]) -> list[str]:
+    """Legend labels: the runs' names when they are unique, else their directory names, else
+    names numbered in order."""
+    for labels in ([run.name for run in runs], [run.path.name for run in runs]):
+        if len(set(labels)) == len(labels):
+            return labels
+    return [f"{run.name} #{i}" for i, run in enumerate(runs, start=1)]
+
+
+def eval_curves(run: RunData, metric: str = "test_acc") -> dict[str, list[float]]:
+    """Per round where some node recorded ``metric``: the round, the mean, min and max of the
+    metric across those nodes, their mean ``t_wall``, and their mean cumulative ``bytes_sent``
+    (up to and including that round). ``nodes`` counts the nodes behind each point."""
+    points: dict[int, list[tuple[float, float, float]]] = defaultdict(list)
+    for records in run.records.values():
+        sent = 0.0
+        for rec in records:
+            sent += rec.get("bytes_sent", 0)
+            if rec.get(metric) is not None:
+                points[rec["round"]].append((rec[metric], rec.get("t_wall", 0.0), sent))
+    curves: dict[str, list[float]] = {
+        k: [] for k in ("round", "mean", "min", "max", "t_wall", "bytes_sent", "nodes")
+    }
+    for rnd in sorted(points):
+        values, walls, sent_so_far = zip(*points[rnd], strict=True)
+        curves["round"].append(rnd)
+        curves["mean"].append(statistics.fmean(values))
+        curves["min"].append(min(values))
+        curves["max"].append(max(values))
+        curves["t_wall"].append(statistics.fmean(walls))
+        curves["bytes_sent"].append(statistics.fmean(sent_so_far))
+        curves["nodes"].append(len(values))
+    return curves
+
+
+def _final(run: RunData) -> list[float]:
+    """Each node's last recorded value of the run's metric."""
+    last = []
+    for records in run.records.values():
+        values = [r[run.metric] for r in records if r.get(run.metric) is not None]
+        if values:
+            last.append(values[-1])
+    return last
+
+
+def _median_round_ms(run: RunData) -> float | None:
+    median = run.summary.get("round_s_median")
+    if median is None:
+        walls = [b["t_wall"] - a["t_wall"] for rs in run.records.values() for a, b in pairwise(rs)]
+        median = statistics.median(walls) if walls else None
+    return None if median is None else median * 1000
+
+
+def _summary_row(run: RunData, label: str) -> dict[str, Any]:
+    final = _final(run)
+    records = run.records.values()
+    walls = [r.get("t_wall", 0.0) for rs in records for r in rs]
+    sent = [sum(r.get("bytes_sent", 0) for r in rs) for rs in records]
+    completed = min((len(rs) for rs in records), default=0)
+    return {
+        "run": label,
+        "status": run.summary.get("status") or run.manifest.get("status") or "unknown",
+        "nodes": run.summary.get("nodes") or run.manifest.get("nodes") or len(run.records),
+        "rounds": run.summary.get("rounds", completed),
+        "metric": "RMSE" if run.metric == "test_rmse" else "accuracy",
+        "final_mean": statistics.fmean(final) if final else None,
+        "final_min": min(final, default=None),
+        "final_max": max(final, default=None),
+        "wall_s": run.summary.get("wall_s", max(walls, default=None)),
+        "round_ms_median": _median_round_ms(run),
+        "bytes_per_node": statistics.fmean(sent) if sent else None,
+    }
+
+
+def summary_table(runs: list[RunData]) -> list[dict[str, Any]]:
+    """One row per run: final metric mean/min/max across nodes, rounds, times, bytes per node
+    (total sent per node, averaged over nodes)."""
+    return [_summary_row(run, label) for run, label in zip(runs, run_labels(runs), strict=True)]
+
+
+def _cell(value: Any, spec: str) -> str:
+    if value is None:
+        return "-"
+    if spec == "mib":
+        return f"{value / 2**20:,.2f}"
+    return format(value, spec)
+
+
+def _markdown(rows: list[dict[str, Any]]) -> str:
+    header = "| " + " | ".join(title for _, title, _ in COLUMNS) + " |"
+    rule = "|" + "|".join("---" if not spec else "---:" for _, _, spec in COLUMNS) + "|"
+    lines = [header, rule]
+    for row in rows:
+        cells = [_cell(row.get(key), spec).replace("|", "\\|") for key, _, spec in COLUMNS]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def write_table(rows: list[dict[str, Any]], out_dir: Path) -> tuple[Path, Path]:
+    """Write ``summary.md`` (for people) and ``summary.csv`` (raw numbers) into ``out_dir``."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    md, csv_path = out_dir / "summary.md", out_dir / "summary.csv"
+    md.write_text(_markdown(rows), encoding="utf-8")
+    with csv_path.open("w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, fieldnames=[key for key, _, _ in COLUMNS])
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({key: "" if row.get(key) is None else row[key] for key, *_ in COLUMNS})
+    return md, csv_path
+
+
+_Styled = tuple[RunData, str, str]  # a run, its label, its color
+_CurveFn = Callable[[RunData, str], dict[str, list[float]]]
+
+
+def _lines(styled: list[_Styled], metric: str, curves: _CurveFn = eval_curves) -> list[Line]:
+    """A plot line for each run that has data for ``metric``."""
+    from dlactor.metrics.plots import Line
+
+    out = []
+    for run, label, color in styled:
+        data = curves(run, metric)
+        if data["round"]:
+            out.append(Line(label, color, data))
+    return out
+
+
+def _consensus_curves(run: RunData, _: str) -> dict[str, list[float]]:
+    rows = [r for r in run.consensus if r.get("consensus_distance") is not None]
+    return {"round": [r["round"] for r in rows], "mean": [r["consensus_distance"] for r in rows]}
+
+
+def draw_figures(runs: list[RunData], labels: list[str], out_dir: Path) -> list[Path]:
+    """Write ``accuracy.png``, ``loss.png`` and ``consensus.png`` into ``out_dir``, each when
+    some run has data for it; return the files written. A run keeps its color in every figure;
+    classification and regression runs get a row each in ``accuracy.png``."""
+    from dlactor.metrics.plots import consensus_figure, loss_figure, metric_figure, run_colors
+
+    styled = list(zip(runs, labels, run_colors(len(runs)), strict=True))
+    written = []
+    metrics = sorted({run.metric for run in runs})
+    rows = {m: _lines([s for s in styled if s[0].metric == m], m) for m in metrics}
+    if any(rows.values()):
+        rows = {m: lines for m, lines in rows.items() if lines}
+        written.append(metric_figure(rows, out_dir / "accuracy.png"))
+    test, train = _lines(styled, "test_loss"), _lines(styled, "train_loss")
+    if test or train:
+        written.append(loss_figure(test, train, out_dir / "loss.png"))
+    consensus = _lines(styled, "consensus_distance", _consensus_curves)
+    if any(d > 0 for line in consensus for d in line.curves["mean"]):
+        written.append(consensus_figure(consensus, out_dir / "consensus.png"))
+    return written
+
+
+def report(run_dirs: list[Path], out: Path | None = None) -> list[Path]:
+    """Draw accuracy (or RMSE), loss and consensus PNGs; return the files written.
+
+    With ``out``, one comparison of all runs (a line per run) goes into ``out``; without it,
+    each run's own figures go into ``<run>/plots/``.
+    """
+    runs = [load_run(Path(d)) for d in run_dirs]
+    if out is not None:
+        return draw_figures(runs, run_labels(runs), Path(out))
+    written: list[Path] = []
+    for run in runs:
+        written += draw_figures([run], [run.name], run.path / "plots")
+    return written
