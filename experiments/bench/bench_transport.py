@@ -1,0 +1,441 @@
+"""Benchmark 2: TcpTransport throughput on 127.0.0.1 against a bare asyncio ceiling.
+
+Every case runs in two fresh processes forked from the benchmark: a receiver (uvloop)
+and a sender. Both implementations move the same frames (a `Share` of one float32
+tensor, encoded by dlactor), and both receivers time the same thing: from the delivery
+of the last warm-up message to the delivery of the last message, on the receiver's
+monotonic clock, so connection set-up and slow start are left out.
+
+- dlactor: a `TcpTransport` sender (`send` = `writelines` + `drain`, uvloop) and a
+  `TcpTransport` receiver (its `BufferedProtocol` + `FrameDecoder` + `decode`,
+  hello checked, every message delivered to a callback).
+- bare ceiling: a blocking `socket.sendall` loop of the same frame bytes, in pieces of at
+  most 1 MiB (after a hello frame, so that it can also feed a dlactor receiver; one
+  `sendall` of a whole 32 MB frame was half as fast), and an asyncio `BufferedProtocol`
+  (uvloop) receiving into one preallocated, reused buffer (one frame, at least 64 KiB like
+  `FrameDecoder`'s scratch buffer), counting bytes; no parsing at all.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import multiprocessing as mp
+import resource
+import socket
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from functools import cached_property, partial
+from multiprocessing.connection import Connection
+from multiprocessing.process import BaseProcess
+from typing import Any
+
+import numpy as np
+import torch
+import uvloop
+from report import Section, Table, Verdict
+
+from dlactor.messages import Hello, Message, Payload, Share
+from dlactor.transport.tcp import TcpTransport
+from dlactor.wire import encode, encoded_size
+
+RUN_ID, SECRET = "bench", "0123456789abcdef"
+CASE_TIMEOUT_S = 90.0
+TARGET_SHARE = 0.70
+TARGET_FROM = 4 << 20  # the target applies at 4 MB and above
+KIB, MIB = 1 << 10, 1 << 20
+SEND_CHUNK = 1 * MIB  # the bare sender's sendall size for frames larger than this
+HELLO = b"".join(encode(Hello(run_id=RUN_ID, secret=SECRET, sender=0)))
+
+
+@dataclass(frozen=True)
+class Case:
+    """One message size and how many messages to time (after ``warmup`` untimed ones)."""
+
+    tensor_bytes: int
+    messages: int
+    warmup: int
+
+    def share(self, round_: int = 0) -> Share:
+        tensor = torch.ones(self.tensor_bytes // 4, dtype=torch.float32)
+        return Share(sender=0, round=round_, payload=Payload(tensors={"w": tensor}, meta={}))
+
+    @cached_property
+    def wire_bytes(self) -> int:
+        return encoded_size(encode(self.share()))
+
+    @property
+    def total(self) -> int:
+        return self.warmup + self.messages
+
+
+#: Bounded by bytes: ~0.12 GB of 4 KB messages, 1-2 GB of the bigger ones.
+CASES = (
+    Case(4 * KIB, 30_000, 2_000),
+    Case(256 * KIB, 4_000, 200),
+    Case(4 * MIB, 400, 20),
+    Case(32 * MIB, 60, 4),
+)
+
+
+class _Clock:
+    """Times the span between two thresholds of a growing count (messages or bytes)."""
+
+    def __init__(self, begin_at: int, end_at: int) -> None:
+        self.count, self.begin_at, self.end_at = 0, begin_at, end_at
+        self.t_begin = 0.0
+        self.done: asyncio.Future[tuple[float, float]] = asyncio.get_running_loop().create_future()
+
+    def add(self, n: int) -> None:
+        before = self.count
+        self.count += n
+        if before < self.begin_at <= self.count:
+            self.t_begin = time.monotonic()
+        if before < self.end_at <= self.count:
+            self.done.set_result((self.t_begin, time.monotonic()))
+
+
+class _Sink(asyncio.BufferedProtocol):
+    """The bare ceiling's receiver: every byte into one preallocated buffer, counted."""
+
+    def __init__(self, clock: _Clock, size: int) -> None:
+        self.clock = clock
+        self.buffer = memoryview(bytearray(size))
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return self.buffer
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self.clock.add(nbytes)
+
+
+def _receiver(
+    main: Callable[[Case, Connection], Any], *, big_heap: bool = False
+) -> Callable[[Case, Connection], None]:
+    """A receiver process body: run ``main`` on uvloop, report its result or its error.
+
+    ``big_heap``: first raise glibc's mmap threshold to 1 GiB (``mallopt``), so that freed
+    frame bodies are reused from the heap instead of being unmapped and mapped again.
+    """
+
+    def body(case: Case, conn: Connection) -> None:
+        try:
+            if big_heap:
+                _raise_mmap_threshold()
+            conn.send(("timing", uvloop.run(main(case, conn))))
+        except BaseException as exc:
+            conn.send(("error", f"{type(exc).__name__}: {exc}"))
+
+    return body
+
+
+def _raise_mmap_threshold() -> None:
+    libc = ctypes.CDLL(None)
+    m_trim_threshold, m_mmap_threshold = -1, -3  # from glibc's malloc.h
+    if not (libc.mallopt(m_mmap_threshold, 1 << 30) and libc.mallopt(m_trim_threshold, 2 << 30)):
+        raise OSError("mallopt refused the thresholds")
+
+
+async def _dlactor_receive(case: Case, conn: Connection) -> tuple[float, float]:
+    clock = _Clock(case.warmup, case.total)
+    transport = TcpTransport(
+        node=1, run_id=RUN_ID, secret=SECRET, deliver=lambda msg, nbytes: clock.add(1)
+    )
+    conn.send(("address", await transport.start()))
+    try:
+        return await asyncio.wait_for(clock.done, CASE_TIMEOUT_S)
+    finally:
+        await transport.stop()
+
+
+async def _bare_receive(
+    case: Case, conn: Connection, sink_bytes: int | None = None
+) -> tuple[float, float]:
+    """Count bytes into one reused buffer: one frame (at least 64 KiB), or ``sink_bytes``."""
+    hello = len(HELLO)  # a dlactor sender starts with one
+    clock = _Clock(hello + case.warmup * case.wire_bytes, hello + case.total * case.wire_bytes)
+    size = sink_bytes or max(case.wire_bytes, 64 * KIB)
+    loop = asyncio.get_running_loop()
+    server = await loop.create_server(lambda: _Sink(clock, size), "127.0.0.1", 0)
+    conn.send(("address", server.sockets[0].getsockname()[:2]))
+    try:
+        return await asyncio.wait_for(clock.done, CASE_TIMEOUT_S)
+    finally:
+        server.close()
+
+
+def _ignore(msg: Message, nbytes: int) -> None:
+    pass
+
+
+async def _dlactor_send(case: Case, address: tuple[str, int]) -> None:
+    transport = TcpTransport(node=0, run_id=RUN_ID, secret=SECRET, deliver=_ignore)
+    transport.set_peers({1: address})
+    msg = case.share()
+    for _ in range(case.total):
+        await transport.send(1, msg)  # encodes every time, as a node does
+    await transport.stop()
+
+
+def dlactor_sender(case: Case, address: tuple[str, int]) -> None:
+    uvloop.run(_dlactor_send(case, address))
+
+
+def bare_sender(case: Case, address: tuple[str, int]) -> None:
+    frame = memoryview(b"".join(encode(case.share())))
+    # One sendall of a whole 32 MB frame ran at half the speed of 1 MiB pieces here.
+    pieces = [frame[i : i + SEND_CHUNK] for i in range(0, len(frame), SEND_CHUNK)]
+    with socket.create_connection(address) as sock:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.sendall(HELLO)  # so that a dlactor receiver accepts the connection
+        for _ in range(case.total):
+            for piece in pieces:
+                sock.sendall(piece)
+
+
+#: name: (receiver, sender). The mixed pairs show which side limits dlactor; the last one
+#: tries a possible remedy (not what dlactor does today).
+BIG_HEAP = "dlactor, receiver with glibc M_MMAP_THRESHOLD = 1 GiB"
+SMALL_SINK = "bare, receiver reusing a 64 KiB buffer (no frame is ever whole)"
+IMPLS = {
+    "dlactor": (_receiver(_dlactor_receive), dlactor_sender),
+    "bare": (_receiver(_bare_receive), bare_sender),
+    "dlactor sender -> bare receiver": (_receiver(_bare_receive), dlactor_sender),
+    "bare sender -> dlactor receiver": (_receiver(_dlactor_receive), bare_sender),
+    SMALL_SINK: (_receiver(partial(_bare_receive, sink_bytes=64 * KIB)), bare_sender),
+    BIG_HEAP: (_receiver(_dlactor_receive, big_heap=True), dlactor_sender),
+}
+
+
+def _expect(conn: Connection, tag: str, procs: Sequence[BaseProcess]) -> Any:
+    """The receiver's next report, which must be ``tag``; fails fast if a process died."""
+    deadline = time.monotonic() + CASE_TIMEOUT_S
+    while not conn.poll(0.1):
+        dead = [p for p in procs if p.exitcode not in (None, 0)]
+        if dead or time.monotonic() > deadline:
+            why = f"{dead[0].name} exited with {dead[0].exitcode}" if dead else "timed out"
+            raise RuntimeError(f"transport benchmark: waiting for {tag}: {why}")
+    got, value = conn.recv()
+    if got != tag:
+        raise RuntimeError(f"transport benchmark: expected {tag}, receiver said {got}: {value}")
+    return value
+
+
+def run_once(impl: str, case: Case) -> float:
+    """Seconds the receiver took for ``case.messages`` messages (after the warm-up)."""
+    receiver, sender = IMPLS[impl]
+    ctx = mp.get_context("fork")
+    ours, theirs = ctx.Pipe()
+    procs = [ctx.Process(target=receiver, args=(case, theirs), name=f"{impl}-receiver")]
+    procs[0].start()
+    try:
+        address = _expect(ours, "address", procs)
+        procs.append(ctx.Process(target=sender, args=(case, address), name=f"{impl}-sender"))
+        procs[1].start()
+        t_begin, t_end = _expect(ours, "timing", procs)
+    finally:
+        for p in procs:
+            p.join(timeout=10)
+            if p.is_alive():
+                p.kill()
+                p.join()
+    return t_end - t_begin
+
+
+@dataclass(frozen=True)
+class Throughput:
+    case: Case
+    seconds: dict[str, list[float]]  # by implementation, one per repetition
+
+    def gbps(self, impl: str) -> list[float]:
+        moved = self.case.messages * self.case.wire_bytes
+        return [moved / s / 1e9 for s in self.seconds[impl]]
+
+    def median_gbps(self, impl: str) -> float:
+        return statistics.median(self.gbps(impl))
+
+    @property
+    def share(self) -> float:
+        return self.median_gbps("dlactor") / self.median_gbps("bare")
+
+
+@dataclass(frozen=True)
+class TransportResult:
+    cases: list[Throughput]
+    allocation: list[AllocCost]
+
+
+def run_transport(
+    progress: Callable[[str], None], reps: int = 3, scale: float = 1.0
+) -> TransportResult:
+    cases = [Case(c.tensor_bytes, max(10, int(c.messages * scale)), c.warmup) for c in CASES]
+    seconds: dict[Case, dict[str, list[float]]] = {c: {i: [] for i in IMPLS} for c in cases}
+    for rep in range(reps):  # interleaved, so that drift hits both implementations alike
+        for case in cases:
+            for impl in IMPLS:
+                took = run_once(impl, case)
+                seconds[case][impl].append(took)
+                gbps = case.messages * case.wire_bytes / took / 1e9
+                progress(f"transport {rep + 1}/{reps}: {_size(case)} {impl}: {gbps:.2f} GB/s")
+    allocation = [AllocCost.measure(case.wire_bytes - 4) for case in cases[-2:]]  # bodies
+    return TransportResult([Throughput(case, seconds[case]) for case in cases], allocation)
+
+
+def _size(case: Case) -> str:
+    n = case.tensor_bytes
+    return f"{n // MIB} MB" if n >= MIB else f"{n // KIB} KB"
+
+
+def _cell(result: Throughput, impl: str) -> str:
+    gbps = result.gbps(impl)
+    msgs = result.median_gbps(impl) * 1e9 / result.case.wire_bytes
+    return f"{statistics.median(gbps):.2f} ({min(gbps):.2f}-{max(gbps):.2f}); {msgs:,.0f} msg/s"
+
+
+def _verdict(r: Throughput) -> Verdict:
+    return Verdict(
+        f"TCP throughput at {_size(r.case)} >= {TARGET_SHARE:.0%} of the bare ceiling",
+        f"{r.share:.0%} ({r.median_gbps('dlactor'):.2f} vs {r.median_gbps('bare'):.2f} GB/s)",
+        r.share >= TARGET_SHARE,
+    )
+
+
+def main_table(results: list[Throughput]) -> Table:
+    headers = ["tensor", "frame bytes", "messages timed", "dlactor GB/s (min-max); msg/s"]
+    headers += ["bare ceiling GB/s (min-max); msg/s", "dlactor / bare", "target"]
+    table = Table(headers)
+    for r in results:
+        target = f">= {TARGET_SHARE:.0%}" if r.case.tensor_bytes >= TARGET_FROM else "-"
+        size, frame, timed = _size(r.case), f"{r.case.wire_bytes:,}", f"{r.case.messages:,}"
+        table.add(
+            size, frame, timed, _cell(r, "dlactor"), _cell(r, "bare"), f"{r.share:.0%}", target
+        )
+    return table
+
+
+def mixed_table(results: list[Throughput]) -> Table:
+    """Median GB/s of every sender/receiver pairing: shows which side limits dlactor."""
+    table = Table(["tensor", *(f"{impl} (GB/s)" for impl in IMPLS)])
+    for r in results:
+        table.add(_size(r.case), *(f"{r.median_gbps(impl):.2f}" for impl in IMPLS))
+    return table
+
+
+@dataclass(frozen=True)
+class AllocCost:
+    """What `FrameDecoder` pays per large frame before the kernel writes a byte into it."""
+
+    nbytes: int
+    alloc_ms: float  # bytearray(nbytes), zero-filled, as FrameDecoder allocates a body
+    faults: float  # minor page faults per allocation
+    copy_ms: float  # copying nbytes into a buffer that is reused (already mapped)
+
+    @classmethod
+    def measure(cls, nbytes: int, reps: int = 30) -> AllocCost:
+        alloc_ms, faults = _allocate(nbytes, reps)
+        return cls(nbytes, alloc_ms, faults, _copy(nbytes, reps))
+
+
+def allocation_table(costs: list[AllocCost]) -> Table:
+    headers = ["body size", "`bytearray(n)` ms", "minor page faults per allocation"]
+    table = Table([*headers, "copy into a reused buffer ms"])
+    for c in costs:
+        size = f"{c.nbytes // MIB} MB"
+        table.add(size, f"{c.alloc_ms:.2f}", f"{c.faults:,.0f}", f"{c.copy_ms:.2f}")
+    return table
+
+
+def _allocate(n: int, reps: int) -> tuple[float, float]:
+    """Median ms of ``bytearray(n)`` and the minor page faults each one took."""
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    times = _timed(lambda: bytearray(n), reps)
+    faults = (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / reps
+    return statistics.median(times), faults
+
+
+def _copy(n: int, reps: int) -> float:
+    """Median ms of copying n random bytes into a buffer that is reused (already mapped)."""
+    src = np.random.default_rng(0).integers(0, 256, n, dtype=np.uint8)
+    dst = np.empty_like(src)
+    return statistics.median(_timed(lambda: np.copyto(dst, src), reps))
+
+
+def _timed(fn: Callable[[], object], reps: int) -> list[float]:
+    out = []
+    for _ in range(reps):
+        start = time.perf_counter()
+        fn()
+        out.append((time.perf_counter() - start) * 1e3)
+    return out
+
+
+def transport_section(result: TransportResult) -> tuple[Section, list[Verdict]]:
+    cases = result.cases
+    tables = [main_table(cases), mixed_table(cases), allocation_table(result.allocation)]
+    verdicts = [_verdict(r) for r in cases if r.case.tensor_bytes >= TARGET_FROM]
+    reps = len(cases[0].seconds["dlactor"])
+    section = Section("2. Transport: TcpTransport throughput on 127.0.0.1", _intro(reps), tables)
+    section.notes += [f"Target: {v.target}: {v.measured}, {v.markdown}." for v in verdicts]
+    for r in cases:
+        if r.case.tensor_bytes >= TARGET_FROM and r.share < TARGET_SHARE:
+            section.notes.append(_why_slow(r, result.allocation))
+    section.notes += [note for r in cases if (note := _above_ceiling(r))]
+    return section, verdicts
+
+
+def _above_ceiling(r: Throughput) -> str:
+    """A note if a pairing that keeps whole frames beat the bare pair by more than 5%."""
+    best = max((impl for impl in IMPLS if impl != SMALL_SINK), key=r.median_gbps)
+    if r.median_gbps(best) <= 1.05 * r.median_gbps("bare"):
+        return ""
+    return (
+        f"At {_size(r.case)} the bare pair is not the fastest way to receive whole frames: "
+        f'"{best}" moved {r.median_gbps(best):.2f} GB/s against its '
+        f"{r.median_gbps('bare'):.2f}; the target above still uses the bare pair."
+    )
+
+
+def _why_slow(r: Throughput, costs: list[AllocCost]) -> str:
+    """What the tables say about a missed case: which side limits, what allocation costs."""
+    into_dlactor = r.median_gbps("bare sender -> dlactor receiver")
+    from_dlactor = r.median_gbps("dlactor sender -> bare receiver")
+    side = "receiver" if into_dlactor < from_dlactor else "sender"
+    text = (
+        f"At {_size(r.case)} the dlactor {side} is the side that limits: a bare sender into a "
+        f"dlactor receiver moves {into_dlactor:.2f} GB/s, a dlactor sender into a bare "
+        f"receiver {from_dlactor:.2f} GB/s."
+    )
+    cost = next((c for c in costs if c.nbytes == r.case.wire_bytes - 4), None)
+    if side == "receiver" and cost is not None:
+        text += (
+            f" Allocating one {_size(r.case)} body takes {cost.alloc_ms:.2f} ms and "
+            f"{cost.faults:,.0f} minor page faults, against {cost.copy_ms:.2f} ms to copy the "
+            "same bytes into a buffer that is already mapped: glibc serves blocks over its "
+            "largest mmap threshold (32 MiB on 64-bit) with a fresh mmap, so every frame's "
+            "pages are faulted in and zero-filled, then unmapped when the message is dropped."
+        )
+        remedy = r.median_gbps(BIG_HEAP)
+        text += (
+            f" With the receiver's mmap threshold raised to 1 GiB (freed bodies are then reused "
+            f"from the heap), dlactor moves {remedy:.2f} GB/s, "
+            f"{remedy / r.median_gbps('bare'):.0%} of the bare ceiling."
+        )
+    return text
+
+
+def _intro(reps: int) -> str:
+    return (
+        (__doc__ or "").split("\n\n", 1)[1].strip()
+        + f"\n\nTwo processes per case (sender and receiver, one core each on this 2-core "
+        f"machine). GB/s counts frame bytes (length prefix, header and tensor); each cell is "
+        f"the median of {reps} runs, interleaved with the other pairings, with the slowest "
+        "and fastest in brackets. The first table is the benchmark; the second pairs each "
+        "dlactor side with the bare other side to show which one limits, gives a bare "
+        "receiver that only ever holds 64 KiB (an upper bound no receiver that keeps whole "
+        "messages can reach), and tries one possible remedy for dlactor (not what dlactor "
+        "does today) in its last column; the third times, "
+        "in this process, the allocation `FrameDecoder` makes for every frame larger than "
+        "its 64 KiB scratch buffer (`bytearray(body_len)`, zero-filled)."
+    )
