@@ -237,8 +237,10 @@ class LogisticRegressionSettings(ModelSettings):
 
 def _channels(dataset: Dataset) -> int:
     if len(dataset.input_shape) != 3:
-        raise ValueError(f"a CNN needs (channels, height, width) images; {dataset.name} has "
-                         f"input shape {dataset.input_shape}")
+        raise ValueError(
+            f"a CNN needs (channels, height, width) images; {dataset.name} has "
+            f"input shape {dataset.input_shape}"
+        )
     return dataset.input_shape[0]
 
 
@@ -360,9 +362,7 @@ class NaturalPartition(PartitionSettings):
         from dlactor.data.partition import natural
 
         if dataset.groups is None:
-            raise ValueError(
-                f"{dataset.name} has no natural groups (shakespeare and movielens do)"
-            )
+            raise ValueError(f"{dataset.name} has no natural groups (shakespeare and movielens do)")
         return natural(dataset.groups, nodes, seed)
 
 
