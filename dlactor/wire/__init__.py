@@ -6,11 +6,12 @@ the frame bodies it returns, and write the buffers ``encode`` returns. See docs/
 
 from dlactor.wire.codec import decode, encode, encoded_size
 from dlactor.wire.errors import LocalProtocolError, ProtocolError, RemoteProtocolError
-from dlactor.wire.framing import DEFAULT_MAX_FRAME, FrameDecoder, frame_prefix
+from dlactor.wire.framing import DEFAULT_MAX_FRAME, HANDSHAKE_MAX_FRAME, FrameDecoder, frame_prefix
 
 __all__ = [
     "DEFAULT_MAX_FRAME",
     "FrameDecoder",
+    "HANDSHAKE_MAX_FRAME",
     "LocalProtocolError",
     "ProtocolError",
     "RemoteProtocolError",

@@ -5,6 +5,12 @@ A frame is a 4-byte big-endian body length followed by that many bytes (see docs
 straight into them: small frames collect in a scratch buffer and are copied out; a large frame
 gets its own ``bytearray`` as soon as its length is known, and the rest of its bytes are
 received directly into it, so a 32 MB frame is never copied after the kernel wrote it.
+
+Parsing is pull-based: a frame's length is judged only when ``next_frame`` asks for that
+frame (``receive_data`` may split frames off early to make room, but never judges a length
+over the limit). So a receiver can accept nothing but a small handshake first and raise the
+limit once it has checked it (``set_max_frame``), even if the next frame arrived in the same
+read: an unauthenticated peer can never make us allocate more than ``HANDSHAKE_MAX_FRAME``.
 """
 
 from __future__ import annotations
@@ -14,10 +20,20 @@ from typing import NoReturn
 
 from dlactor.wire.errors import LocalProtocolError, RemoteProtocolError
 
-__all__ = ["DEFAULT_MAX_FRAME", "MAX_FRAME_LIMIT", "PREFIX_LEN", "FrameDecoder", "frame_prefix"]
+__all__ = [
+    "DEFAULT_MAX_FRAME",
+    "HANDSHAKE_MAX_FRAME",
+    "MAX_FRAME_LIMIT",
+    "PREFIX_LEN",
+    "FrameDecoder",
+    "frame_prefix",
+]
 
 #: Default largest accepted frame body, in bytes.
 DEFAULT_MAX_FRAME: int = 1 << 30
+#: Largest frame body accepted before a connection's hello has been checked: a hello is at
+#: most ~2.1 KiB (two 256-character strings and an integer), so 4 KiB is ample.
+HANDSHAKE_MAX_FRAME: int = 4 << 10
 #: The length prefix is a u32: no body can be longer than this.
 MAX_FRAME_LIMIT: int = (1 << 32) - 1
 #: Bytes in the length prefix.
@@ -36,20 +52,19 @@ class FrameDecoder:
     """Bytes in, frame bodies out. Owns its receive buffers.
 
     Use it either like an ``asyncio.BufferedProtocol`` (``get_buffer`` then ``buffer_updated``)
-    or with ``receive_data`` (copies); then drain complete frames with ``next_frame``.
-    A frame's 4-byte length is checked as soon as it is complete: 0 or more than ``max_frame``
-    raises ``RemoteProtocolError``, after which the decoder is dead and every further call
-    except ``bytes_received`` raises ``RemoteProtocolError`` too.
+    or with ``receive_data`` (copies); then drain complete frames with ``next_frame`` until it
+    returns None, before receiving more. ``next_frame`` judges each frame's 4-byte length when
+    it gets to that frame: 0 or more than ``max_frame`` raises ``RemoteProtocolError``, after
+    which the decoder is dead and every further call except ``bytes_received`` raises
+    ``RemoteProtocolError`` too. A body is allocated only for a length within the limit.
     """
 
     def __init__(self, *, max_frame: int = DEFAULT_MAX_FRAME, scratch_size: int = 1 << 16) -> None:
-        if not 0 < max_frame <= MAX_FRAME_LIMIT:
-            raise ValueError(f"max_frame must be in 1..{MAX_FRAME_LIMIT}, got {max_frame}")
         if scratch_size < _MIN_SCRATCH:
             raise ValueError(f"scratch_size must be >= {_MIN_SCRATCH}, got {scratch_size}")
-        self._max_frame = max_frame
-        # Unparsed bytes live in _scratch[_start:_end]: at most one incomplete prefix or one
-        # incomplete frame small enough (prefix included) to fit in the scratch buffer.
+        self._max_frame = _checked_max_frame(max_frame)
+        # Unparsed bytes live in _scratch[_start:_end]: small frames received but not yet
+        # pulled, then at most one incomplete prefix or small frame.
         self._scratch = bytearray(scratch_size)
         self._scratch_view = memoryview(self._scratch)
         self._start = 0
@@ -58,23 +73,38 @@ class FrameDecoder:
         self._body: bytearray | None = None
         self._filled = 0
         self._offered = 0  # length of the buffer last handed out by get_buffer
-        self._frames: deque[bytearray] = deque()
+        self._queued: deque[memoryview] = deque()  # receive_data's bytes not yet in a buffer
+        self._ready: deque[bytearray] = deque()  # frames receive_data split off to make room
         self._bytes_received = 0
         self._error: RemoteProtocolError | None = None
 
     @property
     def bytes_received(self) -> int:
-        """Total bytes consumed so far, length prefixes included."""
+        """Total bytes fed so far (``buffer_updated`` and ``receive_data``), prefixes included."""
         return self._bytes_received
+
+    @property
+    def max_frame(self) -> int:
+        """The limit applied to the next frame length read."""
+        return self._max_frame
+
+    def set_max_frame(self, max_frame: int) -> None:
+        """Change the limit for every frame whose length has not been judged yet.
+
+        A connection starts with ``HANDSHAKE_MAX_FRAME`` and raises it here once the peer's
+        hello has been accepted: a frame received with the hello but over the old limit is
+        judged by the new one when ``next_frame`` gets to it.
+        """
+        self._max_frame = _checked_max_frame(max_frame)
 
     def get_buffer(self) -> memoryview:
         """A writable buffer (at least 1 byte) where the next received bytes should go."""
         self._check_alive()
-        if self._body is not None:
-            view = memoryview(self._body)[self._filled :]
-        else:
-            self._compact()
-            view = self._scratch_view[self._end :]
+        if self._queued:
+            raise LocalProtocolError("get_buffer() while receive_data() bytes are still queued")
+        view = self._free_space()
+        if not view:
+            raise LocalProtocolError("no room to receive: drain next_frame() first")
         self._offered = len(view)
         return view
 
@@ -85,34 +115,86 @@ class FrameDecoder:
             raise LocalProtocolError(f"buffer_updated({nbytes}) but {self._offered} were offered")
         self._offered = 0
         self._bytes_received += nbytes
-        if self._body is not None:
-            self._filled += nbytes
-            if self._filled == len(self._body):
-                self._frames.append(self._body)
-                self._body = None
-        else:
-            self._end += nbytes
-            self._parse_scratch()
+        self._stored(nbytes)
 
     def receive_data(self, data: bytes | bytearray | memoryview) -> None:
-        """Feed arbitrary bytes (copied into the decoder's buffers)."""
+        """Feed arbitrary bytes; they are copied into the decoder's buffers.
+
+        To make room, frames whose length is within the current limit are split off as it
+        goes (one copy, even for a large frame). At a length over the limit it stops and
+        queues the rest (copied unless ``data`` is ``bytes``) for ``next_frame`` to judge,
+        after the caller has perhaps raised the limit.
+        """
+        self._check_alive()
         view = memoryview(data).cast("B")
-        pos = 0
-        while pos < len(view):
-            buf = self.get_buffer()
-            n = min(len(buf), len(view) - pos)
-            buf[:n] = view[pos : pos + n]
-            self.buffer_updated(n)
-            pos += n
+        self._bytes_received += len(view)
+        while view and not self._queued:
+            space = self._free_space()
+            if not space:
+                if not self._make_room():
+                    break
+                continue
+            n = min(len(space), len(view))
+            space[:n] = view[:n]
+            self._stored(n)
+            view = view[n:]
+        if view:
+            self._queued.append(view if isinstance(data, bytes) else memoryview(bytes(view)))
 
     def next_frame(self) -> bytearray | None:
         """The next complete frame body (FIFO), or None. Each is a fresh, unshared bytearray."""
         self._check_alive()
-        return self._frames.popleft() if self._frames else None
+        if self._ready:
+            return self._ready.popleft()
+        while (body := self._take_frame()) is None and self._queued:
+            self._move_queued()
+        return body
 
     def _check_alive(self) -> None:
         if self._error is not None:
             raise RemoteProtocolError(f"frame decoder failed earlier: {self._error}")
+
+    def _free_space(self) -> memoryview:
+        """Where the next bytes go: the unfilled tail of a large body, else of the scratch."""
+        if self._body is not None:
+            return memoryview(self._body)[self._filled :]
+        self._compact()
+        return self._scratch_view[self._end :]
+
+    def _stored(self, nbytes: int) -> None:
+        """``nbytes`` were written at the start of ``_free_space()``."""
+        if self._body is not None:
+            self._filled += nbytes
+        else:
+            self._end += nbytes
+
+    def _make_room(self) -> bool:
+        """The buffers are full: split off the next frame (or start its body) if its length is
+        within the limit. False, changing nothing, at a length this must not judge yet."""
+        if self._body is not None:  # full means complete
+            self._ready.append(self._body)
+            self._body = None
+            return True
+        prefix = self._scratch_view[self._start : self._start + PREFIX_LEN]
+        if not 0 < int.from_bytes(prefix, "big") <= self._max_frame:
+            return False
+        frame = self._take_frame()
+        if frame is not None:
+            self._ready.append(frame)
+        return True
+
+    def _move_queued(self) -> None:
+        """Copy queued ``receive_data`` bytes into the free space (there is some whenever the
+        last ``_take_frame`` found no complete frame)."""
+        space = self._free_space()
+        head = self._queued[0]
+        n = min(len(space), len(head))
+        space[:n] = head[:n]
+        self._stored(n)
+        if n == len(head):
+            self._queued.popleft()
+        else:
+            self._queued[0] = head[n:]
 
     def _compact(self) -> None:
         """Move the unparsed bytes to the front of the scratch buffer."""
@@ -123,20 +205,31 @@ class FrameDecoder:
             self._scratch_view[:held] = self._scratch_view[self._start : self._end]
         self._start, self._end = 0, held
 
-    def _parse_scratch(self) -> None:
-        """Split complete frames off the scratch buffer; start a large frame if one begins."""
+    def _take_frame(self) -> bytearray | None:
+        """The next frame if it is complete; reads (and checks) its length first. A large
+        frame's body is allocated here, once its length has passed the check."""
+        if self._body is not None:
+            return self._take_large_body()
+        if self._end - self._start < PREFIX_LEN:
+            return None
         view = self._scratch_view
-        while self._end - self._start >= PREFIX_LEN:
-            body_len = int.from_bytes(view[self._start : self._start + PREFIX_LEN], "big")
-            self._check_length(body_len)
-            body_start = self._start + PREFIX_LEN
-            if PREFIX_LEN + body_len > len(self._scratch):
-                self._start_large_body(body_len, body_start)
-                return
-            if self._end - body_start < body_len:
-                return
-            self._frames.append(bytearray(view[body_start : body_start + body_len]))
-            self._start = body_start + body_len
+        body_len = int.from_bytes(view[self._start : self._start + PREFIX_LEN], "big")
+        self._check_length(body_len)
+        body_start = self._start + PREFIX_LEN
+        if PREFIX_LEN + body_len > len(self._scratch):
+            self._start_large_body(body_len, body_start)
+            return None
+        if self._end - body_start < body_len:
+            return None
+        self._start = body_start + body_len
+        return bytearray(view[body_start : self._start])
+
+    def _take_large_body(self) -> bytearray | None:
+        body = self._body
+        if body is None or self._filled < len(body):
+            return None
+        self._body = None
+        return body
 
     def _start_large_body(self, body_len: int, body_start: int) -> None:
         # The frame does not fit in scratch, so it cannot be complete there: have < body_len.
@@ -155,5 +248,12 @@ class FrameDecoder:
     def _fail(self, reason: str) -> NoReturn:
         self._error = RemoteProtocolError(reason)
         self._body = None
-        self._frames.clear()
+        self._queued.clear()
+        self._ready.clear()
         raise self._error
+
+
+def _checked_max_frame(max_frame: int) -> int:
+    if not 0 < max_frame <= MAX_FRAME_LIMIT:
+        raise ValueError(f"max_frame must be in 1..{MAX_FRAME_LIMIT}, got {max_frame}")
+    return max_frame

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import array
+import tracemalloc
 
 import numpy as np
 import pytest
@@ -10,7 +11,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from dlactor.wire.errors import LocalProtocolError, RemoteProtocolError
-from dlactor.wire.framing import DEFAULT_MAX_FRAME, FrameDecoder, frame_prefix
+from dlactor.wire.framing import (
+    DEFAULT_MAX_FRAME,
+    HANDSHAKE_MAX_FRAME,
+    FrameDecoder,
+    frame_prefix,
+)
 
 
 def frame(body: bytes) -> bytes:
@@ -137,6 +143,7 @@ def test_large_frame_is_received_straight_into_its_own_body() -> None:
     data = frame(payload)
     decoder = FrameDecoder(scratch_size=1 << 16)
     decoder.receive_data(data[:100])
+    assert decoder.next_frame() is None  # reads the length: the body is allocated
 
     view = decoder.get_buffer()
     assert len(view) == body_len - 96
@@ -172,14 +179,53 @@ def test_each_frame_is_a_fresh_bytearray_unaffected_by_later_receives() -> None:
     assert len({id(body) for body in later}) == 10
 
 
-def test_get_buffer_is_writable_and_never_empty() -> None:
+def test_get_buffer_is_writable_and_never_empty_when_drained_between_receives() -> None:
     decoder = FrameDecoder(scratch_size=16)
+    bodies: list[bytes] = []
     for chunk in [b"\x00\x00", b"\x00\x0c", b"abcdefgh", b"ijkl", b"\x00\x00\x00"]:
         buf = decoder.get_buffer()
         assert len(buf) >= 1
         assert not buf.readonly
-        decoder.receive_data(chunk)
-    assert drain(decoder) == [b"abcdefghijkl"]
+        buf[: len(chunk)] = chunk
+        decoder.buffer_updated(len(chunk))
+        bodies += drain(decoder)
+    assert bodies == [b"abcdefghijkl"]
+
+
+def test_get_buffer_before_draining_a_full_scratch_is_a_local_protocol_error() -> None:
+    decoder = FrameDecoder(scratch_size=16)
+    buf = decoder.get_buffer()
+    buf[:] = frame(b"x" * 12)
+    decoder.buffer_updated(16)
+
+    with pytest.raises(LocalProtocolError, match="drain"):
+        decoder.get_buffer()
+    assert drain(decoder) == [b"x" * 12]
+    assert len(decoder.get_buffer()) == 16
+
+
+def test_get_buffer_while_receive_data_bytes_are_queued_is_a_local_protocol_error() -> None:
+    decoder = FrameDecoder(max_frame=16, scratch_size=16)
+    decoder.receive_data(frame_prefix(100) + b"x" * 100)  # over the limit: left to next_frame
+
+    with pytest.raises(LocalProtocolError, match="queued"):
+        decoder.get_buffer()
+    with pytest.raises(RemoteProtocolError, match="exceeds"):
+        decoder.next_frame()
+
+
+def test_receive_data_copies_a_large_frame_once_when_its_length_is_within_the_limit() -> None:
+    data = bytearray(frame(b"\x07" * (8 << 20)) + frame(b"next"))
+    decoder = FrameDecoder()
+    tracemalloc.start()
+    try:
+        decoder.receive_data(data)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+
+    assert peak < 12 << 20  # the 8 MiB body, not a queued copy as well
+    assert drain(decoder) == [b"\x07" * (8 << 20), b"next"]
 
 
 def test_bytes_received_counts_prefixes_and_partial_frames() -> None:
@@ -211,23 +257,28 @@ def test_receive_data_accepts_a_memoryview_with_wider_items() -> None:
 
 def test_zero_length_frame_is_a_remote_protocol_error() -> None:
     decoder = FrameDecoder()
+    decoder.receive_data(b"\x00\x00\x00\x00")
 
     with pytest.raises(RemoteProtocolError, match="length 0"):
-        decoder.receive_data(b"\x00\x00\x00\x00")
+        decoder.next_frame()
 
 
-def test_oversize_frame_is_refused_as_soon_as_its_prefix_arrives() -> None:
+def test_oversize_frame_is_refused_as_soon_as_its_prefix_is_pulled() -> None:
     decoder = FrameDecoder(max_frame=1000)
     decoder.receive_data(frame(b"y" * 1000))
+    assert decoder.next_frame() == b"y" * 1000
+    decoder.receive_data(frame_prefix(1001))
 
     with pytest.raises(RemoteProtocolError, match="exceeds"):
-        decoder.receive_data(frame_prefix(1001))
+        decoder.next_frame()
 
 
 def test_decoder_is_dead_after_a_remote_protocol_error() -> None:
     decoder = FrameDecoder(max_frame=10)
+    decoder.receive_data(frame(b"ok") + frame_prefix(11))
+    assert decoder.next_frame() == b"ok"
     with pytest.raises(RemoteProtocolError):
-        decoder.receive_data(frame(b"ok") + frame_prefix(11))
+        decoder.next_frame()
 
     for call in [
         decoder.get_buffer,
@@ -238,6 +289,66 @@ def test_decoder_is_dead_after_a_remote_protocol_error() -> None:
         with pytest.raises(RemoteProtocolError, match="failed earlier"):
             call()
     assert decoder.bytes_received == 10
+
+
+def test_a_lowered_limit_refuses_a_huge_length_without_allocating_its_body() -> None:
+    decoder = FrameDecoder(max_frame=HANDSHAKE_MAX_FRAME)
+    tracemalloc.start()
+    try:
+        buf = decoder.get_buffer()
+        buf[:4] = frame_prefix(64 << 20)  # claims 64 MiB before any hello
+        decoder.buffer_updated(4)
+        with pytest.raises(RemoteProtocolError, match="exceeds the limit 4096"):
+            decoder.next_frame()
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 1 << 20
+
+
+HELLO, BIG = b"h" * 100, b"B" * (HANDSHAKE_MAX_FRAME + 1)
+
+
+@pytest.mark.parametrize("scratch_size", [64, 1 << 16])
+@pytest.mark.parametrize("kind", [bytes, bytearray])
+def test_raising_the_limit_applies_to_a_frame_already_fed_but_not_pulled(
+    scratch_size: int, kind: type
+) -> None:
+    decoder = FrameDecoder(max_frame=HANDSHAKE_MAX_FRAME, scratch_size=scratch_size)
+    decoder.receive_data(kind(frame(HELLO) + frame(BIG)))
+
+    assert decoder.next_frame() == HELLO
+    decoder.set_max_frame(DEFAULT_MAX_FRAME)
+
+    assert decoder.next_frame() == BIG
+
+
+def test_raising_the_limit_applies_to_a_frame_already_in_the_receive_buffer() -> None:
+    decoder = FrameDecoder(max_frame=HANDSHAKE_MAX_FRAME)
+    data = frame(HELLO) + frame(BIG)
+    buf = decoder.get_buffer()
+    buf[: len(data)] = data
+    decoder.buffer_updated(len(data))
+
+    assert decoder.next_frame() == HELLO
+    decoder.set_max_frame(DEFAULT_MAX_FRAME)
+
+    assert decoder.next_frame() == BIG
+
+
+def test_a_frame_over_the_handshake_limit_right_after_the_hello_is_refused_if_not_raised() -> None:
+    decoder = FrameDecoder(max_frame=HANDSHAKE_MAX_FRAME)
+    decoder.receive_data(frame(b"h" * 100) + frame(b"B" * (HANDSHAKE_MAX_FRAME + 1)))
+    assert decoder.next_frame() == b"h" * 100
+
+    with pytest.raises(RemoteProtocolError, match="exceeds"):
+        decoder.next_frame()
+
+
+@pytest.mark.parametrize("max_frame", [0, 2**32])
+def test_set_max_frame_rejects_unusable_limits(max_frame: int) -> None:
+    with pytest.raises(ValueError):
+        FrameDecoder().set_max_frame(max_frame)
 
 
 def test_buffer_updated_beyond_the_offered_buffer_is_a_local_protocol_error() -> None:

@@ -70,12 +70,12 @@ def decode_or_reject(body: bytearray) -> Message | None:
 
 def feed_and_decode(data: bytes, *, max_frame: int) -> None:
     decoder = FrameDecoder(max_frame=max_frame, scratch_size=64)
+    decoder.receive_data(data)
     try:
-        decoder.receive_data(data)
+        while (body := decoder.next_frame()) is not None:
+            decode_or_reject(body)
     except RemoteProtocolError:
         return
-    while (body := decoder.next_frame()) is not None:
-        decode_or_reject(body)
 
 
 @FUZZ

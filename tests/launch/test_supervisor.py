@@ -1,0 +1,163 @@
+"""The launcher's supervisor on its own: its control channel and how it judges node exits.
+Node processes are stand-ins here; a real run is in test_end_to_end.py."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import tracemalloc
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+import torch
+
+from dlactor.launch import local
+from dlactor.launch.local import Supervisor
+from dlactor.launch.plan import Plan
+from dlactor.messages import Failed, Hello, Message, Payload, Progress, Share
+from dlactor.sharing.ops import flatten
+from dlactor.wire.codec import encode
+from dlactor.wire.framing import HANDSHAKE_MAX_FRAME, frame_prefix
+from tests.conftest import small_plan
+
+KNOCK_ON_TB = (
+    "Traceback (most recent call last):\n  ...\n"
+    "dlactor.node.mailbox.RoundTimeout: round 3: no message from node(s) [5] within 20 s\n"
+)
+
+
+class StandIn:
+    """What the supervisor reads of a node process: its pid and exit code."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.exitcode: int | None = None
+
+    def kill(self) -> None:
+        self.exitcode = -9
+
+
+def wire(msg: Message) -> bytes:
+    return b"".join(bytes(b) for b in encode(msg))
+
+
+def supervisor(plan: Plan, run_dir: Path) -> Supervisor:
+    procs = [StandIn(1 << 22 | i) for i in range(plan.config.nodes)]  # no such pids
+    listener = socket.create_server(("127.0.0.1", 0))
+    return Supervisor(plan, procs, listener, run_dir, show_progress=False)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+async def control(tmp_path: Path) -> AsyncIterator[tuple[Plan, Supervisor, tuple[str, int]]]:
+    """A supervisor's control service on 127.0.0.1, as nodes reach it."""
+    plan = small_plan()
+    sup = supervisor(plan, tmp_path)
+    server = await asyncio.start_server(sup.serve_control, "127.0.0.1", 0)
+    yield plan, sup, server.sockets[0].getsockname()[:2]
+    for stream in sup.streams.values():
+        stream.close()
+    server.close()
+    await server.wait_closed()
+    await asyncio.sleep(0.01)  # let the closed streams' transports go
+    sup.listener.close()
+
+
+async def exchange(addr: tuple[str, int], data: bytes) -> bytes:
+    """Send ``data``; what comes back before the supervisor closes the connection."""
+    reader, writer = await asyncio.open_connection(*addr)
+    writer.write(data)
+    await writer.drain()
+    try:
+        async with asyncio.timeout(5):
+            return await reader.read()
+    finally:
+        writer.close()
+
+
+async def test_a_control_frame_over_the_hello_limit_before_hello_is_dropped_unallocated(
+    control: tuple[Plan, Supervisor, tuple[str, int]], capsys: pytest.CaptureFixture[str]
+) -> None:
+    _, sup, addr = control
+    tracemalloc.start()
+    try:
+        assert await exchange(addr, frame_prefix(64 << 20) + b"\x00" * 4096) == b""
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+
+    assert f"exceeds the limit {HANDSHAKE_MAX_FRAME}" in capsys.readouterr().err
+    assert peak < 16 << 20
+    assert sup.streams == {}
+
+
+async def test_after_its_hello_a_node_may_send_frames_bigger_than_a_hello(
+    control: tuple[Plan, Supervisor, tuple[str, int]],
+) -> None:
+    plan, sup, addr = control
+    tb = "x" * (4 * HANDSHAKE_MAX_FRAME) + "\nRuntimeError: boom\n"
+    _, writer = await asyncio.open_connection(*addr)
+    writer.write(wire(Hello(plan.run_id, plan.secret, 0)) + wire(Failed(0, tb)))
+
+    async with asyncio.timeout(5):
+        await sup._finished.wait()
+
+    assert sup.outcome.status == "failed" and sup.outcome.traceback == tb
+    writer.close()
+
+
+@pytest.mark.parametrize(
+    ("case", "msg"),
+    [
+        ("wrong size", Share(0, 1, Payload({"params": torch.zeros(3)}))),
+        ("no params", Share(0, 1, Payload({"weights": torch.zeros(1210)}))),
+        ("wrong dtype", Share(0, 1, Payload({"params": torch.zeros(1210, dtype=torch.int32)}))),
+        ("as another node", Progress(3, 0)),
+    ],
+)
+async def test_a_control_message_that_does_not_fit_drops_that_connection_not_the_launcher(
+    case: str,
+    msg: Message,
+    control: tuple[Plan, Supervisor, tuple[str, int]],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    plan, sup, addr = control
+
+    assert await exchange(addr, wire(Hello(plan.run_id, plan.secret, 0)) + wire(msg)) == b""
+
+    assert "dropped a control connection: node 0" in capsys.readouterr().err
+    assert sup.outcome.status == "ok"
+    good = Share(1, 1, Payload({"params": flatten(plan.model.parameters())}))
+    _, writer = await asyncio.open_connection(*addr)
+    writer.write(wire(Hello(plan.run_id, plan.secret, 1)) + wire(good))
+    async with asyncio.timeout(5):
+        while 1 not in sup.streams:
+            await asyncio.sleep(0.01)
+    writer.close()
+
+
+async def test_a_node_that_reported_failed_is_not_blamed_again_for_exiting(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(local, "KNOCK_ON_GRACE_S", 0.3)
+    monkeypatch.setattr(local, "STOP_GRACE_S", 0.1)
+    plan = small_plan()
+    sup = supervisor(plan, tmp_path)
+    running = asyncio.ensure_future(sup.run())
+    await asyncio.sleep(0.05)
+    addr = sup.listener.getsockname()[:2]
+
+    _, writer = await asyncio.open_connection(*addr)
+    writer.write(wire(Hello(plan.run_id, plan.secret, 2)) + wire(Failed(2, KNOCK_ON_TB)))
+    await writer.drain()
+    async with asyncio.timeout(5):
+        while 2 not in sup.reported:
+            await asyncio.sleep(0.01)
+    writer.close()  # the node closes its control connection and exits, code 1
+    sup.procs[2].exitcode = 1  # type: ignore[misc]
+    async with asyncio.timeout(5):
+        outcome = await running
+
+    assert outcome.status == "failed"
+    assert outcome.reason == "node 2 raised an exception"
+    assert outcome.traceback == KNOCK_ON_TB
