@@ -7,25 +7,39 @@ book, ``run`` runs the rounds, ``stop`` closes everything.
 
 from __future__ import annotations
 
+import asyncio
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import psutil
 import torch
 
-from dlactor.messages import Message, Share
+from dlactor.messages import Message, Payload, Share
 from dlactor.node.context import RoundContext
 from dlactor.node.mailbox import Mailbox
-from dlactor.sharing.base import Sharing
+from dlactor.sharing.base import ChecksPayloads, Sharing
 from dlactor.topology.base import Topology
 from dlactor.training.base import Trainer
-from dlactor.transport.base import Address, Deliver, Transport
+from dlactor.transport.base import Address, Deliver, SendTimeout, Transport
 from dlactor.wire.errors import RemoteProtocolError
 
-__all__ = ["Node", "Record"]
+__all__ = ["Node", "Record", "SendStalled"]
 
 Record = dict[str, Any]
+
+
+class SendStalled(TimeoutError):
+    """This round's share did not leave for some neighbours within the round timeout: they
+    stopped reading (their socket buffers are full), so waiting longer would hang the round."""
+
+    def __init__(self, round: int, peers: Iterable[int], timeout: float) -> None:
+        self.round = round
+        self.peers = sorted(peers)
+        super().__init__(
+            f"round {round}: node(s) {self.peers} did not take this node's share within "
+            f"{timeout:g} s (they stopped reading)"
+        )
 
 
 class Node:
@@ -48,6 +62,7 @@ class Node:
         self.node = node
         self.mailbox = Mailbox()
         self.transport = transport(self.deliver)
+        self.transport.on_handshake = self.mailbox.count
         self.topology, self.sharing, self.trainer = topology, sharing, trainer
         self.model = model
         self.rounds, self.eval_every, self.round_timeout = rounds, eval_every, round_timeout
@@ -56,10 +71,24 @@ class Node:
         self._process = psutil.Process()
 
     def deliver(self, msg: Message, nbytes: int) -> None:
-        """The transport's callback: payloads go to the mailbox; nothing else belongs here."""
+        """The transport's callback: payloads go to the mailbox; nothing else belongs here.
+
+        A payload is checked against this node's model as it arrives (when the sharing
+        strategy can check): a RemoteProtocolError here makes the transport drop and log that
+        connection, and the node carries on.
+        """
         if not isinstance(msg, Share):
             raise RemoteProtocolError(f"unexpected {type(msg).__name__} on a peer connection")
-        self.mailbox.put(msg)
+        self._check_payload(msg.sender, msg.payload)
+        self.mailbox.put(msg, nbytes)
+
+    def _check_payload(self, sender: int, payload: Payload) -> None:
+        if not isinstance(self.sharing, ChecksPayloads):
+            return
+        try:
+            self.sharing.check(self.model, payload)
+        except RemoteProtocolError as exc:
+            raise RemoteProtocolError(f"node {sender} sent an unusable payload: {exc}") from exc
 
     async def start(self) -> Address:
         return await self.transport.start()
@@ -87,20 +116,19 @@ class Node:
         t_train = time.perf_counter() - t_start
         ctx.peers = await self.topology.neighbors(self.node, r)
         ctx.weights = await self.topology.weights(self.node, r)
-        await self.transport.send_all(
-            ctx.peers, Share(self.node, r, await self.sharing.outgoing(ctx))
-        )
-        received = await self.mailbox.wait_round(r, ctx.peers, self.round_timeout)
+        share = Share(self.node, r, await self.sharing.outgoing(ctx))
+        received = await self._exchange(share, ctx.peers)
         await self.sharing.aggregate(ctx, received)
-        traffic = self.transport.stats.minus(before)
+        sent = self.transport.stats.minus(before)
+        got = self.mailbox.take_received(r)
         record: Record = {
             "node": self.node,
             "round": r,
             "train_loss": stats.loss,
-            "bytes_sent": traffic.bytes_sent,
-            "bytes_recv": traffic.bytes_recv,
-            "msgs_sent": traffic.msgs_sent,
-            "msgs_recv": traffic.msgs_recv,
+            "bytes_sent": sent.bytes_sent,
+            "bytes_recv": got.nbytes,
+            "msgs_sent": sent.msgs_sent,
+            "msgs_recv": got.msgs,
             "degree": len(ctx.peers),
             "t_wall": time.time() - self.t0,
             "t_train": t_train,
@@ -108,13 +136,30 @@ class Node:
             "rss_bytes": self._process.memory_info().rss,
         }
         if self._evaluates(r):
-            t_eval = time.perf_counter()
-            ev = await self.trainer.evaluate(ctx)
-            record.update(test_loss=ev.loss, t_eval=time.perf_counter() - t_eval)
-            if ev.rmse is None:
-                record["test_acc"] = ev.accuracy
-            else:
-                record["test_rmse"] = ev.rmse
+            record.update(await self._evaluate(ctx))
+        return record
+
+    async def _exchange(self, share: Share, peers: frozenset[int]) -> dict[int, Payload]:
+        """Send this round's share and collect the neighbours', both within one round timeout:
+        a neighbour that stops reading must fail the round as surely as one that stops
+        sending, instead of hanging it in ``drain``."""
+        deadline = asyncio.get_running_loop().time() + self.round_timeout
+        try:
+            await self.transport.send_all(peers, share, timeout=self.round_timeout)
+        except SendTimeout as exc:
+            raise SendStalled(share.round, exc.peers, self.round_timeout) from exc
+        return await self.mailbox.wait_round(
+            share.round, peers, self.round_timeout, deadline=deadline
+        )
+
+    async def _evaluate(self, ctx: RoundContext) -> Record:
+        t_eval = time.perf_counter()
+        ev = await self.trainer.evaluate(ctx)
+        record: Record = {"test_loss": ev.loss, "t_eval": time.perf_counter() - t_eval}
+        if ev.rmse is None:
+            record["test_acc"] = ev.accuracy
+        else:
+            record["test_rmse"] = ev.rmse
         return record
 
     async def stop(self) -> None:

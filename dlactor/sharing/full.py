@@ -8,8 +8,7 @@ import torch
 
 from dlactor.messages import Payload
 from dlactor.node.context import RoundContext
-from dlactor.sharing.ops import flatten, unflatten_into, weighted_sum
-from dlactor.wire.errors import RemoteProtocolError
+from dlactor.sharing.ops import check_layout, flat_layout, flatten, unflatten_into, weighted_sum
 
 __all__ = ["FullSharing"]
 
@@ -22,19 +21,13 @@ class FullSharing:
     async def outgoing(self, ctx: RoundContext) -> Payload:
         return Payload(tensors={PARAMS: flatten(ctx.model.parameters())})
 
+    def check(self, model: torch.nn.Module, payload: Payload) -> None:
+        """Exactly one vector of this model's size and dtype (done on arrival, by the node)."""
+        check_layout(payload, flat_layout(model.parameters(), PARAMS))
+
     async def aggregate(self, ctx: RoundContext, received: Mapping[int, Payload]) -> None:
         own = flatten(ctx.model.parameters())
         vectors = {ctx.node: own}
         for sender, payload in received.items():
-            vectors[sender] = _checked_vector(payload, own.numel(), sender)
+            vectors[sender] = payload.tensors[PARAMS]
         unflatten_into(weighted_sum(vectors, ctx.weights), ctx.model.parameters())
-
-
-def _checked_vector(payload: Payload, numel: int, sender: int) -> torch.Tensor:
-    vec = payload.tensors.get(PARAMS)
-    if vec is None or vec.dim() != 1 or vec.numel() != numel or not vec.is_floating_point():
-        raise RemoteProtocolError(
-            f"node {sender} sent a full-sharing payload that does not fit this model "
-            f"(expected a float vector of {numel} values)"
-        )
-    return vec

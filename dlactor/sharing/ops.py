@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Mapping
 
 import torch
 
-__all__ = ["flatten", "unflatten_into", "weighted_sum"]
+from dlactor.messages import Payload
+from dlactor.wire.errors import RemoteProtocolError
+
+__all__ = ["Layout", "check_layout", "flat_layout", "flatten", "unflatten_into", "weighted_sum"]
+
+#: What a payload's tensors must be: name -> (dtype, shape).
+Layout = Mapping[str, tuple[torch.dtype, tuple[int, ...]]]
 
 
 def flatten(params: Iterable[torch.Tensor]) -> torch.Tensor:
@@ -38,3 +45,28 @@ def weighted_sum(vectors: Mapping[int, torch.Tensor], weights: Mapping[int, floa
     for k in keys:
         out.add_(vectors[k], alpha=weights[k])
     return out
+
+
+def flat_layout(
+    params: Iterable[torch.Tensor], name: str = "params"
+) -> dict[str, tuple[torch.dtype, tuple[int, ...]]]:
+    """The layout of ``{name: flatten(params)}``: one vector of every parameter, in the dtype
+    ``torch.cat`` promotes them to."""
+    tensors = list(params)
+    dtype = functools.reduce(torch.promote_types, (p.dtype for p in tensors))
+    return {name: (dtype, (sum(p.numel() for p in tensors),))}
+
+
+def check_layout(payload: Payload, layout: Layout) -> None:
+    """RemoteProtocolError unless ``payload`` has exactly the tensors of ``layout``, each with
+    its dtype and shape: received bytes that do not fit are the sender's fault."""
+    names, expected = sorted(payload.tensors), sorted(layout)
+    if names != expected:
+        raise RemoteProtocolError(f"payload has tensors {names}, expected {expected}")
+    for name, (dtype, shape) in layout.items():
+        tensor = payload.tensors[name]
+        if tensor.dtype != dtype or tuple(tensor.shape) != tuple(shape):
+            raise RemoteProtocolError(
+                f"payload tensor {name!r} is {tensor.dtype} {list(tensor.shape)}, "
+                f"expected {dtype} {list(shape)}"
+            )

@@ -8,12 +8,25 @@ from typing import Protocol, runtime_checkable
 
 from dlactor.messages import Message
 
-__all__ = ["Address", "Deliver", "PeerUnreachable", "TrafficStats", "Transport"]
+__all__ = [
+    "Address",
+    "Deliver",
+    "HandshakeSeen",
+    "PeerUnreachable",
+    "SendTimeout",
+    "TrafficStats",
+    "Transport",
+    "TransportClosed",
+    "UnknownPeer",
+]
 
 Address = tuple[str, int]
 
-#: Called on the event loop for every message received: (message, bytes it took on the wire).
+#: Called on the event loop for every message received after a connection's handshake:
+#: (message, bytes it took on the wire).
 Deliver = Callable[[Message, int], None]
+#: Called on the event loop with the wire size of every handshake accepted.
+HandshakeSeen = Callable[[int], None]
 
 
 class PeerUnreachable(ConnectionError):
@@ -22,6 +35,32 @@ class PeerUnreachable(ConnectionError):
     def __init__(self, peer: int, cause: BaseException) -> None:
         self.peer = peer
         super().__init__(f"node {peer} is unreachable: {type(cause).__name__}: {cause}")
+
+
+class UnknownPeer(LookupError):
+    """Sending to a node the address book does not have: a bug on this side (the topology
+    names a node outside the run), not a peer's failure."""
+
+    def __init__(self, node: int, peer: int) -> None:
+        self.peer = peer
+        super().__init__(f"node {node} has no address for node {peer}")
+
+
+class TransportClosed(RuntimeError):
+    """Sending on a transport that has been stopped."""
+
+    def __init__(self, node: int) -> None:
+        super().__init__(f"node {node}'s transport is stopped")
+
+
+class SendTimeout(TimeoutError):
+    """Some peers did not take a message within the time allowed: they stopped reading, so
+    the socket buffers filled up and the send could not finish."""
+
+    def __init__(self, peers: Iterable[int], timeout: float) -> None:
+        self.peers = sorted(peers)
+        self.timeout = timeout
+        super().__init__(f"node(s) {self.peers} did not take the message within {timeout:g} s")
 
 
 @dataclass(slots=True)
@@ -58,6 +97,9 @@ class Transport(Protocol):
     """Sends messages to peers by node id; hands received ones to ``deliver``."""
 
     stats: TrafficStats
+    #: Told the size of every handshake accepted (None: nobody counts them). The node sets it
+    #: to count handshakes in the round it is in when they arrive.
+    on_handshake: HandshakeSeen | None
 
     async def start(self) -> Address:
         """Begin accepting connections; returns where peers reach this node."""
@@ -68,13 +110,22 @@ class Transport(Protocol):
         ...
 
     async def send(self, peer: int, msg: Message) -> None:
-        """Send one message; returns once it is handed to the OS (``drain``ed)."""
+        """Send one message; returns once it is handed to the OS (``drain``ed).
+
+        Raises PeerUnreachable (socket-level failure), UnknownPeer (no address for ``peer``)
+        or TransportClosed (after ``stop``).
+        """
         ...
 
-    async def send_all(self, peers: Iterable[int], msg: Message) -> None:
-        """Encode once, send to every peer concurrently."""
+    async def send_all(
+        self, peers: Iterable[int], msg: Message, *, timeout: float | None = None
+    ) -> None:
+        """Encode once, send to every peer concurrently; the first failure is raised as is.
+
+        With a ``timeout``, SendTimeout names the peers whose sends had not finished by then.
+        """
         ...
 
     async def stop(self) -> None:
-        """Close every connection and stop accepting."""
+        """Close every connection and stop accepting; later sends raise TransportClosed."""
         ...

@@ -11,15 +11,26 @@ snapshots, so sharing them is safe). Delivery is always asynchronous
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Iterable, Mapping
 
 from dlactor.messages import Message
-from dlactor.transport.base import Address, Deliver, TrafficStats
+from dlactor.transport.base import (
+    Address,
+    Deliver,
+    HandshakeSeen,
+    PeerUnreachable,
+    TrafficStats,
+    TransportClosed,
+    UnknownPeer,
+)
 from dlactor.wire.codec import decode, encode
 from dlactor.wire.errors import ProtocolError
 from dlactor.wire.framing import FrameDecoder
 
 __all__ = ["MemoryNetwork", "MemoryTransport"]
+
+log = logging.getLogger("dlactor.transport")
 
 
 class MemoryNetwork:
@@ -28,6 +39,7 @@ class MemoryNetwork:
     def __init__(self, *, codec: bool = True) -> None:
         self.codec = codec
         self._endpoints: dict[int, MemoryTransport] = {}
+        self._left: set[int] = set()
 
     def transport(self, node: int, deliver: Deliver) -> MemoryTransport:
         return MemoryTransport(self, node, deliver)
@@ -36,26 +48,39 @@ class MemoryNetwork:
         if endpoint.node in self._endpoints:
             raise ValueError(f"node {endpoint.node} is already on this network")
         self._endpoints[endpoint.node] = endpoint
+        self._left.discard(endpoint.node)
 
     def _detach(self, endpoint: MemoryTransport) -> None:
-        self._endpoints.pop(endpoint.node, None)
+        if self._endpoints.get(endpoint.node) is endpoint:
+            del self._endpoints[endpoint.node]
+            self._left.add(endpoint.node)
 
-    def _endpoint(self, node: int) -> MemoryTransport:
-        try:
+    def _endpoint(self, sender: int, node: int) -> MemoryTransport:
+        """``node``'s endpoint: UnknownPeer if it never joined, PeerUnreachable if it left."""
+        if node in self._endpoints:
             return self._endpoints[node]
-        except KeyError:
-            raise ConnectionRefusedError(f"node {node} is not on the network") from None
+        if node in self._left:
+            raise PeerUnreachable(node, ConnectionRefusedError("it has stopped"))
+        raise UnknownPeer(sender, node)
 
 
 class MemoryTransport:
-    """One node's endpoint on a :class:`MemoryNetwork`."""
+    """One node's endpoint on a :class:`MemoryNetwork`.
+
+    It fails the way :class:`~dlactor.transport.tcp.TcpTransport` does: UnknownPeer for a
+    node not on the network, PeerUnreachable for one that has stopped, TransportClosed
+    after ``stop`` (and nothing is delivered to a stopped endpoint); a message that breaks
+    the protocol drops that link, is logged and counted, and the node carries on.
+    """
 
     def __init__(self, network: MemoryNetwork, node: int, deliver: Deliver) -> None:
         self.node = node
         self.deliver = deliver
+        self.on_handshake: HandshakeSeen | None = None  # there are no handshakes in memory
         self.stats = TrafficStats()
         self._network = network
         self._decoders: dict[int, FrameDecoder] = {}
+        self._closed = False
 
     async def start(self) -> Address:
         self._network._attach(self)
@@ -67,35 +92,57 @@ class MemoryTransport:
     async def send(self, peer: int, msg: Message) -> None:
         await self.send_all([peer], msg)
 
-    async def send_all(self, peers: Iterable[int], msg: Message) -> None:
+    async def send_all(
+        self, peers: Iterable[int], msg: Message, *, timeout: float | None = None
+    ) -> None:
+        """Hand ``msg`` to every peer; it never blocks, so ``timeout`` cannot expire."""
+        if self._closed:
+            raise TransportClosed(self.node)
+        targets = [self._network._endpoint(self.node, peer) for peer in peers]
         buffers = encode(msg)
         nbytes = sum(len(b) for b in buffers)
         loop = asyncio.get_running_loop()
-        for peer in peers:
-            target = self._network._endpoint(peer)
+        for target in targets:
             self.stats.bytes_sent += nbytes
             self.stats.msgs_sent += 1
             if self._network.codec:
                 loop.call_soon(target._receive_bytes, self.node, buffers)
             else:
-                loop.call_soon(target._receive_message, msg, nbytes)
+                loop.call_soon(target._receive_message, self.node, msg, nbytes)
         await asyncio.sleep(0)
 
-    def _receive_message(self, msg: Message, nbytes: int) -> None:
+    def _receive_message(self, sender: int, msg: Message, nbytes: int) -> None:
+        if self._closed:
+            return
+        try:
+            self.deliver(msg, nbytes)
+        except ProtocolError as exc:
+            self._drop(sender, exc)
+            return
         self.stats.bytes_recv += nbytes
         self.stats.msgs_recv += 1
-        self.deliver(msg, nbytes)
 
     def _receive_bytes(self, sender: int, buffers: list[bytes | memoryview]) -> None:
+        if self._closed:
+            return
         decoder = self._decoders.setdefault(sender, FrameDecoder())
+        for buf in buffers:
+            decoder.receive_data(buf)
         try:
-            for buf in buffers:
-                decoder.receive_data(buf)
             while (body := decoder.next_frame()) is not None:
-                self._receive_message(decode(body), 4 + len(body))
-        except ProtocolError:
-            self._decoders.pop(sender, None)
-            self.stats.dropped_connections += 1
+                msg = decode(body)
+                self.deliver(msg, 4 + len(body))
+                self.stats.bytes_recv += 4 + len(body)
+                self.stats.msgs_recv += 1
+        except ProtocolError as exc:
+            self._drop(sender, exc)
+
+    def _drop(self, sender: int, exc: ProtocolError) -> None:
+        """As TCP drops a connection: forget the link's state, log, count."""
+        log.warning("node %d: dropped connection from node %d: %s", self.node, sender, exc)
+        self._decoders.pop(sender, None)
+        self.stats.dropped_connections += 1
 
     async def stop(self) -> None:
+        self._closed = True
         self._network._detach(self)

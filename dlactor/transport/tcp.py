@@ -7,9 +7,14 @@ peer slows us down instead of growing our buffers.
 
 Incoming: the kernel writes straight into the :class:`FrameDecoder`'s buffers
 (big frames land in their final bytearray; tensors are views over it). The first
-frame must be a ``Hello`` with this run's id and secret. Any protocol error drops
-that connection, logs it, and counts it in ``stats.dropped_connections``; the node
-carries on.
+frame must be a ``Hello`` with this run's id and secret, and until it has been
+accepted a frame may be at most ``HANDSHAKE_MAX_FRAME`` bytes: a stranger cannot make
+us allocate more. Any protocol error drops that connection, logs it, and counts it in
+``stats.dropped_connections``; the node carries on.
+
+Stopping never waits on a peer: each outgoing connection gets ``close_timeout`` seconds
+to flush, then is aborted, and a connection whose connect or send failed is closed at
+once, so no socket outlives ``stop``.
 """
 
 from __future__ import annotations
@@ -19,20 +24,32 @@ import contextlib
 import hmac
 import logging
 import socket
-from collections.abc import Iterable, Mapping, Sequence
-from typing import cast
+from collections.abc import Coroutine, Iterable, Mapping, Sequence
+from typing import Any, cast
 
 from dlactor.messages import Hello, Message
-from dlactor.transport.base import Address, Deliver, PeerUnreachable, TrafficStats
+from dlactor.transport.base import (
+    Address,
+    Deliver,
+    HandshakeSeen,
+    PeerUnreachable,
+    SendTimeout,
+    TrafficStats,
+    TransportClosed,
+    UnknownPeer,
+)
 from dlactor.wire.codec import decode, encode
 from dlactor.wire.errors import ProtocolError, RemoteProtocolError
-from dlactor.wire.framing import DEFAULT_MAX_FRAME, FrameDecoder
+from dlactor.wire.framing import DEFAULT_MAX_FRAME, HANDSHAKE_MAX_FRAME, FrameDecoder
 
 __all__ = ["TcpTransport", "check_hello"]
 
 log = logging.getLogger("dlactor.transport")
 
 Buffers = Sequence[bytes | memoryview]
+
+#: Seconds an outgoing connection may take to flush when closed before it is aborted.
+CLOSE_TIMEOUT_S = 2.0
 
 
 def check_hello(msg: Message, run_id: str, secret: str) -> Hello:
@@ -51,7 +68,8 @@ class _Inbound(asyncio.BufferedProtocol):
 
     def __init__(self, owner: TcpTransport) -> None:
         self._owner = owner
-        self._decoder = FrameDecoder(max_frame=owner.max_frame)
+        # Until the hello is accepted, only a hello-sized frame may be announced.
+        self._decoder = FrameDecoder(max_frame=HANDSHAKE_MAX_FRAME)
         self._transport: asyncio.Transport | None = None
         self.peer: int | None = None
 
@@ -73,7 +91,7 @@ class _Inbound(asyncio.BufferedProtocol):
     def _handle(self, msg: Message, nbytes: int) -> None:
         owner = self._owner
         if self.peer is None:
-            self.peer = check_hello(msg, owner.run_id, owner.secret).sender
+            self._accept(msg, nbytes)
         elif isinstance(msg, Hello):
             raise RemoteProtocolError(f"node {self.peer} sent a second hello")
         elif getattr(msg, "sender", self.peer) != self.peer:
@@ -82,6 +100,14 @@ class _Inbound(asyncio.BufferedProtocol):
             owner.deliver(msg, nbytes)
         owner.stats.bytes_recv += nbytes
         owner.stats.msgs_recv += 1
+
+    def _accept(self, msg: Message, nbytes: int) -> None:
+        """Check the hello; only then may the peer send frames of the configured size."""
+        owner = self._owner
+        self.peer = check_hello(msg, owner.run_id, owner.secret).sender
+        self._decoder.set_max_frame(owner.max_frame)
+        if owner.on_handshake is not None:
+            owner.on_handshake(nbytes)
 
     def drop(self, exc: Exception) -> None:
         who = f"node {self.peer}" if self.peer is not None else "an unidentified peer"
@@ -107,10 +133,13 @@ class TcpTransport:
         host: str = "127.0.0.1",
         port: int = 0,
         max_frame: int = DEFAULT_MAX_FRAME,
+        close_timeout: float = CLOSE_TIMEOUT_S,
     ) -> None:
         self.node, self.run_id, self.secret = node, run_id, secret
         self.deliver = deliver
+        self.on_handshake: HandshakeSeen | None = None
         self.max_frame = max_frame
+        self.close_timeout = close_timeout
         self.stats = TrafficStats()
         self._host, self._port = host, port
         self._peers: dict[int, Address] = {}
@@ -118,6 +147,7 @@ class TcpTransport:
         self._connecting: dict[int, asyncio.Lock] = {}
         self._inbound: set[_Inbound] = set()
         self._server: asyncio.Server | None = None
+        self._closed = False
         self.address: Address | None = None
 
     async def start(self) -> Address:
@@ -139,24 +169,38 @@ class TcpTransport:
     async def send(self, peer: int, msg: Message) -> None:
         await self._send_buffers(peer, encode(msg, max_frame=self.max_frame))
 
-    async def send_all(self, peers: Iterable[int], msg: Message) -> None:
+    async def send_all(
+        self, peers: Iterable[int], msg: Message, *, timeout: float | None = None
+    ) -> None:
         buffers = encode(msg, max_frame=self.max_frame)
+        unsent = set(peers)
+
+        async def send_one(peer: int) -> None:
+            await self._send_buffers(peer, buffers)
+            unsent.discard(peer)
+
         try:
-            async with asyncio.TaskGroup() as tg:
-                for peer in peers:
-                    tg.create_task(self._send_buffers(peer, buffers))
-        except* PeerUnreachable as group:
-            raise group.exceptions[0] from None
+            async with asyncio.timeout(timeout):
+                await _all_or_first_error([send_one(peer) for peer in sorted(unsent)])
+        except TimeoutError:
+            raise SendTimeout(unsent, timeout or 0.0) from None
 
     async def _send_buffers(self, peer: int, buffers: Buffers) -> None:
+        if self._closed:
+            raise TransportClosed(self.node)
+        writer: asyncio.StreamWriter | None = None
         try:
             writer = self._out.get(peer) or await self._connect(peer)
+            _check_open(writer)
             writer.writelines(buffers)
             self.stats.bytes_sent += sum(len(b) for b in buffers)
             self.stats.msgs_sent += 1
             await writer.drain()
+            _check_open(writer)  # a drain cut short by an abort returns without an error
         except OSError as exc:
-            self._out.pop(peer, None)
+            await self._discard(peer, writer)
+            if self._closed:
+                raise TransportClosed(self.node) from exc
             raise PeerUnreachable(peer, exc) from exc
 
     async def _connect(self, peer: int) -> asyncio.StreamWriter:
@@ -165,29 +209,47 @@ class TcpTransport:
             if peer in self._out:
                 return self._out[peer]
             if peer not in self._peers:
-                raise KeyError(f"node {self.node} has no address for node {peer}")
-            host, port = self._peers[peer]
-            _, writer = await asyncio.open_connection(host, port)
-            sock = writer.get_extra_info("socket")
-            if sock is not None:
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            hello = encode(Hello(self.run_id, self.secret, self.node))
-            writer.writelines(hello)
-            self.stats.bytes_sent += sum(len(b) for b in hello)
-            self.stats.msgs_sent += 1
+                raise UnknownPeer(self.node, peer)
+            _, writer = await asyncio.open_connection(*self._peers[peer])
+            if self._closed:  # stopped while we were connecting
+                await _abort(writer)
+                raise TransportClosed(self.node)
+            try:
+                self._say_hello(writer)
+            except OSError:
+                await _abort(writer)
+                raise
             self._out[peer] = writer
             return writer
+
+    def _say_hello(self, writer: asyncio.StreamWriter) -> None:
+        sock = writer.get_extra_info("socket")
+        if sock is not None:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        hello = encode(Hello(self.run_id, self.secret, self.node))
+        writer.writelines(hello)
+        self.stats.bytes_sent += sum(len(b) for b in hello)
+        self.stats.msgs_sent += 1
+
+    async def _discard(self, peer: int, writer: asyncio.StreamWriter | None) -> None:
+        """Forget and abort a connection whose send failed: it cannot be trusted again."""
+        if writer is None:
+            return
+        if self._out.get(peer) is writer:
+            del self._out[peer]
+        await _abort(writer)
 
     async def close_peer(self, peer: int) -> None:
         """Close our connection to ``peer`` (e.g. when a topology drops it)."""
         writer = self._out.pop(peer, None)
         if writer is not None:
-            writer.close()
-            await _closed(writer)
+            await _close(writer, self.close_timeout)
 
     async def stop(self) -> None:
-        for peer in list(self._out):
-            await self.close_peer(peer)
+        """Stop sending and accepting; close every connection within ``close_timeout``."""
+        self._closed = True
+        writers, self._out = list(self._out.values()), {}
+        await asyncio.gather(*(_close(w, self.close_timeout) for w in writers))
         if self._server is not None:
             self._server.close()
             for conn in list(self._inbound):
@@ -197,6 +259,45 @@ class TcpTransport:
             self._server = None
 
 
-async def _closed(writer: asyncio.StreamWriter) -> None:
+async def _abort(writer: asyncio.StreamWriter) -> None:
+    """Abort the connection and wait until its socket is closed."""
+    writer.transport.abort()
     with contextlib.suppress(ConnectionError, OSError):
         await writer.wait_closed()
+
+
+def _check_open(writer: asyncio.StreamWriter) -> None:
+    """ConnectionResetError if the connection is closed or closing: the peer reset it (uvloop
+    then refuses to write at all), or we aborted it while sending."""
+    if writer.transport.is_closing():
+        raise ConnectionResetError("the connection is closed")
+
+
+async def _all_or_first_error(coros: list[Coroutine[Any, Any, None]]) -> None:
+    """Run ``coros`` concurrently in a TaskGroup; if any fails, the others are cancelled and
+    the first failure is raised as itself (callers catch PeerUnreachable, not a group)."""
+    try:
+        async with asyncio.TaskGroup() as tg:
+            for coro in coros:
+                tg.create_task(coro)
+    except BaseExceptionGroup as group:
+        raise _first_leaf(group) from None
+
+
+def _first_leaf(group: BaseExceptionGroup) -> BaseException:
+    first = group.exceptions[0]
+    return _first_leaf(first) if isinstance(first, BaseExceptionGroup) else first
+
+
+async def _close(writer: asyncio.StreamWriter, timeout: float) -> None:
+    """Close gracefully if the peer takes the rest of our bytes in time, else abort: a peer
+    that stopped reading would otherwise keep the socket (and ``stop``) forever. (``wait``
+    rather than a timeout around ``wait_closed``: cancelling that would cancel the stream's
+    own close future, and a later ``wait_closed`` would raise CancelledError.)"""
+    writer.close()
+    closed = asyncio.ensure_future(writer.wait_closed())
+    done, _ = await asyncio.wait({closed}, timeout=timeout)
+    if not done:
+        writer.transport.abort()
+    with contextlib.suppress(ConnectionError, OSError):
+        await closed

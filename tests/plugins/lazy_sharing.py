@@ -10,10 +10,11 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Literal
 
+import torch
 from pydantic import Field
 
 from dlactor import NodeEnv, Payload, RoundContext, SharingSettings, register
-from dlactor.sharing.ops import flatten, unflatten_into, weighted_sum
+from dlactor.sharing.ops import check_layout, flat_layout, flatten, unflatten_into, weighted_sum
 
 
 class LazySharing:
@@ -22,6 +23,11 @@ class LazySharing:
 
     async def outgoing(self, ctx: RoundContext) -> Payload:
         return Payload(tensors={"params": flatten(ctx.model.parameters())}, meta={"mix": self.mix})
+
+    def check(self, model: torch.nn.Module, payload: Payload) -> None:
+        """Optional: the node calls it as each payload arrives and drops a peer whose payload
+        does not fit (so ``aggregate`` can trust what it gets)."""
+        check_layout(payload, flat_layout(model.parameters()))
 
     async def aggregate(self, ctx: RoundContext, received: Mapping[int, Payload]) -> None:
         own = flatten(ctx.model.parameters())

@@ -2,13 +2,18 @@
 
 import asyncio
 import logging
+import time
+import tracemalloc
 
+import psutil
 import pytest
 import torch
 
 from dlactor.messages import Hello, Message, Payload, Share
+from dlactor.transport.base import SendTimeout, TransportClosed
 from dlactor.transport.tcp import TcpTransport
 from dlactor.wire.codec import encode
+from dlactor.wire.framing import HANDSHAKE_MAX_FRAME, frame_prefix
 
 RUN, SECRET = "run-1", "s3cret"
 
@@ -57,6 +62,37 @@ async def raw_client(addr: tuple[str, int], *chunks: bytes) -> bytes:
         data = await reader.read()  # b"" once the server drops us
     writer.close()
     return data
+
+
+def wire(msg: Message) -> bytes:
+    return b"".join(bytes(b) for b in encode(msg))
+
+
+class StalledPeer:
+    """Accepts connections and never reads them: the socket buffers fill and sends block."""
+
+    def __init__(self) -> None:
+        self.writers: list[asyncio.StreamWriter] = []
+        self.server: asyncio.Server | None = None
+
+    async def start(self) -> tuple[str, int]:
+        async def hold(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            self.writers.append(writer)
+
+        self.server = await asyncio.start_server(hold, "127.0.0.1", 0)
+        return self.server.sockets[0].getsockname()[:2]
+
+    async def stop(self) -> None:
+        for writer in self.writers:
+            writer.transport.abort()
+        assert self.server is not None
+        self.server.close()
+        await self.server.wait_closed()
+
+
+def sockets_to(port: int) -> list[object]:
+    """This process's TCP sockets whose remote end is ``port``."""
+    return [c for c in psutil.Process().net_connections("tcp") if c.raddr and c.raddr[1] == port]
 
 
 async def test_messages_arrive_in_order_with_their_wire_size() -> None:
@@ -131,6 +167,8 @@ async def test_send_waits_for_a_slow_reader_instead_of_buffering_without_bound()
         ("wrong secret", [b"".join(bytes(b) for b in encode(Hello(RUN, "guess", 5)))]),
         ("wrong run", [b"".join(bytes(b) for b in encode(Hello("other-run", SECRET, 5)))]),
         ("empty frame", [b"\x00\x00\x00\x00"]),
+        ("64 MiB frame before hello", [frame_prefix(64 << 20) + b"\x00" * 1000]),
+        ("hello-sized limit before hello", [frame_prefix(HANDSHAKE_MAX_FRAME + 1) + b"\x00" * 8]),
     ],
 )
 async def test_a_bad_peer_is_dropped_and_logged_while_the_node_carries_on(
@@ -161,3 +199,95 @@ async def test_a_peer_that_lies_about_its_id_after_hello_is_dropped() -> None:
     assert inbox.messages == []
     await sender.stop()
     await receiver.stop()
+
+
+async def test_a_frame_length_over_the_handshake_limit_before_hello_is_refused_unallocated(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    sender, receiver, inbox = await pair()
+    assert receiver.address is not None
+    tracemalloc.start()
+    try:
+        with caplog.at_level(logging.WARNING, logger="dlactor.transport"):
+            dropped = await raw_client(receiver.address, frame_prefix(64 << 20) + b"\x00" * 4096)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert dropped == b""
+    assert f"exceeds the limit {HANDSHAKE_MAX_FRAME}" in caplog.text
+    assert peak < 16 << 20, "the receiver allocated the body a stranger announced"
+    await sender.send(1, share(0, 0))  # honest peers are still served
+    await inbox.wait_for(1)
+    await sender.stop()
+    await receiver.stop()
+
+
+async def test_after_the_hello_a_big_frame_in_the_same_write_is_accepted() -> None:
+    inbox = Inbox()
+    receiver = transport(1, inbox)
+    addr = await receiver.start()
+    big = share(5, 0, n=50_000)  # 200 kB, far over the handshake limit
+    _, writer = await asyncio.open_connection(*addr)
+    writer.write(wire(Hello(RUN, SECRET, 5)) + wire(big))  # one write, likely one read
+    await writer.drain()
+
+    await inbox.wait_for(1)
+
+    assert torch.equal(inbox.messages[0][0].payload.tensors["params"], torch.arange(50_000.0))  # type: ignore[union-attr]
+    writer.close()
+    await receiver.stop()
+
+
+async def test_stop_returns_promptly_and_closes_every_socket_when_a_peer_stopped_reading() -> None:
+    peer = StalledPeer()
+    port = (await peer.start())[1]
+    sender = transport(0, Inbox(), close_timeout=0.2)
+    sender.set_peers({1: ("127.0.0.1", port)})
+    sending = asyncio.ensure_future(sender.send(1, share(0, 0, n=8 << 20)))  # 32 MB
+    await asyncio.sleep(0.3)
+    assert not sending.done(), "the peer's buffers should be full by now"
+
+    t0 = time.monotonic()
+    async with asyncio.timeout(5):
+        await sender.stop()
+
+    assert time.monotonic() - t0 < 2
+    with pytest.raises(TransportClosed):
+        await sending
+    assert sockets_to(port) == []
+    await peer.stop()
+
+
+async def test_a_connection_completed_after_stop_is_closed_not_kept() -> None:
+    inbox = Inbox()
+    receiver = transport(1, inbox)
+    addr = await receiver.start()
+    sender = transport(0, Inbox())
+    sender.set_peers({1: addr})
+    sending = asyncio.ensure_future(sender.send(1, share(0, 0)))
+    await asyncio.sleep(0)  # the send is now connecting
+
+    await sender.stop()
+
+    with pytest.raises(TransportClosed):
+        await sending
+    assert sender.open_connections == 0
+    assert sockets_to(addr[1]) == []
+    await receiver.stop()
+
+
+async def test_send_all_with_a_timeout_names_the_peers_that_did_not_take_the_message() -> None:
+    peer = StalledPeer()
+    stalled = await peer.start()
+    inbox = Inbox()
+    receiver = transport(2, inbox)
+    sender = transport(0, Inbox(), close_timeout=0.2)
+    sender.set_peers({1: stalled, 2: await receiver.start()})
+
+    with pytest.raises(SendTimeout, match=r"node\(s\) \[1\] did not take the message within 0.5 s"):
+        await sender.send_all([1, 2], share(0, 0, n=8 << 20), timeout=0.5)
+
+    await inbox.wait_for(1, timeout=20)  # the peer that reads got it
+    await sender.stop()
+    await receiver.stop()
+    await peer.stop()

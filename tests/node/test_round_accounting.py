@@ -1,0 +1,116 @@
+"""A round's bytes_recv/msgs_recv are exactly what the neighbours sent this node for that
+round, also when the nodes are not in lockstep and over TCP (handshakes included)."""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+from collections.abc import Callable
+
+from dlactor.launch.plan import Plan, build_node
+from dlactor.node.context import EvalStats, RoundContext, TrainStats
+from dlactor.node.node import Node, Record
+from dlactor.testing import build_network
+from dlactor.training.base import Trainer
+from dlactor.transport.base import Deliver
+from dlactor.transport.tcp import TcpTransport
+from tests.conftest import small_plan
+
+SLOW_NODE, DELAY_S = 0, 0.15
+
+
+class Late:
+    """Trains like ``inner`` after a pause: the node falls behind its neighbours' neighbours."""
+
+    def __init__(self, inner: Trainer) -> None:
+        self.inner = inner
+
+    async def train(self, ctx: RoundContext) -> TrainStats:
+        await asyncio.sleep(DELAY_S)
+        return await self.inner.train(ctx)
+
+    async def evaluate(self, ctx: RoundContext) -> EvalStats:
+        return await self.inner.evaluate(ctx)
+
+
+def collector() -> tuple[dict[int, list[Record]], Callable[[Record], None]]:
+    records: dict[int, list[Record]] = {}
+
+    def collect(record: Record) -> None:
+        records.setdefault(record["node"], []).append(record)
+
+    return records, collect
+
+
+async def run_all(nodes: list[Node], addresses: dict | None = None) -> None:
+    for node in nodes:
+        node.connect(addresses or {})
+    nodes[SLOW_NODE].trainer = Late(nodes[SLOW_NODE].trainer)
+    try:
+        async with asyncio.TaskGroup() as tg:
+            for node in nodes:
+                tg.create_task(node.run())
+    finally:
+        for node in nodes:
+            await node.stop()
+
+
+def assert_received_is_what_neighbours_sent(plan: Plan, records: dict[int, list[Record]]) -> None:
+    """Full sharing sends the same frame to every neighbour, so what j sent i in round r is
+    j's bytes_sent / degree (its hello to i included in the round it connected)."""
+    for i in range(plan.config.nodes):
+        for r in range(plan.config.rounds):
+            sent_to_i = [records[j][r] for j in plan.graph[i]]
+            assert all(rec["bytes_sent"] % rec["degree"] == 0 for rec in sent_to_i)
+            expected_bytes = sum(rec["bytes_sent"] // rec["degree"] for rec in sent_to_i)
+            expected_msgs = sum(rec["msgs_sent"] // rec["degree"] for rec in sent_to_i)
+            got = records[i][r]
+            assert (got["bytes_recv"], got["msgs_recv"]) == (expected_bytes, expected_msgs), (i, r)
+
+
+def assert_out_of_lockstep(plan: Plan, records: dict[int, list[Record]]) -> None:
+    """Some node finished a round well before the slow node did: neighbours of the slow node
+    received that node's next-round share while still in the current round."""
+    slow_end = [rec["t_wall"] for rec in records[SLOW_NODE]]
+    ahead = [
+        (i, r)
+        for i in range(plan.config.nodes)
+        for r, rec in enumerate(records[i][:-1])
+        if records[i][r + 1]["t_wall"] < slow_end[r + 1] - DELAY_S / 2 and i != SLOW_NODE
+    ]
+    assert ahead, "the run stayed in lockstep: this test would not test anything"
+
+
+async def test_bytes_recv_is_per_message_round_on_the_in_memory_network() -> None:
+    plan = small_plan("nodes=8", "topology.degree=3", "rounds=4")
+    records, collect = collector()
+    _, nodes = build_network(plan, on_round=collect)
+    for node in nodes:
+        await node.start()
+
+    await run_all(nodes)
+
+    assert_out_of_lockstep(plan, records)
+    assert_received_is_what_neighbours_sent(plan, records)
+
+
+async def test_bytes_recv_is_per_message_round_over_tcp_with_handshakes() -> None:
+    plan = small_plan("nodes=6", "topology.degree=3", "rounds=4")
+    records, collect = collector()
+
+    def tcp(node: int) -> Callable[[Deliver], TcpTransport]:
+        return lambda deliver: TcpTransport(
+            node=node, run_id=plan.run_id, secret=plan.secret, deliver=deliver
+        )
+
+    nodes = [
+        build_node(plan, i, tcp(i), model=copy.deepcopy(plan.model), on_round=collect)
+        for i in range(plan.config.nodes)
+    ]
+    addresses = {node.node: await node.start() for node in nodes}
+
+    await run_all(nodes, addresses)
+
+    assert_out_of_lockstep(plan, records)
+    assert_received_is_what_neighbours_sent(plan, records)
+    assert all(records[i][0]["msgs_recv"] == 2 * 3 for i in records)  # hello + share each
