@@ -73,3 +73,13 @@ def test_a_missing_config_file_exits_2() -> None:
     result = runner.invoke(app, ["validate", "no/such/config.toml"])
     assert result.exit_code == 2
     assert "not found" in result.output
+
+
+@pytest.mark.parametrize("model", ["lenet5", "char_lstm", "mf"])
+def test_a_model_that_cannot_be_built_for_the_dataset_exits_2_naming_model(model: str) -> None:
+    result = runner.invoke(
+        app, ["validate", str(ROOT / "configs/quickstart.toml"), "--set", f"model.kind={model}"]
+    )
+    assert result.exit_code == 2, result.output
+    assert "model:" in result.output
+    assert "digits" in result.output

@@ -47,7 +47,8 @@ def make_plan(config: RunConfig) -> Plan:
     """Build the graph, load and partition the data, build the initial model.
 
     Problems the config could not see alone (a graph file's line, too few samples for the
-    partition, a degree too large for the node count) become ConfigError (exit 2).
+    partition, a degree too large for the node count, a model that does not fit the data)
+    become ConfigError (exit 2).
     """
     with _field("topology"):
         graph = config.topology.graph(config.nodes, config.seed)
@@ -59,7 +60,8 @@ def make_plan(config: RunConfig) -> Plan:
         dataset = _subsample_test(config.data.load(config.seed), config)
     with _field("partition"):
         parts = config.partition.split(dataset, config.nodes, config.seed)
-    model = config.model.build(dataset, config.seed)
+    with _field("model"):
+        model = _build_model(config, dataset)
     _warm_up(model)
     return Plan(config=config, graph=graph, dataset=dataset, parts=parts, model=model)
 
@@ -72,6 +74,24 @@ def _subsample_test(dataset: Dataset, config: RunConfig) -> Dataset:
     gen = torch.Generator().manual_seed(config.seed)
     idx = torch.randperm(len(dataset.y_test), generator=gen)[:k].sort().values
     return dataclasses.replace(dataset, x_test=dataset.x_test[idx], y_test=dataset.y_test[idx])
+
+
+def _build_model(config: RunConfig, dataset: Dataset) -> torch.nn.Module:
+    """The initial model, checked by a forward pass on one training sample: a model whose
+    shapes do not fit the data (a CNN sized for other images) fails here, named as the
+    ``model`` setting, rather than in every node's first training step."""
+    model = config.model.build(dataset, config.seed)
+    was_training = model.training
+    model.eval()  # one sample: batch-statistics layers would refuse it in training mode
+    try:
+        with torch.no_grad():
+            model(dataset.x_train[:1])
+    except (RuntimeError, IndexError) as exc:
+        what = f"{config.model.kind} does not fit {dataset.name}'s inputs"
+        raise ValueError(f"{what}: {exc}") from exc
+    finally:
+        model.train(was_training)
+    return model
 
 
 @contextmanager

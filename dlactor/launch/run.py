@@ -93,6 +93,8 @@ def run(plan: Plan, run_dir: Path, config_text: str, *, show_progress: bool = Tr
     outcome = Outcome(status="failed", reason="the launcher itself failed")
     try:
         outcome = launch_local(plan, run_dir, show_progress=show_progress)
+    except KeyboardInterrupt:  # a second Ctrl-C while the nodes were being reaped
+        outcome = Outcome(status="interrupted", reason="interrupted (Ctrl-C)")
     finally:
         wall = time.time() - (outcome.t_start_barrier or t0)
         summary = summarize(run_dir, nodes=plan.config.nodes, status=outcome.status, wall_s=wall)
@@ -101,7 +103,6 @@ def run(plan: Plan, run_dir: Path, config_text: str, *, show_progress: bool = Tr
             reason=outcome.reason,
             launch_to_barrier_s=(outcome.t_start_barrier - t0) if outcome.t_start_barrier else None,
             peak_pss_bytes=outcome.peak_pss_bytes,
-            peak_rss_bytes=outcome.peak_rss_bytes,
             model_params=plan.model_params,
             model_bytes=plan.model_bytes,
         )

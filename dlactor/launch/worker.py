@@ -44,24 +44,49 @@ def run_event_loop(main: Coroutine[Any, Any, T]) -> T:
     return uvloop.run(main)
 
 
-def node_process_main(plan: Plan, node: int, control: Address, run_dir: Path) -> int:
-    """Body of a node process; returns its exit code."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the launcher's to handle
-    _die_with_parent()
-    torch.set_num_threads(plan.config.launcher.torch_threads)
+def node_process_main(
+    plan: Plan, node: int, control: Address, run_dir: Path, *, parent: int | None = None
+) -> int:
+    """Body of a node process; returns its exit code. ``parent`` is the launcher's pid: if
+    it is already gone, there is nobody to run for."""
+    _ignore_ctrl_c()
+    if not _die_with_parent(parent):
+        return EXIT_STOPPED
+    _limit_threads(plan.config.launcher.torch_threads)
     return run_event_loop(_node_main(plan, node, control, run_dir))
 
 
-def _die_with_parent() -> None:
-    """On Linux, ask the kernel to SIGKILL us if the launcher dies, so nothing is orphaned."""
+def _ignore_ctrl_c() -> None:
+    """Ctrl-C is the launcher's to handle. The launcher forks with SIGINT blocked, so a
+    Ctrl-C that came before this point is still pending: ignored first, then unblocked, it
+    is dropped."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+
+
+def _limit_threads(threads: int) -> None:
+    """One torch thread per node (DESIGN.md: 32 nodes with torch's default pools ran 46x
+    slower); OMP_NUM_THREADS for any OpenMP runtime or subprocess that reads it later."""
+    os.environ["OMP_NUM_THREADS"] = str(threads)
+    torch.set_num_threads(threads)
+
+
+def _die_with_parent(parent: int | None) -> bool:
+    """On Linux, ask the kernel to SIGKILL us if the launcher dies, so nothing is orphaned.
+
+    Returns False if the launcher (pid ``parent``) died before we asked: the request then
+    never fires, as we already belong to another parent. Elsewhere, and for ``parent=None``,
+    nothing can be checked and it returns True.
+    """
     if not os.path.exists("/proc/self"):
-        return
+        return True
     import ctypes
 
     with contextlib.suppress(OSError, AttributeError):
         libc = ctypes.CDLL(None, use_errno=True)
         pr_set_pdeathsig = 1
         libc.prctl(pr_set_pdeathsig, signal.SIGKILL)
+    return parent is None or os.getppid() == parent
 
 
 async def _node_main(plan: Plan, node: int, control: Address, run_dir: Path) -> int:
@@ -109,15 +134,23 @@ async def _lifecycle(actor: Node, ctl: ControlStream) -> int:
     if not isinstance(start, Start):
         return EXIT_STOPPED  # Stop, or the launcher went away, before the barrier
     actor.connect(start.addresses, start.t0)
-    run = asyncio.ensure_future(actor.run())
-    watch = asyncio.ensure_future(ctl.receive())  # Stop, or EOF if the launcher died
-    await asyncio.wait({run, watch}, return_when=asyncio.FIRST_COMPLETED)
-    if not run.done():
-        run.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await run
+    if not await _run_unless_stopped(actor, ctl):
         return EXIT_STOPPED
-    watch.cancel()
-    run.result()
     await ctl.send(Done(actor.node))
     return EXIT_DONE
+
+
+async def _run_unless_stopped(actor: Node, ctl: ControlStream) -> bool:
+    """Run every round while listening for Stop (or EOF, if the launcher died); whichever
+    comes first cancels the other. True if the rounds completed. Both tasks belong to a
+    TaskGroup, so neither outlives this call; an exception from the rounds is raised as
+    itself (its traceback's last line is what the launcher classifies)."""
+    try:
+        async with asyncio.TaskGroup() as tg:
+            rounds = tg.create_task(actor.run())
+            stop = tg.create_task(ctl.receive())
+            await asyncio.wait({rounds, stop}, return_when=asyncio.FIRST_COMPLETED)
+            (stop if rounds.done() else rounds).cancel()
+    except BaseExceptionGroup as group:
+        raise group.exceptions[0] from None
+    return not rounds.cancelled()

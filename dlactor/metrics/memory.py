@@ -34,20 +34,18 @@ def pss_bytes(pid: int) -> int:
 
 
 class MemorySampler:
-    """Samples the total PSS/RSS of some processes (and this one) until told to stop."""
+    """Samples the total PSS of some processes (and this one) until told to stop. (Not RSS:
+    summed over forked nodes it counts the shared template once per node.)"""
 
     def __init__(self, pids: list[int], *, interval_s: float = 1.0) -> None:
         self.pids = [os.getpid(), *pids]
         self.interval_s = interval_s
         self.peak_pss = 0
-        self.peak_rss = 0
 
-    def sample(self) -> tuple[int, int]:
-        rollups = [rollup(p) for p in self.pids]
-        pss = sum(r.get("Pss", 0) for r in rollups)
-        rss = sum(r.get("Rss", 0) for r in rollups)
-        self.peak_pss, self.peak_rss = max(self.peak_pss, pss), max(self.peak_rss, rss)
-        return pss, rss
+    def sample(self) -> int:
+        pss = sum(pss_bytes(p) for p in self.pids)
+        self.peak_pss = max(self.peak_pss, pss)
+        return pss
 
     async def run(self, stop: asyncio.Event) -> None:
         while not stop.is_set():

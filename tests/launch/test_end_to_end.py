@@ -98,6 +98,8 @@ def test_a_plugin_run_writes_the_whole_results_schema(
     summary = json.loads((rd / "summary.json").read_text())
     assert summary["status"] == "ok" and summary["nodes"] == 6 and summary["rounds"] == 4
     assert {"wall_s", "round_s_median", "bytes_sent_per_node_per_round"} <= summary.keys()
+    assert summary["peak_pss_bytes"] > 0
+    assert "peak_rss_bytes" not in summary  # summed RSS counts the shared template N times
     assert {"test_acc_mean", "test_acc_min", "test_acc_max", "test_loss_mean"} <= summary[
         "final"
     ].keys()
