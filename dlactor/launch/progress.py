@@ -1,8 +1,13 @@
-"""A rich progress bar of rounds completed across all nodes."""
+"""A rich progress bar of rounds completed across all nodes.
+
+When stderr is not a terminal (a batch job, ``nohup``, CI) rich draws nothing, so a plain
+line is written instead each time the slowest node passes another tenth of the run.
+"""
 
 from __future__ import annotations
 
 import sys
+import time
 from types import TracebackType
 
 from rich.console import Console
@@ -25,6 +30,11 @@ class RunProgress:
     def __init__(self, nodes: int, rounds: int, *, enabled: bool = True) -> None:
         self._rounds = rounds
         self._at = [0] * nodes
+        self._console = Console(file=sys.stderr)
+        self._plain = enabled and not self._console.is_terminal
+        self._step = max(1, rounds // 10)
+        self._logged = 0
+        self._t0 = time.monotonic()
         self._progress = Progress(
             TextColumn("[bold]rounds[/] {task.fields[slowest]}/{task.fields[rounds]}"),
             BarColumn(),
@@ -32,8 +42,8 @@ class RunProgress:
             TextColumn("node-rounds"),
             TimeElapsedColumn(),
             TimeRemainingColumn(),
-            console=Console(file=sys.stderr),
-            disable=not enabled,
+            console=self._console,
+            disable=not enabled or self._plain,
             transient=False,
         )
         self._task: TaskID = self._progress.add_task(
@@ -42,7 +52,16 @@ class RunProgress:
 
     def advance(self, node: int, round: int) -> None:
         self._at[node] = round + 1
-        self._progress.update(self._task, advance=1, slowest=min(self._at))
+        slowest = min(self._at)
+        self._progress.update(self._task, advance=1, slowest=slowest)
+        if self._plain and slowest >= self._logged + self._step:
+            self._logged = slowest - slowest % self._step
+            elapsed = time.monotonic() - self._t0
+            print(
+                f"rounds {slowest}/{self._rounds} on every node, {elapsed:.0f} s",
+                file=sys.stderr,
+                flush=True,
+            )
 
     def __enter__(self) -> RunProgress:
         self._progress.start()

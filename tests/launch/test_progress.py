@@ -1,0 +1,41 @@
+"""Progress without a terminal: a plain line per tenth of the run, driven by the slowest node."""
+
+from __future__ import annotations
+
+import pytest
+
+from dlactor.launch.progress import RunProgress
+
+
+def _run(nodes: int, rounds: int, capsys: pytest.CaptureFixture[str]) -> list[str]:
+    with RunProgress(nodes, rounds) as progress:
+        for r in range(rounds):
+            for node in range(nodes):
+                progress.advance(node, r)
+    return capsys.readouterr().err.splitlines()
+
+
+def test_without_a_terminal_a_line_is_logged_each_tenth_of_the_rounds(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    lines = _run(3, 40, capsys)
+    assert [line.split(" on ")[0] for line in lines] == [f"rounds {r}/40" for r in range(4, 41, 4)]
+
+
+def test_a_fast_node_alone_does_not_advance_the_log(capsys: pytest.CaptureFixture[str]) -> None:
+    with RunProgress(2, 10) as progress:
+        for r in range(10):
+            progress.advance(0, r)
+    assert capsys.readouterr().err == ""
+
+
+def test_short_runs_log_every_round(capsys: pytest.CaptureFixture[str]) -> None:
+    assert len(_run(2, 5, capsys)) == 5
+
+
+def test_disabled_progress_writes_nothing(capsys: pytest.CaptureFixture[str]) -> None:
+    with RunProgress(2, 10, enabled=False) as progress:
+        for r in range(10):
+            progress.advance(0, r)
+            progress.advance(1, r)
+    assert capsys.readouterr().err == ""
