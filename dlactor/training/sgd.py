@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import ctypes
+import ctypes.util
 import math
+import time
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -13,7 +17,36 @@ from dlactor.node.context import EvalStats, RoundContext, TrainStats
 
 __all__ = ["SGDTrainer", "loss_fn"]
 
-EVAL_BATCH = 2048
+# Small enough that a CNN's activations stay a few MB per node (2048 images through LeNet-5's
+# first conv alone is 38 MB, times every node), large enough to keep the matmuls efficient:
+# measured on LeNet-5/Fashion-MNIST, 256 evaluates 10k images in 0.41 s against 0.86 s at 2048.
+EVAL_BATCH = 256
+
+
+# Rounds whose training takes longer than this hand their freed activations back to the OS
+# afterwards. Trimming costs 1-2 ms; a 2x128 LSTM's 10 steps (0.4 s) leave ~30 MB per node
+# behind without it, while a logistic regression's few-ms rounds leave almost nothing.
+TRIM_AFTER_S = 0.05
+
+
+def _libc_malloc_trim() -> Callable[[int], int] | None:
+    name = ctypes.util.find_library("c")
+    libc = ctypes.CDLL(name) if name else None
+    return getattr(libc, "malloc_trim", None)  # glibc only
+
+
+_MALLOC_TRIM = _libc_malloc_trim()
+
+
+def release_freed_memory() -> None:
+    """Hand memory freed by a big temporary computation back to the OS.
+
+    glibc keeps freed heap pages for reuse; in one process that is cheap, but times 64 or
+    1024 node processes it is most of a run's memory (measured: about 45 MB per node after an
+    evaluation pass). ``malloc_trim(0)`` returns them; elsewhere this does nothing.
+    """
+    if _MALLOC_TRIM is not None:
+        _MALLOC_TRIM(0)
 
 
 def loss_fn(task: Task, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -80,6 +113,7 @@ class SGDTrainer:
     def train_steps(self) -> TrainStats:
         """The round's local steps, synchronously (what ``train`` runs in a thread)."""
         self._model.train()
+        started = time.perf_counter()
         total = 0.0
         for _ in range(self._local_steps):
             idx = self._next_batch()
@@ -88,6 +122,8 @@ class SGDTrainer:
             loss.backward()
             self._opt.step()
             total += loss.item()
+        if time.perf_counter() - started > TRIM_AFTER_S:
+            release_freed_memory()
         steps = self._local_steps
         return TrainStats(loss=total / steps, steps=steps, samples=steps * self._batch_size)
 
@@ -107,6 +143,7 @@ class SGDTrainer:
             loss_sum += loss_fn(self._task, out, y).item() * len(y)
             if self._task == "classification":
                 correct += int((out.argmax(dim=1) == y).sum())
+        release_freed_memory()
         loss = loss_sum / n
         if self._task == "classification":
             return EvalStats(loss=loss, accuracy=correct / n, samples=n)
