@@ -109,6 +109,18 @@ def _fmt(value: Any, spec: str) -> str:
     return "-" if value is None else format(value, spec)
 
 
+def _metric_rows(final: dict[str, Any]) -> list[tuple[str, str]]:
+    """Accuracy rows, or RMSE rows for a regression run (MovieLens)."""
+    metric, label = ("test_acc", "accuracy")
+    if final.get("test_acc_mean") is None and final.get("test_rmse_mean") is not None:
+        metric, label = ("test_rmse", "RMSE")
+    low, high = _fmt(final.get(f"{metric}_min"), ".4f"), _fmt(final.get(f"{metric}_max"), ".4f")
+    return [
+        (f"test {label} mean", _fmt(final.get(f"{metric}_mean"), ".4f")),
+        (f"test {label} min / max", f"{low} / {high}"),
+    ]
+
+
 def summary_rows(summary: dict[str, Any]) -> list[tuple[str, str]]:
     """The summary table's rows: (figure, value), values formatted for people."""
     final = summary["final"]
@@ -121,9 +133,7 @@ def summary_rows(summary: dict[str, Any]) -> list[tuple[str, str]]:
         ("wall time (s, from the start barrier)", _fmt(summary["wall_s"], ".2f")),
         ("median round (ms)", _fmt(None if med is None else med * 1000, ".1f")),
         ("bytes sent per node per round", _fmt(summary["bytes_sent_per_node_per_round"], ",.0f")),
-        ("test accuracy mean", _fmt(final["test_acc_mean"], ".4f")),
-        ("test accuracy min / max", f"{_fmt(final['test_acc_min'], '.4f')} / "
-                                    f"{_fmt(final['test_acc_max'], '.4f')}"),
+        *_metric_rows(final),
         ("test loss mean", _fmt(final["test_loss_mean"], ".4f")),
         ("peak memory, whole run (PSS MiB)", _fmt(None if pss is None else pss / 2**20, ",.0f")),
     ]  # fmt: skip
@@ -226,7 +236,8 @@ def report(
     written = make_report(run_dirs, out_dir)
     table_dir = out_dir if out_dir is not None else run_dirs[0] / "plots"
     md, csv = write_table(summary_table(runs), table_dir)
-    out.print(md.read_text(), markup=False, highlight=False)
+    # Plain stdout: a markdown table wrapped at the terminal's width would no longer parse.
+    sys.stdout.write(md.read_text())
     for path in [*written, md, csv]:
         out.print(f"wrote {path}", highlight=False)
 

@@ -28,27 +28,28 @@ def _round_durations(records: list[dict[str, Any]]) -> list[float]:
 
 
 def _final(records_by_node: dict[int, list[dict[str, Any]]]) -> dict[str, float | None]:
+    """Each node's last evaluation: accuracy for classification, RMSE for regression."""
     last = []
     for records in records_by_node.values():
-        evals = [r for r in records if "test_acc" in r]
+        evals = [r for r in records if "test_loss" in r]
         if evals:
             last.append(evals[-1])
-    if not last:
-        return {
-            "test_acc_mean": None,
-            "test_acc_min": None,
-            "test_acc_max": None,
-            "test_loss_mean": None,
-            "eval_round": None,
-        }
-    accs = [r["test_acc"] for r in last]
-    return {
-        "test_acc_mean": statistics.fmean(accs),
-        "test_acc_min": min(accs),
-        "test_acc_max": max(accs),
-        "test_loss_mean": statistics.fmean(r["test_loss"] for r in last),
-        "eval_round": min(r["round"] for r in last),
+    final: dict[str, float | None] = {
+        f"{metric}_{stat}": None
+        for metric in ("test_acc", "test_rmse")
+        for stat in ("mean", "min", "max")
     }
+    final |= {"test_loss_mean": None, "eval_round": None}
+    if not last:
+        return final
+    for metric in ("test_acc", "test_rmse"):
+        values = [r[metric] for r in last if metric in r]
+        if values:
+            final[f"{metric}_mean"] = statistics.fmean(values)
+            final[f"{metric}_min"], final[f"{metric}_max"] = min(values), max(values)
+    final["test_loss_mean"] = statistics.fmean(r["test_loss"] for r in last)
+    final["eval_round"] = min(r["round"] for r in last)
+    return final
 
 
 def _last_consensus(run_dir: Path) -> float | None:
