@@ -36,7 +36,7 @@ from dlactor.launch.progress import RunProgress
 from dlactor.launch.worker import EXIT_DONE, node_process_main, run_event_loop
 from dlactor.messages import Done, Failed, Message, Payload, Progress, Register, Share, Start, Stop
 from dlactor.metrics.consensus import ConsensusMeter
-from dlactor.metrics.memory import MemorySampler
+from dlactor.metrics.memory import MemorySampler, release_freed_memory
 from dlactor.metrics.recorder import JsonlRecorder
 from dlactor.sharing.ops import check_layout, flat_layout
 from dlactor.transport.base import Address
@@ -114,6 +114,10 @@ def _fork_nodes(
     torch.set_num_threads(plan.config.launcher.torch_threads)
     gc.collect()
     gc.freeze()
+    # Loading (Shakespeare's parser above all) leaves free chunks all over the heap; a child
+    # allocating into them copies each page it writes. Returned to the OS first, they fault
+    # in fresh and private only as far as the child really uses them.
+    release_freed_memory()
     mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
     try:
         for node in range(plan.config.nodes):

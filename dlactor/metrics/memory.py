@@ -7,10 +7,33 @@ footprint of N forked nodes; RSS would count the shared template N times.
 from __future__ import annotations
 
 import asyncio
+import ctypes
+import ctypes.util
 import os
+from collections.abc import Callable
 from pathlib import Path
 
-__all__ = ["MemorySampler", "pss_bytes", "rollup"]
+__all__ = ["MemorySampler", "pss_bytes", "release_freed_memory", "rollup"]
+
+
+def _libc_malloc_trim() -> Callable[[int], int] | None:
+    name = ctypes.util.find_library("c")
+    libc = ctypes.CDLL(name) if name else None
+    return getattr(libc, "malloc_trim", None)  # glibc only
+
+
+_MALLOC_TRIM = _libc_malloc_trim()
+
+
+def release_freed_memory() -> None:
+    """Hand memory freed by a big temporary computation back to the OS.
+
+    glibc keeps freed heap pages for reuse; in one process that is cheap, but times 64 or
+    1024 node processes it is most of a run's memory (measured: about 45 MB per node after an
+    evaluation pass). ``malloc_trim(0)`` returns them; elsewhere this does nothing.
+    """
+    if _MALLOC_TRIM is not None:
+        _MALLOC_TRIM(0)
 
 
 def rollup(pid: int) -> dict[str, int]:

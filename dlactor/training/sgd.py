@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 import asyncio
-import ctypes
-import ctypes.util
 import math
 import time
-from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 
 from dlactor.data.base import Task
+from dlactor.metrics.memory import release_freed_memory
 from dlactor.node.context import EvalStats, RoundContext, TrainStats
 
 __all__ = ["SGDTrainer", "loss_fn"]
@@ -27,26 +25,6 @@ EVAL_BATCH = 256
 # afterwards. Trimming costs 1-2 ms; a 2x128 LSTM's 10 steps (0.4 s) leave ~30 MB per node
 # behind without it, while a logistic regression's few-ms rounds leave almost nothing.
 TRIM_AFTER_S = 0.05
-
-
-def _libc_malloc_trim() -> Callable[[int], int] | None:
-    name = ctypes.util.find_library("c")
-    libc = ctypes.CDLL(name) if name else None
-    return getattr(libc, "malloc_trim", None)  # glibc only
-
-
-_MALLOC_TRIM = _libc_malloc_trim()
-
-
-def release_freed_memory() -> None:
-    """Hand memory freed by a big temporary computation back to the OS.
-
-    glibc keeps freed heap pages for reuse; in one process that is cheap, but times 64 or
-    1024 node processes it is most of a run's memory (measured: about 45 MB per node after an
-    evaluation pass). ``malloc_trim(0)`` returns them; elsewhere this does nothing.
-    """
-    if _MALLOC_TRIM is not None:
-        _MALLOC_TRIM(0)
 
 
 def loss_fn(task: Task, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
