@@ -201,13 +201,17 @@ def data_fetch(
     local: Annotated[
         Path | None, typer.Option("--from", help="Take it from this local file or directory.")
     ] = None,
+    force: Annotated[bool, typer.Option("--force", help="Fetch again even if present.")] = False,
 ) -> None:
     """Get a dataset from the first source that answers, and say which one it was."""
-    from dlactor.data.store import SourceUnavailable, entries, fetch
+    from dlactor.data.store import SourceUnavailable, dataset_dir, entries, fetch, is_present
 
     if name not in entries():
         err.print(f"[red]error:[/] unknown dataset {name!r}; known: {', '.join(entries())}")
         raise typer.Exit(EXIT_INVALID)
+    if local is None and not force and is_present(name):
+        out.print(f"{name} is already in {dataset_dir(name)} (--force fetches it again)")
+        return
     try:
         where, source = fetch(name, local=local, log=lambda line: err.print(line, highlight=False))
     except SourceUnavailable as exc:

@@ -298,3 +298,14 @@ def test_a_download_that_cannot_be_reached_is_unavailable_with_its_reason(tmp_pa
     assert got.read_text() == RATINGS
     with pytest.raises(SourceUnavailable, match="nowhere"):
         store._download((tmp_path / "nowhere").as_uri(), tmp_path / "x")
+
+
+def test_cli_fetch_of_a_present_dataset_does_not_fetch_again(home: Path) -> None:
+    from typer.testing import CliRunner
+
+    from dlactor.cli import app
+
+    fetch("movielens", local=ratings_file(home.parent / "mine" / "ratings.csv"), log=Log())
+    result = CliRunner().invoke(app, ["data", "fetch", "movielens"])
+    assert result.exit_code == 0
+    assert "already in" in result.output and "trying" not in result.output
