@@ -50,6 +50,7 @@ class Verdict:
     target: str
     measured: str
     met: bool | None  # None: could not be measured
+    limit: str = ""  # on a miss: what limits it, in one line
 
     @property
     def word(self) -> str:
@@ -78,7 +79,7 @@ def num(value: float | None, spec: str = ",.0f") -> str:
 
 
 def verdict_table(verdicts: Sequence[Verdict]) -> Table:
-    table = Table(["target", "measured", "verdict"])
+    table = Table(["target", "measured", "verdict", "on a miss: what limits it"])
     for v in verdicts:
-        table.add(v.target, v.measured, v.markdown)
+        table.add(v.target, v.measured, v.markdown, v.limit)
     return table

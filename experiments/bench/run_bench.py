@@ -2,8 +2,11 @@
 
 1. codec: encode / decode of a ~1M-parameter model against memcpy (bench_codec.py)
 2. transport: TcpTransport throughput against a bare asyncio ceiling (bench_transport.py)
-3. end-to-end `dlactor launch` runs at 16 and 64 nodes (bench_e2e.py)
+3. end-to-end `dlactor launch` runs at 16, 64, 256 and 1024 nodes (bench_e2e.py)
 4. evaluation time, from the same runs (bench_e2e.py)
+5. round overhead at 16 and 64 nodes against the compute floor (bench_overhead.py)
+6. memory per node and for the whole run, from the same runs (bench_memory.py)
+7. start-up, command to start barrier, from the same runs (bench_startup.py)
 
 Every figure in the file is measured by this script, except the targets and the quoted
 decentralizepy reference figures, which say so where they appear.
@@ -12,6 +15,7 @@ decentralizepy reference figures, which say so where they appear.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import shlex
 import sys
@@ -21,7 +25,10 @@ from pathlib import Path
 
 import torch
 from bench_codec import codec_section, run_codec
-from bench_e2e import e2e_section, eval_section, run_e2e
+from bench_e2e import NODE_COUNTS, e2e_section, eval_section, run_e2e
+from bench_memory import memory_section
+from bench_overhead import FLOOR_NODES, overhead_section, run_floors
+from bench_startup import startup_section
 from bench_transport import run_transport, transport_section
 from machine import CpuTimes, git_revision, load_text, machine_table
 from report import Section, Verdict, verdict_table
@@ -33,9 +40,41 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--out", type=Path, default=Path("BENCHMARKS.md"), help="where to write")
     parser.add_argument(
-        "--quick", action="store_true", help="fewer repetitions and bytes (for trying it out)"
+        "--quick",
+        action="store_true",
+        help="fewer repetitions and bytes in the codec and transport benchmarks",
+    )
+    parser.add_argument(
+        "--nodes",
+        type=_node_counts,
+        default=NODE_COUNTS,
+        help="end-to-end node counts, comma-separated (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--parts",
+        type=_parts,
+        default=PARTS,
+        help="which benchmarks to run, comma-separated, of codec,transport,e2e (default: all)",
     )
     return parser.parse_args(argv)
+
+
+PARTS = ("codec", "transport", "e2e")
+
+
+def _node_counts(text: str) -> tuple[int, ...]:
+    counts = tuple(int(x) for x in text.split(","))
+    if any(n < 2 for n in counts):
+        raise argparse.ArgumentTypeError("node counts must be at least 2")
+    return counts
+
+
+def _parts(text: str) -> tuple[str, ...]:
+    parts = tuple(text.split(","))
+    unknown = set(parts) - set(PARTS)
+    if unknown:
+        raise argparse.ArgumentTypeError(f"unknown parts {sorted(unknown)}; known: {PARTS}")
+    return parts
 
 
 class Progress:
@@ -61,19 +100,54 @@ def shown_command() -> str:
     return shlex.join([str(exe), *sys.argv])
 
 
-def run_all(progress: Progress, quick: bool) -> tuple[list[Section], list[Verdict]]:
-    scale = 0.2 if quick else 1.0
-    progress("codec benchmark")
-    codec, codec_verdict = codec_section(run_codec(progress, scale=scale))
-    progress("transport benchmark (a forked sender and receiver per case)")
-    transport_result = run_transport(progress, reps=1 if quick else 5, scale=scale)
-    transport, transport_verdicts = transport_section(transport_result)
+def run_all(progress: Progress, args: argparse.Namespace) -> tuple[list[Section], list[Verdict]]:
+    scale = 0.2 if args.quick else 1.0
+    sections, verdicts = [], []
+    if "codec" in args.parts:
+        progress("codec benchmark")
+        codec, codec_verdict = codec_section(run_codec(progress, scale=scale))
+        sections.append(codec)
+        verdicts.append(_pointing(codec_verdict, "section 1's notes"))
+    if "transport" in args.parts:
+        progress("transport benchmark (a forked sender and receiver per case)")
+        transport_result = run_transport(progress, reps=1 if args.quick else 5, scale=scale)
+        transport, transport_verdicts = transport_section(transport_result)
+        sections.append(transport)
+        verdicts += [_pointing(v, "section 2's notes") for v in transport_verdicts]
+    if "e2e" in args.parts:
+        e2e_sections, e2e_verdicts = run_end_to_end(progress, args.nodes)
+        sections += e2e_sections
+        verdicts += e2e_verdicts
+    return sections, verdicts
+
+
+def run_end_to_end(
+    progress: Progress, node_counts: tuple[int, ...]
+) -> tuple[list[Section], list[Verdict]]:
+    """Sections 3-7: the runs, then the compute floor of those that have one."""
     progress("end-to-end runs")
-    runs, niced = run_e2e(progress)
-    e2e, e2e_verdicts = e2e_section(runs, niced)
+    runs, failures = run_e2e(progress, node_counts)
+    floors = run_floors(progress, [n for n in FLOOR_NODES if any(r.nodes == n for r in runs)])
+    e2e, bytes_verdicts = e2e_section(runs, failures)
     evaluation, eval_verdicts = eval_section(runs)
-    verdicts = [codec_verdict, *transport_verdicts, *e2e_verdicts, *eval_verdicts]
-    return [codec, transport, e2e, evaluation], verdicts
+    overhead, overhead_verdicts = overhead_section(runs, floors, failures)
+    memory, memory_verdicts = memory_section(runs, failures)
+    startup, startup_verdicts = startup_section(runs, failures)
+    verdicts = [
+        *overhead_verdicts,
+        *memory_verdicts,
+        *startup_verdicts,
+        *bytes_verdicts,
+        *eval_verdicts,
+    ]
+    return [e2e, evaluation, overhead, memory, startup], verdicts
+
+
+def _pointing(verdict: Verdict, where: str) -> Verdict:
+    """A missed verdict without its own line on what limits it points to where that is."""
+    if verdict.met is not False or verdict.limit:
+        return verdict
+    return dataclasses.replace(verdict, limit=f"see {where}")
 
 
 def render(
@@ -82,7 +156,7 @@ def render(
     started: datetime,
     runtime_s: float,
     machine_load: str,
-    quick: bool,
+    args: argparse.Namespace,
 ) -> str:
     head = [
         "# dlactor benchmarks",
@@ -91,7 +165,7 @@ def render(
         "project's) and the decentralizepy figures, which are quoted reference measurements.",
         f"```\n{shown_command()}\n```",
         f"Total runtime: {runtime_s:.0f} s. Repository revision: `{git_revision(REPO)}`."
-        + (" **Quick mode: fewer repetitions and bytes than a normal run.**" if quick else ""),
+        + _partial(args),
         "## Machine",
         machine_table(started).render(),
         machine_load,
@@ -101,6 +175,18 @@ def render(
     return "\n\n".join([*head, *(s.render() for s in sections)]) + "\n"
 
 
+def _partial(args: argparse.Namespace) -> str:
+    """What a run with options did not do that `make bench` does."""
+    out = []
+    if args.quick:
+        out.append("**Quick mode: fewer repetitions and bytes than a normal run.**")
+    if args.parts != PARTS:
+        out.append(f"**Only these benchmarks: {', '.join(args.parts)}.**")
+    if args.nodes != NODE_COUNTS:
+        out.append(f"**End-to-end runs at {', '.join(map(str, args.nodes))} nodes only.**")
+    return "".join(" " + x for x in out)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     # One torch thread, as in every node; it also keeps libgomp's thread pool from being
@@ -108,10 +194,10 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(1)
     progress = Progress()
     started, cpu_before, load = datetime.now().astimezone(), CpuTimes.now(), os.getloadavg()
-    sections, verdicts = run_all(progress, args.quick)
+    sections, verdicts = run_all(progress, args)
     runtime = progress.elapsed
     machine_load = load_text(cpu_before, CpuTimes.now(), runtime, load)
-    args.out.write_text(render(sections, verdicts, started, runtime, machine_load, args.quick))
+    args.out.write_text(render(sections, verdicts, started, runtime, machine_load, args))
     progress(f"wrote {args.out} ({sum(v.met is True for v in verdicts)}/{len(verdicts)} met)")
     for v in verdicts:
         print(f"  {v.word:>12}  {v.target}: {v.measured}")

@@ -1,0 +1,418 @@
+"""Benchmark 5: round overhead, a run's median round against the compute floor.
+
+The compute floor is the same computation without dlactor around it: the same plan
+(`make_plan` on the same config and overrides), every node's trainer, sharing and topology
+built as in a node (`node_env` + the config's `build`), and, round after round, every node's
+local training steps (`SGDTrainer.train_steps`) and its D-PSGD aggregation (flatten its
+model, weighted sum with its neighbours' vectors of that round, copy back), run back to back
+in this one process with one torch thread. Per round, the sum over nodes divided by the
+cores is the fastest a round could be. Evaluations are timed too, but kept out of the floor:
+it is compared with rounds that contain no evaluation.
+
+The work is timed in CPU seconds of this thread (`time.thread_time`), which other processes
+on a shared machine do not inflate; wall-clock time is kept beside it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from bench_e2e import CONFIG, DPY, DPY_HEADER, REPO, Failure, Run, cpu_count, overrides_for
+from report import Section, Table, Verdict, ms
+from sampler import value_at
+
+from dlactor.config import RunConfig, load_config
+from dlactor.launch.plan import Plan, make_plan, node_env
+from dlactor.node.context import RoundContext
+
+OVERHEAD_TARGET = 0.20
+FLOOR_NODES = (16, 64)
+FLOOR_PASSES = 3
+
+
+@dataclass
+class Member:
+    """One node's computation, without its node."""
+
+    node: int
+    model: Any
+    trainer: Any
+    sharing: Any
+    topology: Any
+
+
+@dataclass(frozen=True)
+class Pass:
+    """One pass over the run's rounds. Per round, summed over every node: CPU and wall
+    seconds of each kind of work."""
+
+    nodes: int
+    cores: int
+    train_cpu: list[float]
+    train_wall: list[float]
+    aggregate_cpu: list[float]
+    aggregate_wall: list[float]
+    eval_cpu: float  # all evaluations of all nodes
+
+    def _round(self, a: list[float], b: list[float]) -> float:
+        """Median over rounds 1.. (round 0 warms up) of (a + b) / cores."""
+        return statistics.median(x + y for x, y in zip(a[1:], b[1:], strict=True)) / self.cores
+
+    @property
+    def round_cpu(self) -> float:
+        return self._round(self.train_cpu, self.aggregate_cpu)
+
+    @property
+    def round_wall(self) -> float:
+        return self._round(self.train_wall, self.aggregate_wall)
+
+    @property
+    def cpu_per_node_round(self) -> float:
+        """All the work a node does in a round on average, evaluations included."""
+        total = sum(self.train_cpu) + sum(self.aggregate_cpu) + self.eval_cpu
+        return total / (self.nodes * len(self.train_cpu))
+
+
+@dataclass(frozen=True)
+class Floor:
+    """Several passes over the same rounds; the floor is the fastest pass (a floor is a lower
+    bound, and on a shared machine even CPU time per instruction varies: SMT siblings,
+    caches, the hypervisor)."""
+
+    nodes: int
+    passes: list[Pass]
+
+    @property
+    def best(self) -> Pass:
+        return min(self.passes, key=lambda p: p.round_cpu)
+
+    @property
+    def round_cpu(self) -> float:
+        return self.best.round_cpu
+
+    @property
+    def round_wall(self) -> float:
+        return self.best.round_wall
+
+    @property
+    def cpu_per_node_round(self) -> float:
+        return min(p.cpu_per_node_round for p in self.passes)
+
+    @property
+    def spread(self) -> str:
+        values = sorted(p.round_cpu for p in self.passes)
+        return f"{values[0] * 1e3:.1f}-{values[-1] * 1e3:.1f}"
+
+
+def config_for(nodes: int) -> RunConfig:
+    overrides = [f"nodes={nodes}", *overrides_for(nodes)]
+    return load_config(REPO / CONFIG, overrides)
+
+
+def _member(plan: Plan, node: int) -> Member:
+    cfg = plan.config
+    env = node_env(plan, node, copy.deepcopy(plan.model))
+    return Member(
+        node,
+        env.model,
+        cfg.training.build(env),
+        cfg.sharing.build(env),
+        cfg.topology.build(env),
+    )
+
+
+def _evaluates(cfg: RunConfig, r: int) -> bool:
+    return (r + 1) % cfg.evaluation.every == 0 or r == cfg.rounds - 1
+
+
+class _Clock:
+    """Accumulates CPU and wall seconds of the blocks it times."""
+
+    def __init__(self) -> None:
+        self.cpu = self.wall = 0.0
+
+    def __enter__(self) -> None:
+        self._c, self._w = time.thread_time(), time.perf_counter()
+
+    def __exit__(self, *exc: object) -> None:
+        self.cpu += time.thread_time() - self._c
+        self.wall += time.perf_counter() - self._w
+
+
+async def _round(members: list[Member], r: int, evaluate: bool) -> tuple[_Clock, ...]:
+    train, aggregate, evaluation = _Clock(), _Clock(), _Clock()
+    for m in members:
+        with train:
+            m.trainer.train_steps()
+    contexts = [RoundContext(node=m.node, round=r, model=m.model) for m in members]
+    outgoing = {}
+    for m, ctx in zip(members, contexts, strict=True):
+        with aggregate:
+            outgoing[m.node] = await m.sharing.outgoing(ctx)
+    for m, ctx in zip(members, contexts, strict=True):
+        with aggregate:
+            ctx.peers = await m.topology.neighbors(m.node, r)
+            ctx.weights = await m.topology.weights(m.node, r)
+            await m.sharing.aggregate(ctx, {p: outgoing[p] for p in ctx.peers})
+    if evaluate:
+        for m in members:
+            with evaluation:
+                m.trainer.evaluate_now()
+    return train, aggregate, evaluation
+
+
+async def _pass(cfg: RunConfig, members: list[Member]) -> Pass:
+    clocks = [await _round(members, r, _evaluates(cfg, r)) for r in range(cfg.rounds)]
+    return Pass(
+        nodes=len(members),
+        cores=cpu_count(),
+        train_cpu=[c[0].cpu for c in clocks],
+        train_wall=[c[0].wall for c in clocks],
+        aggregate_cpu=[c[1].cpu for c in clocks],
+        aggregate_wall=[c[1].wall for c in clocks],
+        eval_cpu=sum(c[2].cpu for c in clocks),
+    )
+
+
+def measure_floor(nodes: int, passes: int = FLOOR_PASSES) -> Floor:
+    """The compute floor of the benchmark's run at ``nodes`` nodes (torch must already be
+    limited to one thread, as in every node): ``passes`` passes over the run's rounds, the
+    nodes' models carrying on from one pass to the next."""
+    plan = make_plan(config_for(nodes))
+    members = [_member(plan, i) for i in range(nodes)]
+
+    async def all_passes() -> list[Pass]:
+        return [await _pass(plan.config, members) for _ in range(passes)]
+
+    return Floor(nodes, asyncio.run(all_passes()))
+
+
+def run_floors(
+    progress: Callable[[str], None], node_counts: Sequence[int] = FLOOR_NODES
+) -> list[Floor]:
+    floors = []
+    for nodes in node_counts:
+        progress(f"compute floor: {nodes} nodes' training and aggregation in one process")
+        floor = measure_floor(nodes)
+        progress(f"compute floor: {nodes} nodes: {floor.round_cpu * 1e3:.1f} ms per round")
+        floors.append(floor)
+    return floors
+
+
+# ---------------------------------------------------------------- the run's side
+
+
+def node_cpu_per_node_round(run: Run) -> tuple[float, float] | None:
+    """CPU seconds per node-round of the node processes, and of the launcher, from the
+    start barrier to the last sampler tick at which every node was still alive, over the
+    node-rounds completed in that span (from the nodes' `t_wall`)."""
+    barrier = run.barrier_at
+    full = [t for t in run.watch.ticks if t.alive == run.nodes]
+    if barrier is None or not full:
+        return None
+    end = full[-1]
+    nodes_at, launcher_at = (value_at(run.watch.ticks, barrier, f) for f in _CPU_FIELDS)
+    if nodes_at is None or launcher_at is None:
+        return None
+    done = sum(barrier + r["t_wall"] <= end.t for rs in run.records.values() for r in rs)
+    if done == 0:
+        return None
+    return (end.nodes_cpu_s - nodes_at) / done, (end.launcher_cpu_s - launcher_at) / done
+
+
+_CPU_FIELDS = ("nodes_cpu_s", "launcher_cpu_s")
+
+
+# ---------------------------------------------------------------- the report
+
+
+@dataclass(frozen=True)
+class Pair:
+    """A run and its compute floor, with the CPU its processes used per node-round."""
+
+    run: Run
+    floor: Floor
+    cpu: tuple[float, float] | None  # nodes', launcher's
+
+    @property
+    def overhead(self) -> float | None:
+        measured = self.run.plain_round_median
+        return None if measured is None else (measured - self.floor.round_cpu) / measured
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{value:.0%}"
+
+
+def _cpu(p: Pair, i: int) -> str:
+    return "-" if p.cpu is None else ms(p.cpu[i], 2)
+
+
+ROWS: list[tuple[str, Callable[[Pair], str], str, str]] = [
+    (
+        "run: median round without an evaluation in it (ms)",
+        lambda p: ms(p.run.plain_round_median, 1),
+        "",
+        DPY["round"],
+    ),
+    (
+        "floor: training steps of all nodes, per round, CPU (ms)",
+        lambda p: ms(_median1(p.floor.best.train_cpu), 1),
+        "",
+        "",
+    ),
+    (
+        "floor: aggregation of all nodes, per round, CPU (ms)",
+        lambda p: ms(_median1(p.floor.best.aggregate_cpu), 1),
+        "",
+        "",
+    ),
+    (
+        f"**compute floor**: (training + aggregation) / {cpu_count()} cores (ms)",
+        lambda p: ms(p.floor.round_cpu, 1),
+        "",
+        "",
+    ),
+    (
+        f"  the {FLOOR_PASSES} passes' floors, fastest to slowest (ms)",
+        lambda p: p.floor.spread,
+        "",
+        "",
+    ),
+    (
+        "  the fastest pass timed by the wall clock (ms)",
+        lambda p: ms(p.floor.round_wall, 1),
+        "",
+        "",
+    ),
+    (
+        "**overhead**: (round - floor) / round",
+        lambda p: _pct(p.overhead),
+        f"<= {OVERHEAD_TARGET:.0%}",
+        "",
+    ),
+    (
+        "run: node processes' CPU per node-round, evaluations included (ms)",
+        lambda p: _cpu(p, 0),
+        "",
+        "",
+    ),
+    (
+        "floor: CPU per node-round, evaluations included (ms)",
+        lambda p: ms(p.floor.cpu_per_node_round, 2),
+        "",
+        "",
+    ),
+    ("run: launcher's CPU per node-round (ms)", lambda p: _cpu(p, 1), "", ""),
+    (
+        "other processes' CPU during the run; stolen by the hypervisor (shares of the machine)",
+        lambda p: f"{p.run.others_share:.0%}; {p.run.steal_share:.0%}",
+        "",
+        "",
+    ),
+]
+
+
+def overhead_section(
+    runs: list[Run], floors: list[Floor], failures: list[Failure]
+) -> tuple[Section, list[Verdict]]:
+    pairs = [
+        Pair(r, f, node_cpu_per_node_round(r)) for f in floors for r in runs if r.nodes == f.nodes
+    ]
+    table = Table(["figure", *(f"{p.run.nodes} nodes" for p in pairs), "target", DPY_HEADER])
+    for label, value, target, reference in ROWS:
+        table.add(label, *(value(p) for p in pairs), target, reference)
+    verdicts = [_verdict(p) for p in pairs]
+    verdicts += [
+        Verdict(_target(f.nodes), f"not measured: {f.reason}", None)
+        for f in failures
+        if f.nodes in FLOOR_NODES
+    ]
+    section = Section(
+        "5. Round overhead against the compute floor", _INTRO, [table] if pairs else []
+    )
+    section.notes += [_cpu_note(p, p.cpu) for p in pairs if p.cpu is not None]
+    section.notes += [f"Target: {v.target}: {v.measured}, {v.markdown}." for v in verdicts]
+    return section, verdicts
+
+
+def _median1(values: list[float]) -> float:
+    return statistics.median(values[1:])
+
+
+def _target(nodes: int) -> str:
+    return f"round overhead <= {OVERHEAD_TARGET:.0%} of the round at {nodes} nodes"
+
+
+def _verdict(p: Pair) -> Verdict:
+    measured = (
+        f"{_pct(p.overhead)} ({ms(p.run.plain_round_median, 1)} ms round, "
+        f"{ms(p.floor.round_cpu, 1)} ms floor)"
+    )
+    met = None if p.overhead is None else p.overhead <= OVERHEAD_TARGET
+    return Verdict(_target(p.run.nodes), measured, met, "" if met is not False else _limit(p))
+
+
+def _limit(p: Pair) -> str:
+    if p.cpu is None:
+        return ""
+    nodes_cpu, launcher_cpu = p.cpu
+    busy = (nodes_cpu + launcher_cpu) * p.run.nodes / cpu_count()
+    share = 1 - p.floor.cpu_per_node_round / nodes_cpu
+    return (
+        f"CPU: nodes use {ms(nodes_cpu, 2)} ms of CPU per node-round against "
+        f"{ms(p.floor.cpu_per_node_round, 2)} ms of compute ({share:.0%} of it is the "
+        f"framework's); with the launcher's, {ms(busy, 0)} ms of CPU per "
+        f"{ms(p.run.plain_round_median, 0)} ms round on {cpu_count()} cores"
+    )
+
+
+def _cpu_note(p: Pair, cpu: tuple[float, float]) -> str:
+    nodes_cpu, launcher_cpu = cpu
+    per_round = (nodes_cpu + launcher_cpu) * p.run.nodes / cpu_count()
+    return (
+        f"{p.run.nodes} nodes: the node processes used {ms(nodes_cpu, 2)} ms of CPU per "
+        f"node-round ({nodes_cpu / p.floor.cpu_per_node_round:.1f}x the "
+        f"{ms(p.floor.cpu_per_node_round, 2)} ms the same work takes in one process), and the "
+        f"launcher {ms(launcher_cpu, 2)} ms; {p.run.nodes} nodes x that / {cpu_count()} cores "
+        f"= {ms(per_round, 1)} ms of CPU per round, against a "
+        f"{ms(p.run.plain_round_median, 1)} ms median round."
+    )
+
+
+_INTRO = (
+    "Target: for 16 and 64 nodes, the median round time against the compute floor, the same "
+    "local training steps, all nodes' worth, run back to back in one process divided by the "
+    "cores; overhead at most 20% of the round.\n\n"
+    "The floor: this benchmark builds the run's plan (`make_plan` on the same config and "
+    "`--set` overrides) and every node's trainer, sharing and topology as a node does "
+    "(`node_env`, then the config's `build`), then runs the run's 40 rounds in this process "
+    f"with one torch thread, {FLOOR_PASSES} times over (the models carry on): each round, "
+    "every node's `SGDTrainer.train_steps` (10 minibatch "
+    "steps), then every node's D-PSGD aggregation on that round's vectors (`outgoing`, the "
+    "topology's neighbours and Metropolis-Hastings weights, `aggregate`: weighted sum and "
+    "copy back). Not in the floor: encoding, sending, receiving, decoding and checking "
+    "messages, the event loop, the training thread hand-off, the JSONL records, and "
+    "evaluations. Each piece is timed in CPU seconds of this thread (`time.thread_time`), "
+    "which other processes' load inflates less than wall-clock time (though on a shared "
+    "virtual machine it moves too: the passes' spread shows by how much). A pass's floor is "
+    "the median over rounds 1-39 of the sum over nodes, divided by the "
+    f"{cpu_count()} cores; the floor is the fastest pass's.\n\n"
+    "The run's round: the median of every node's intervals between consecutive rounds' "
+    "`t_wall`, leaving out round 0 and each round that follows an evaluation (so neither "
+    "side has an evaluation in it). Overhead = (round - floor) / round.\n\n"
+    "To tell CPU overhead from waiting, the sampler reads every node's CPU time "
+    "(/proc/<pid>/stat) at each tick: the CPU the nodes and the launcher used from the "
+    "start barrier to the last tick with every node alive, divided by the node-rounds "
+    "completed in that span, is set against the floor's CPU per node-round (here with "
+    "evaluations on both sides)."
+)
+
+
+__all__ = ["Floor", "measure_floor", "overhead_section", "run_floors"]
