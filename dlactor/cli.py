@@ -7,6 +7,7 @@ graph file, arguments), reported before any process starts; 130 interrupted (Ctr
 from __future__ import annotations
 
 import sys
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -87,13 +88,20 @@ def launch(
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
 ) -> None:
     """Run an experiment: one OS process per node, then print the summary table."""
-    from dlactor.launch.run import make_run_dir, run
+    from dlactor.launch.run import make_run_dir, open_backend, run
 
     cfg = _load(config, set_)
     plan = _plan(cfg, config)
-    run_dir = make_run_dir(out_dir, cfg.name)
-    err.print(f"dlactor: {cfg.nodes} nodes, {cfg.rounds} rounds -> {run_dir}", highlight=False)
-    result = run(plan, run_dir, config_toml(cfg), show_progress=progress)
+    with ExitStack() as stack:
+        try:  # the Ray backend connects here: an unreachable cluster is invalid input
+            backend = stack.enter_context(open_backend(cfg))
+        except ConfigError as exc:
+            err.print(f"[red]error:[/] {config}: {exc}", highlight=False)
+            raise typer.Exit(EXIT_INVALID) from None
+        run_dir = make_run_dir(out_dir, cfg.name)
+        where = f"{cfg.nodes} nodes ({cfg.launcher.kind}), {cfg.rounds} rounds -> {run_dir}"
+        err.print(f"dlactor: {where}", highlight=False)
+        result = run(plan, run_dir, config_toml(cfg), backend=backend, show_progress=progress)
     print_summary(result.summary, run_dir)
     if result.status != "ok":
         if result.outcome.traceback:

@@ -11,6 +11,7 @@ whose message names every bad field.
 
 from __future__ import annotations
 
+import importlib.util
 import tomllib
 from functools import reduce
 from pathlib import Path
@@ -19,7 +20,15 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal, Union
 import networkx as nx
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    create_model,
+    field_validator,
+    model_validator,
+)
 
 from dlactor import plugins
 from dlactor.plugins import register
@@ -35,8 +44,11 @@ __all__ = [
     "CATEGORIES",
     "ConfigError",
     "DataSettings",
+    "LauncherSettings",
+    "LocalLauncher",
     "ModelSettings",
     "PartitionSettings",
+    "RayLauncher",
     "RunConfig",
     "SharingSettings",
     "TopologySettings",
@@ -471,11 +483,61 @@ class EvaluationSettings(Settings):
 
 
 class LauncherSettings(Settings):
-    kind: Literal["local"] = "local"
-    host: str = Field("127.0.0.1", description="address the nodes listen on")
+    """Base of the backends' settings (``[launcher]``, chosen by ``kind``): what every
+    backend's nodes need."""
+
+    kind: str
     round_timeout_s: float = Field(120.0, gt=0, description="longest wait for a round's messages")
     start_timeout_s: float = Field(120.0, gt=0, description="longest wait at the start barrier")
     torch_threads: int = Field(1, ge=1, description="torch intra-op threads per node")
+
+
+class LocalLauncher(LauncherSettings):
+    """Node processes forked on this machine (``dlactor.launch.local``)."""
+
+    kind: Literal["local"] = "local"
+    host: str = Field("127.0.0.1", description="address the nodes listen on")
+
+
+class RayLauncher(LauncherSettings):
+    """Node processes placed by a Ray cluster (``dlactor.launch.ray``; the ``ray`` extra).
+
+    Nodes listen on their Ray node's IP address; the launcher's control channel listens on
+    ``control_host`` (default: this machine's Ray node IP). A local cluster that dlactor
+    starts itself (``address`` unset) keeps everything on 127.0.0.1.
+    """
+
+    kind: Literal["ray"] = "ray"
+    address: str | None = Field(
+        None,
+        min_length=1,
+        description='Ray cluster: unset starts a local one; "auto" joins the one running '
+        'here; or "host:port" / "ray://host:port"',
+    )
+    cpus_per_node: float = Field(
+        0.25,
+        gt=0,
+        description="Ray CPUs reserved per node: 0.25 places up to 4 nodes per core",
+    )
+    control_host: str | None = Field(
+        None, min_length=1, description="address the launcher's control channel listens on"
+    )
+    control_port: int = Field(0, ge=0, le=65535, description="its port (0: any free port)")
+    node_port_base: int | None = Field(
+        None,
+        ge=1,
+        le=65535,
+        description="node i listens on node_port_base + i (unset: any free port)",
+    )
+
+    @model_validator(mode="after")
+    def _ray_is_installed(self) -> RayLauncher:
+        if importlib.util.find_spec("ray") is None:
+            raise ValueError("the ray launcher needs Ray: pip install 'dlactor[ray]'")
+        return self
+
+
+Launcher = Annotated[LocalLauncher | RayLauncher, Field(discriminator="kind")]
 
 
 class RunConfigBase(Settings):
@@ -485,7 +547,15 @@ class RunConfigBase(Settings):
     rounds: int = Field(40, ge=1)
     plugins: list[str] = Field(default_factory=list)
     evaluation: EvaluationSettings = EvaluationSettings()
-    launcher: LauncherSettings = LauncherSettings()
+    launcher: Launcher = LocalLauncher()
+
+    @field_validator("launcher", mode="before")
+    @classmethod
+    def _local_unless_told(cls, value: Any) -> Any:
+        """A ``[launcher]`` table without ``kind`` is the local backend's (as it always was)."""
+        if isinstance(value, dict) and "kind" not in value:
+            return {**value, "kind": "local"}
+        return value
 
 
 #: category (also the run-config field name) -> (settings base class, default kind)
@@ -536,7 +606,10 @@ def _field_path(loc: tuple[int | str, ...]) -> str:
     """The dotted path as the user wrote it: pydantic puts the union's tag after a category
     name (``topology.regular.degree``); the TOML says ``topology.degree``."""
     parts = list(loc)
-    if len(parts) > 2 and parts[0] in CATEGORIES and len(plugins.kinds(str(parts[0]))) > 1:
+    tagged = parts[0] == "launcher" or (
+        parts[0] in CATEGORIES and len(plugins.kinds(str(parts[0]))) > 1
+    )
+    if len(parts) > 2 and tagged:
         del parts[1]
     return ".".join(str(p) for p in parts) or "(top level)"
 

@@ -18,11 +18,20 @@ from collections.abc import Callable, Iterable
 from functools import partial
 from importlib.metadata import entry_points
 from pathlib import Path
+from types import ModuleType
 from typing import Any, TypeVar
 
 from pydantic import BaseModel
 
-__all__ = ["ENTRY_POINT_GROUP", "PluginError", "kinds", "load_plugins", "register", "registered"]
+__all__ = [
+    "ENTRY_POINT_GROUP",
+    "PluginError",
+    "file_modules",
+    "kinds",
+    "load_plugins",
+    "register",
+    "registered",
+]
 
 ENTRY_POINT_GROUP = "dlactor.plugins"
 
@@ -70,6 +79,9 @@ def kinds(category: str) -> list[str]:
     return sorted(_REGISTRY.get(category, {}))
 
 
+_FROM_FILES: dict[str, ModuleType] = {}
+
+
 def _import_path(path: Path) -> None:
     name = f"dlactor_plugin_{path.stem}"
     if name in sys.modules:
@@ -84,6 +96,13 @@ def _import_path(path: Path) -> None:
     except Exception:
         del sys.modules[name]
         raise
+    _FROM_FILES[name] = module
+
+
+def file_modules() -> list[ModuleType]:
+    """The plugin modules imported from ``.py`` files (not importable by name elsewhere: a
+    backend that starts fresh interpreters ships their code, see ``dlactor.launch.ray``)."""
+    return list(_FROM_FILES.values())
 
 
 def load_plugins(specs: Iterable[str], base_dir: Path | None = None) -> None:

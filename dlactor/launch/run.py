@@ -7,17 +7,49 @@ import platform
 import socket
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
-from dlactor.launch.local import Outcome, launch_local
+from dlactor.config import RayLauncher, RunConfig
+from dlactor.launch import local
 from dlactor.launch.plan import Plan
+from dlactor.launch.supervisor import Outcome
 from dlactor.metrics.summary import summarize
 from dlactor.topology.graphs import write_edge_list
 
-__all__ = ["RunResult", "make_run_dir", "run"]
+__all__ = ["Backend", "LocalBackend", "RunResult", "make_run_dir", "open_backend", "run"]
+
+
+class Backend(Protocol):
+    """Places a run's node processes and supervises them to the end."""
+
+    def launch(self, plan: Plan, run_dir: Path, *, show_progress: bool = True) -> Outcome: ...
+
+
+class LocalBackend:
+    """Node processes forked on this machine (``dlactor.launch.local``)."""
+
+    def launch(self, plan: Plan, run_dir: Path, *, show_progress: bool = True) -> Outcome:
+        return local.launch_local(plan, run_dir, show_progress=show_progress)
+
+
+@contextmanager
+def open_backend(config: RunConfig) -> Iterator[Backend]:
+    """The backend ``config.launcher`` names, ready to launch. The Ray backend connects to
+    its cluster here (or starts a local one, stopped on the way out), so that a cluster
+    that cannot be reached or is too small is a ConfigError before any run directory
+    exists. Ray is imported only here, and only for a Ray run."""
+    if isinstance(config.launcher, RayLauncher):
+        from dlactor.launch.ray import RayBackend
+
+        with RayBackend.connect(config.launcher, config.nodes) as backend:
+            yield backend
+    else:
+        yield LocalBackend()
 
 
 class RunResult:
@@ -44,9 +76,10 @@ def make_run_dir(out: Path, name: str) -> Path:
             path = base.with_name(f"{base.name}-{i}")
 
 
-def _versions() -> dict[str, str]:
+def _versions(backend: str) -> dict[str, str]:
     out = {"python": platform.python_version()}
-    for pkg in ("dlactor", "torch", "msgpack", "uvloop", "networkx", "numpy", "pydantic"):
+    packages = ["dlactor", "torch", "msgpack", "uvloop", "networkx", "numpy", "pydantic"]
+    for pkg in packages + (["ray"] if backend == "ray" else []):
         try:
             out[pkg] = version(pkg)
         except PackageNotFoundError:
@@ -65,7 +98,7 @@ def _manifest(plan: Plan, config_text: str) -> dict[str, Any]:
     return {
         "name": cfg.name,
         "run_id": plan.run_id,
-        "versions": _versions(),
+        "versions": _versions(cfg.launcher.kind),
         "hosts": [socket.gethostname()],
         "platform": platform.platform(),
         "argv": sys.argv,
@@ -82,8 +115,19 @@ def _manifest(plan: Plan, config_text: str) -> dict[str, Any]:
     }
 
 
-def run(plan: Plan, run_dir: Path, config_text: str, *, show_progress: bool = True) -> RunResult:
-    """Execute ``plan`` into ``run_dir``; every file written along the way stays."""
+def run(
+    plan: Plan,
+    run_dir: Path,
+    config_text: str,
+    *,
+    backend: Backend | None = None,
+    show_progress: bool = True,
+) -> RunResult:
+    """Execute ``plan`` into ``run_dir`` on ``backend`` (by default, the one the config
+    names, opened for this run); every file written along the way stays."""
+    if backend is None:
+        with open_backend(plan.config) as opened:
+            return run(plan, run_dir, config_text, backend=opened, show_progress=show_progress)
     (run_dir / "nodes").mkdir(parents=True, exist_ok=True)
     (run_dir / "config.toml").write_text(config_text)
     write_edge_list(plan.graph, run_dir / "topology.edges")
@@ -92,7 +136,7 @@ def run(plan: Plan, run_dir: Path, config_text: str, *, show_progress: bool = Tr
     t0 = time.time()
     outcome = Outcome(status="failed", reason="the launcher itself failed")
     try:
-        outcome = launch_local(plan, run_dir, show_progress=show_progress)
+        outcome = backend.launch(plan, run_dir, show_progress=show_progress)
     except KeyboardInterrupt:  # a second Ctrl-C while the nodes were being reaped
         outcome = Outcome(status="interrupted", reason="interrupted (Ctrl-C)")
     finally:
@@ -108,5 +152,7 @@ def run(plan: Plan, run_dir: Path, config_text: str, *, show_progress: bool = Tr
         )
         _write_json(run_dir / "summary.json", summary)
         manifest.update(status=outcome.status, end=datetime.now().astimezone().isoformat())
+        if outcome.hosts:  # where a backend placed the nodes, when it was not only here
+            manifest["hosts"] = outcome.hosts
         _write_json(run_dir / "manifest.json", manifest)
     return RunResult(run_dir, outcome, summary)

@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import os
 import signal
+import threading
 import traceback
 from collections.abc import Coroutine
 from pathlib import Path
@@ -45,21 +46,37 @@ def run_event_loop(main: Coroutine[Any, Any, T]) -> T:
 
 
 def node_process_main(
-    plan: Plan, node: int, control: Address, run_dir: Path, *, parent: int | None = None
+    plan: Plan,
+    node: int,
+    control: Address,
+    run_dir: Path,
+    *,
+    host: str,
+    port: int = 0,
+    parent: int | None = None,
 ) -> int:
-    """Body of a node process; returns its exit code. ``parent`` is the launcher's pid: if
-    it is already gone, there is nobody to run for."""
+    """Body of a node process; returns its exit code. The node listens on ``host:port``
+    (port 0: any free one) and writes its results under ``run_dir``.
+
+    ``parent`` is the pid of the launcher that forked this process (local backend): the
+    kernel is asked to kill this process when the launcher dies, and if it is already gone,
+    there is nobody to run for. Without it (a Ray worker, whose parent is Ray's raylet and
+    which Ray ends with its driver) nothing is asked. Under every backend, the control
+    connection closing stops the node.
+    """
     _ignore_ctrl_c()
-    if not _die_with_parent(parent):
+    if parent is not None and not _die_with_parent(parent):
         return EXIT_STOPPED
     _limit_threads(plan.config.launcher.torch_threads)
-    return run_event_loop(_node_main(plan, node, control, run_dir))
+    return run_event_loop(_node_main(plan, node, control, run_dir, (host, port)))
 
 
 def _ignore_ctrl_c() -> None:
     """Ctrl-C is the launcher's to handle. The launcher forks with SIGINT blocked, so a
     Ctrl-C that came before this point is still pending: ignored first, then unblocked, it
-    is dropped."""
+    is dropped. (Only the main thread may set a handler: elsewhere, nothing is changed.)"""
+    if threading.current_thread() is not threading.main_thread():
+        return
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
 
@@ -89,7 +106,9 @@ def _die_with_parent(parent: int | None) -> bool:
     return parent is None or os.getppid() == parent
 
 
-async def _node_main(plan: Plan, node: int, control: Address, run_dir: Path) -> int:
+async def _node_main(
+    plan: Plan, node: int, control: Address, run_dir: Path, listen: Address
+) -> int:
     ctl = await ControlStream.connect(*control)
     await ctl.send(Hello(plan.run_id, plan.secret, node))
     recorder = JsonlRecorder(run_dir / "nodes" / f"{node}.jsonl")
@@ -103,9 +122,14 @@ async def _node_main(plan: Plan, node: int, control: Address, run_dir: Path) -> 
             ctl.post(Share(node, record["round"], params))
 
     def transport(deliver: Deliver) -> TcpTransport:
-        host = plan.config.launcher.host
+        host, port = listen
         return TcpTransport(
-            node=node, run_id=plan.run_id, secret=plan.secret, deliver=deliver, host=host
+            node=node,
+            run_id=plan.run_id,
+            secret=plan.secret,
+            deliver=deliver,
+            host=host,
+            port=port,
         )
 
     actor: Node | None = None

@@ -10,19 +10,40 @@ import asyncio
 import ctypes
 import ctypes.util
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
-__all__ = ["MemorySampler", "pss_bytes", "release_freed_memory", "rollup"]
+__all__ = [
+    "MMAP_THRESHOLD",
+    "MemorySampler",
+    "TRIM_THRESHOLD",
+    "pss_bytes",
+    "release_freed_memory",
+    "rollup",
+    "set_malloc_thresholds",
+]
+
+#: Allocations of at least this many bytes get their own mmap from glibc (see
+#: :func:`set_malloc_thresholds`): frame bodies up to 64 MiB (16 M float32 parameters)
+#: are served from the heap and reused.
+MMAP_THRESHOLD = 64 << 20
+#: Free memory at the top of the heap that glibc keeps instead of returning it at once:
+#: twice the mmap threshold, the ratio glibc's own dynamic thresholds keep.
+TRIM_THRESHOLD = 2 * MMAP_THRESHOLD
+#: glibc's mallopt parameter numbers (malloc.h).
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+#: The largest M_MMAP_THRESHOLD glibc before 2.35 accepts on 64-bit (HEAP_MAX_SIZE / 2).
+_OLD_GLIBC_MAX_MMAP_THRESHOLD = 32 << 20
 
 
-def _libc_malloc_trim() -> Callable[[int], int] | None:
-    name = ctypes.util.find_library("c")
-    libc = ctypes.CDLL(name) if name else None
-    return getattr(libc, "malloc_trim", None)  # glibc only
+def _libc_function(name: str) -> Callable[..., int] | None:
+    path = ctypes.util.find_library("c")
+    libc = ctypes.CDLL(path) if path else None
+    return getattr(libc, name, None)  # glibc only
 
 
-_MALLOC_TRIM = _libc_malloc_trim()
+_MALLOC_TRIM = _libc_function("malloc_trim")
+_MALLOPT = _libc_function("mallopt")
 
 
 def release_freed_memory() -> None:
@@ -34,6 +55,34 @@ def release_freed_memory() -> None:
     """
     if _MALLOC_TRIM is not None:
         _MALLOC_TRIM(0)
+
+
+def set_malloc_thresholds(
+    mmap_threshold: int = MMAP_THRESHOLD, trim_threshold: int = TRIM_THRESHOLD
+) -> int:
+    """Keep freed frame bodies on the heap for the next frame; a node calls this at start.
+
+    glibc serves every allocation of at least its mmap threshold with a fresh ``mmap`` and
+    unmaps it when freed. The threshold adapts to the blocks a process frees, but never
+    beyond 32 MiB: every body of a frame over 32 MiB was mapped, faulted in page by page
+    while the kernel copied the frame into it, and unmapped again (8,193 page faults per
+    32 MB frame; the transport benchmark moved 25% of its ceiling). Fixing the threshold at
+    ``mmap_threshold`` serves such bodies from the heap, where the next frame reuses the
+    pages. Setting it turns glibc's adaptation off, so the trim threshold (free memory kept
+    at the top of the heap) is set too, or the heap would shrink after every frame.
+
+    Returns the mmap threshold now in force: ``mmap_threshold``, or 32 MiB on a glibc older
+    than 2.35 that refuses more; 0 without glibc, where this does nothing.
+    """
+    if _MALLOPT is None:
+        return 0
+    applied = mmap_threshold
+    if not _MALLOPT(_M_MMAP_THRESHOLD, applied):
+        applied = min(mmap_threshold, _OLD_GLIBC_MAX_MMAP_THRESHOLD)
+        if not _MALLOPT(_M_MMAP_THRESHOLD, applied):
+            return 0
+    _MALLOPT(_M_TRIM_THRESHOLD, max(trim_threshold, applied))
+    return applied
 
 
 def rollup(pid: int) -> dict[str, int]:
@@ -58,15 +107,19 @@ def pss_bytes(pid: int) -> int:
 
 class MemorySampler:
     """Samples the total PSS of some processes (and this one) until told to stop. (Not RSS:
-    summed over forked nodes it counts the shared template once per node.)"""
+    summed over forked nodes it counts the shared template once per node.)
 
-    def __init__(self, pids: list[int], *, interval_s: float = 1.0) -> None:
-        self.pids = [os.getpid(), *pids]
+    ``pids`` is asked at every sample: a backend may learn its processes' pids as they
+    start (Ray workers report theirs), and only processes on this machine can be read.
+    """
+
+    def __init__(self, pids: Callable[[], Iterable[int]], *, interval_s: float = 1.0) -> None:
+        self.pids = pids
         self.interval_s = interval_s
         self.peak_pss = 0
 
     def sample(self) -> int:
-        pss = sum(pss_bytes(p) for p in self.pids)
+        pss = sum(pss_bytes(p) for p in {os.getpid(), *self.pids()})
         self.peak_pss = max(self.peak_pss, pss)
         return pss
 

@@ -4,6 +4,7 @@ Node processes are stand-ins here; a real run is in test_end_to_end.py."""
 from __future__ import annotations
 
 import asyncio
+import os
 import socket
 import tracemalloc
 from collections.abc import AsyncIterator
@@ -12,9 +13,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from dlactor.launch import local
-from dlactor.launch.local import Supervisor
+from dlactor.launch import supervisor as supervisor_module
 from dlactor.launch.plan import Plan
+from dlactor.launch.supervisor import ForkedNodes, Supervisor
 from dlactor.messages import Failed, Hello, Message, Payload, Progress, Share
 from dlactor.sharing.ops import flatten
 from dlactor.wire.codec import encode
@@ -28,7 +29,7 @@ KNOCK_ON_TB = (
 
 
 class StandIn:
-    """What the supervisor reads of a node process: its pid and exit code."""
+    """What ForkedNodes reads of a forked node process: its pid and exit code."""
 
     def __init__(self, pid: int) -> None:
         self.pid = pid
@@ -45,7 +46,8 @@ def wire(msg: Message) -> bytes:
 def supervisor(plan: Plan, run_dir: Path) -> Supervisor:
     procs = [StandIn(1 << 22 | i) for i in range(plan.config.nodes)]  # no such pids
     listener = socket.create_server(("127.0.0.1", 0))
-    return Supervisor(plan, procs, listener, run_dir, show_progress=False)  # type: ignore[arg-type]
+    nodes = ForkedNodes(procs)  # type: ignore[arg-type]
+    return Supervisor(plan, nodes, listener, run_dir, show_progress=False)
 
 
 @pytest.fixture
@@ -139,8 +141,8 @@ async def test_a_control_message_that_does_not_fit_drops_that_connection_not_the
 async def test_a_node_that_reported_failed_is_not_blamed_again_for_exiting(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(local, "KNOCK_ON_GRACE_S", 0.3)
-    monkeypatch.setattr(local, "STOP_GRACE_S", 0.1)
+    monkeypatch.setattr(supervisor_module, "KNOCK_ON_GRACE_S", 0.3)
+    monkeypatch.setattr(supervisor_module, "STOP_GRACE_S", 0.1)
     plan = small_plan()
     sup = supervisor(plan, tmp_path)
     running = asyncio.ensure_future(sup.run())
@@ -154,10 +156,71 @@ async def test_a_node_that_reported_failed_is_not_blamed_again_for_exiting(
         while 2 not in sup.reported:
             await asyncio.sleep(0.01)
     writer.close()  # the node closes its control connection and exits, code 1
-    sup.procs[2].exitcode = 1  # type: ignore[misc]
+    sup.nodes.procs[2].exitcode = 1  # type: ignore[attr-defined]
     async with asyncio.timeout(5):
         outcome = await running
 
     assert outcome.status == "failed"
     assert outcome.reason == "node 2 raised an exception"
     assert outcome.traceback == KNOCK_ON_TB
+
+
+class Placed:
+    """A backend's node processes as NodeProcesses: ended in its own words, or killed."""
+
+    def __init__(self, n: int) -> None:
+        self.how: dict[int, str] = {}
+        self.killed: list[int] = []
+        self.pids: list[int] = []
+
+    def ended(self, node: int) -> str | None:
+        return self.how.get(node)
+
+    def kill(self, node: int) -> None:
+        if node not in self.how:
+            self.killed.append(node)
+            self.how[node] = "was killed"
+
+    def local_pids(self) -> list[int]:
+        return list(self.pids)
+
+
+async def test_a_node_process_that_ends_unreported_fails_the_run_in_its_backends_words(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(supervisor_module, "STOP_GRACE_S", 0.1)
+    plan = small_plan()
+    nodes = Placed(plan.config.nodes)
+    sup = Supervisor(
+        plan, nodes, socket.create_server(("127.0.0.1", 0)), tmp_path, show_progress=False
+    )
+    running = asyncio.ensure_future(sup.run())
+    await asyncio.sleep(0.05)
+
+    nodes.how[5] = "lost its Ray worker (ActorDiedError: its worker process has died)"
+    async with asyncio.timeout(5):
+        outcome = await running
+    sup.listener.close()
+
+    assert outcome.status == "failed"
+    assert (
+        outcome.reason == "node 5 lost its Ray worker (ActorDiedError: its worker process has died)"
+    )
+    assert sorted(nodes.killed) == [n for n in range(plan.config.nodes) if n != 5]
+
+
+def test_memory_is_sampled_from_the_pids_a_backend_knows_at_each_sample(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Ray workers report their pids as they start: each sample asks again."""
+    from dlactor.metrics import memory
+
+    pss = {os.getpid(): 10, 42: 5}
+    monkeypatch.setattr(memory, "pss_bytes", lambda pid: pss[pid])
+    pids: list[int] = []
+    sampler = memory.MemorySampler(lambda: pids)
+
+    assert sampler.sample() == 10
+    pids.append(42)
+    assert sampler.sample() == 15
+    assert sampler.peak_pss == 15

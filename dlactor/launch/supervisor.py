@@ -1,0 +1,322 @@
+"""The launcher's supervisor, shared by every backend: rendezvous, start barrier, progress,
+memory, consensus, and failing fast.
+
+Every node registers its address over its control connection; when all have, all get the
+address book at once (the start barrier). A node that reports a traceback, a node process
+that ends without reporting, or a Ctrl-C stops every node, kills what does not stop, and
+ends the run with the first cause as its reason.
+
+The supervisor sees the node processes only through :class:`NodeProcesses`: whether each
+still runs (and how it ended), killing one, and which of them run on this machine (memory
+is sampled from those). The local backend implements it over forked processes, the Ray
+backend over Ray actors.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import socket
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from multiprocessing.process import BaseProcess
+from pathlib import Path
+from typing import Protocol
+
+from dlactor.launch.control import CONTROL_MAX_FRAME, ControlStream
+from dlactor.launch.plan import Plan
+from dlactor.launch.progress import RunProgress
+from dlactor.launch.worker import EXIT_DONE
+from dlactor.messages import Done, Failed, Message, Payload, Progress, Register, Share, Start, Stop
+from dlactor.metrics.consensus import ConsensusMeter
+from dlactor.metrics.memory import MemorySampler
+from dlactor.metrics.recorder import JsonlRecorder
+from dlactor.sharing.ops import check_layout, flat_layout
+from dlactor.transport.base import Address
+from dlactor.transport.tcp import check_hello
+from dlactor.wire.errors import ProtocolError, RemoteProtocolError
+from dlactor.wire.framing import HANDSHAKE_MAX_FRAME
+
+__all__ = ["ForkedNodes", "NodeProcesses", "Outcome", "Supervisor", "describe_exit"]
+
+STOP_GRACE_S = 5.0
+KNOCK_ON_GRACE_S = 1.5
+#: Exceptions a node raises because *another* node went away (last line of its traceback).
+KNOCK_ON = (
+    "dlactor.transport.base.PeerUnreachable",
+    "dlactor.node.mailbox.RoundTimeout",
+    "dlactor.node.node.SendStalled",
+)
+
+
+@dataclass
+class Outcome:
+    """How a run ended, for the manifest and the summary."""
+
+    status: str = "ok"  # "ok" | "failed" | "interrupted"
+    reason: str = ""
+    traceback: str = ""
+    also_failed: list[int] = field(default_factory=list)
+    peak_pss_bytes: int = 0
+    t_start_barrier: float = 0.0
+    hosts: list[str] = field(default_factory=list)  # where nodes ran, if not only here
+
+
+class NodeProcesses(Protocol):
+    """A run's node processes as the supervisor sees them, whichever backend placed them.
+    Nodes are numbered 0..n-1. Nothing here waits."""
+
+    def ended(self, node: int) -> str | None:
+        """None while ``node``'s process runs; once it has ended, how, in words that follow
+        "node 3 " ("exited with code 1", "was killed by SIGKILL")."""
+        ...
+
+    def kill(self, node: int) -> None:
+        """Kill ``node``'s process if it still runs (the end is seen later by ``ended``)."""
+        ...
+
+    def local_pids(self) -> list[int]:
+        """Pids of the node processes on this machine known so far (for PSS sampling)."""
+        ...
+
+
+class ForkedNodes:
+    """:class:`NodeProcesses` over processes this one forked (the local backend)."""
+
+    def __init__(self, procs: Sequence[BaseProcess]) -> None:
+        self.procs = procs
+
+    def ended(self, node: int) -> str | None:
+        code = self.procs[node].exitcode
+        return None if code is None else describe_exit(code)
+
+    def kill(self, node: int) -> None:
+        if self.procs[node].exitcode is None:
+            self.procs[node].kill()
+
+    def local_pids(self) -> list[int]:
+        return [p.pid for p in self.procs if p.pid is not None]
+
+
+class Supervisor:
+    """Runs on the launcher's event loop from the start barrier to the last exit."""
+
+    def __init__(
+        self,
+        plan: Plan,
+        nodes: NodeProcesses,
+        listener: socket.socket,
+        run_dir: Path,
+        *,
+        show_progress: bool,
+    ) -> None:
+        self.plan, self.nodes, self.listener = plan, nodes, listener
+        self.consensus = ConsensusMeter(plan.config.nodes)
+        self._consensus_path = run_dir / "consensus.jsonl"
+        # Opened by run(), so that a supervisor that never runs leaves no file open.
+        self.consensus_log: JsonlRecorder | None = None
+        self.n = plan.config.nodes
+        self.outcome = Outcome()
+        self.addresses: dict[int, Address] = {}
+        self.streams: dict[int, ControlStream] = {}
+        self.done: set[int] = set()
+        self.reported: set[int] = set()  # said Done or Failed: its exit is no news
+        self.closed: set[int] = set()
+        self._consensus_layout = flat_layout(plan.model.parameters())
+        self.progress = RunProgress(self.n, plan.config.rounds, enabled=show_progress)
+        self.memory = MemorySampler(nodes.local_pids)
+        self._deferred: tuple[int, str] | None = None
+        self._all_registered = asyncio.Event()
+        self._finished = asyncio.Event()
+
+    async def run(self) -> Outcome:
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGINT, self.fail, "interrupted", "interrupted (Ctrl-C)", "")
+        server = await asyncio.start_server(self.serve_control, sock=self.listener)
+        self.consensus_log = JsonlRecorder(self._consensus_path)
+        try:
+            with self.progress:
+                async with asyncio.TaskGroup() as tg:
+                    tg.create_task(self._watch_processes())
+                    tg.create_task(self.memory.run(self._finished))
+                    await self._barrier()
+                    await self._finished.wait()
+                await self._stop_all()
+        finally:
+            loop.remove_signal_handler(signal.SIGINT)
+            server.close()
+            for stream in self.streams.values():
+                stream.close()
+            self.consensus_log.close()
+        self.outcome.peak_pss_bytes = self.memory.peak_pss
+        return self.outcome
+
+    async def _barrier(self) -> None:
+        timeout = self.plan.config.launcher.start_timeout_s
+        try:
+            async with asyncio.timeout(timeout):
+                await _first_of(self._all_registered, self._finished)
+        except TimeoutError:
+            missing = sorted(set(range(self.n)) - set(self.addresses))
+            self.fail("failed", f"start barrier: nodes {missing[:20]} not ready in {timeout:g} s")
+            return
+        if self._finished.is_set():
+            return
+        self.outcome.t_start_barrier = time.time()
+        start = Start(addresses=dict(self.addresses), t0=self.outcome.t_start_barrier)
+        for stream in self.streams.values():
+            stream.post(start)
+
+    async def serve_control(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        """One node's control connection, from its hello to EOF. Until the hello is checked
+        the connection may announce only a hello-sized frame; a protocol error, or a message
+        that does not fit, drops the connection (never the launcher)."""
+        stream = ControlStream(reader, writer, max_frame=HANDSHAKE_MAX_FRAME)
+        try:
+            node = await self._accept(stream)
+            while (msg := await stream.receive()) is not None:
+                if getattr(msg, "sender", node) != node:
+                    raise RemoteProtocolError(f"node {node} sent a message as another node")
+                self._on_message(msg)
+            self.closed.add(node)
+        except (ProtocolError, ConnectionError) as exc:
+            writer.close()
+            if not self._finished.is_set():
+                print(f"dlactor: dropped a control connection: {exc}", file=sys.stderr)
+
+    async def _accept(self, stream: ControlStream) -> int:
+        """Check the hello; only then may the node send frames as big as a model."""
+        hello = check_hello(await _first(stream), self.plan.run_id, self.plan.secret)
+        stream.set_max_frame(CONTROL_MAX_FRAME)
+        self.streams[hello.sender] = stream
+        return hello.sender
+
+    def _on_message(self, msg: object) -> None:
+        match msg:
+            case Register(sender=node, host=host, port=port):
+                self.addresses[node] = (host, port)
+                if len(self.addresses) == self.n:
+                    self._all_registered.set()
+            case Progress(sender=node, round=r):
+                self.progress.advance(node, r)
+            case Share(sender=node, round=r, payload=payload):
+                self._on_consensus_report(node, r, payload)
+            case Done(sender=node):
+                self.done.add(node)
+                self.reported.add(node)
+                if len(self.done) == self.n:
+                    self._finished.set()
+            case Failed(sender=node, traceback=tb):
+                self.reported.add(node)
+                self._on_failed(node, tb)
+            case _:
+                raise ProtocolError(f"unexpected {type(msg).__name__} on the control channel")
+
+    def _on_consensus_report(self, node: int, r: int, payload: Payload) -> None:
+        """A node's evaluated model, for the consensus distance; one that is not this run's
+        model vector is the node's protocol error, not a crash of the launcher."""
+        try:
+            check_layout(payload, self._consensus_layout)
+        except RemoteProtocolError as exc:
+            raise RemoteProtocolError(f"node {node}'s consensus report: {exc}") from exc
+        distance = self.consensus.add(r, payload.tensors["params"])
+        if distance is not None and self.consensus_log is not None:
+            self.consensus_log.write({"round": r, "consensus_distance": distance, "nodes": self.n})
+
+    def _on_failed(self, node: int, tb: str) -> None:
+        if self.outcome.status != "ok" or self._finished.is_set():
+            self.outcome.also_failed.append(node)
+        elif _is_knock_on(tb):
+            self._defer(node, tb)
+        else:
+            self.fail("failed", f"node {node} raised an exception", tb)
+
+    def _defer(self, node: int, tb: str) -> None:
+        """A peer-unreachable or round-timeout failure is usually the knock-on effect of
+        another node's death: give the root cause a moment to be seen before blaming this."""
+        if self._deferred is None:
+            self._deferred = (node, tb)
+            asyncio.get_running_loop().call_later(KNOCK_ON_GRACE_S, self._commit_deferred)
+        else:
+            self.outcome.also_failed.append(node)
+
+    def _commit_deferred(self) -> None:
+        if self._deferred is not None and self.outcome.status == "ok":
+            node, tb = self._deferred
+            self.fail("failed", f"node {node} raised an exception", tb)
+
+    def fail(self, status: str, reason: str, tb: str = "") -> None:
+        """First failure wins; it stops the run."""
+        if self.outcome.status == "ok" and not self._finished.is_set():
+            self.outcome.status, self.outcome.reason, self.outcome.traceback = status, reason, tb
+        self._finished.set()
+
+    async def _watch_processes(self) -> None:
+        """A node that exits without saying Done or Failed fails the run. Its last words may
+        still be in flight when its exit is seen: wait for its control stream to close, up to
+        a second, before judging. A node that did report is not judged again: its own
+        traceback (or a knock-on failure's deferral) says more than its exit code."""
+        exited_at: dict[int, float] = {}
+        while not self._finished.is_set():
+            now = time.monotonic()
+            for node in range(self.n):
+                if node in self.reported or (how := self.nodes.ended(node)) is None:
+                    continue
+                first = exited_at.setdefault(node, now)
+                if node in self.closed or now - first > 1.0:
+                    self.fail("failed", f"node {node} {how}")
+            await asyncio.sleep(0.05)
+
+    async def _stop_all(self) -> None:
+        if self.outcome.status == "ok":
+            return
+        stop = Stop(self.outcome.reason)
+        for node, stream in self.streams.items():
+            if self.nodes.ended(node) is None:
+                stream.post(stop)
+        deadline = time.monotonic() + STOP_GRACE_S
+        while time.monotonic() < deadline and not self._all_ended():
+            await asyncio.sleep(0.05)
+        for node in range(self.n):
+            self.nodes.kill(node)
+
+    def _all_ended(self) -> bool:
+        return all(self.nodes.ended(node) is not None for node in range(self.n))
+
+
+def _is_knock_on(tb: str) -> bool:
+    lines = [line.strip() for line in tb.strip().splitlines()]
+    return bool(lines) and lines[-1].startswith(KNOCK_ON)
+
+
+async def _first_of(*events: asyncio.Event) -> None:
+    waits = [asyncio.ensure_future(e.wait()) for e in events]
+    try:
+        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for w in waits:
+            w.cancel()
+        await asyncio.gather(*waits, return_exceptions=True)
+
+
+async def _first(stream: ControlStream) -> Message:
+    msg = await stream.receive()
+    if msg is None:
+        raise ConnectionError("closed before saying hello")
+    return msg
+
+
+def describe_exit(code: int) -> str:
+    """A node process's exit code, in words that follow "node 3 "."""
+    if code < 0:
+        try:
+            return f"was killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"was killed by signal {-code}"
+    if code == EXIT_DONE:
+        return "exited before reporting done"
+    return f"exited with code {code}"
