@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import array
+import gc
 import math
 from typing import Any
 
@@ -526,6 +528,38 @@ def test_bool_tensor_bytes_other_than_zero_or_one_are_a_remote_protocol_error() 
 def test_decoding_bytes_instead_of_a_bytearray_is_a_type_error() -> None:
     with pytest.raises(TypeError):
         decode(bytes(body_of(Done(sender=1))))  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    "view",
+    [
+        memoryview(bytes(body_of(Done(sender=1)))),  # read-only
+        memoryview(body_of(Done(sender=1))).cast("B", (1, len(body_of(Done(sender=1))))),
+        memoryview(array.array("i", [0, 0])),  # not bytes
+        memoryview(body_of(Done(sender=1)))[::2],  # not contiguous
+    ],
+    ids=["read-only", "two-dimensional", "int elements", "strided"],
+)
+def test_decoding_a_view_that_is_not_writable_contiguous_bytes_is_a_type_error(
+    view: memoryview,
+) -> None:
+    with pytest.raises(TypeError, match="writable, contiguous byte memoryview"):
+        decode(view)
+
+
+def test_a_writable_memoryview_over_numpy_memory_decodes_to_tensors_that_keep_it_alive() -> None:
+    weights = torch.randn(1000)
+    wire_bytes = to_wire(share({"w": weights}))
+    body = np.empty(len(wire_bytes) - 4, dtype=np.uint8)  # how FrameDecoder holds big bodies
+    body[:] = np.frombuffer(wire_bytes, dtype=np.uint8)[4:]
+
+    decoded = decode(memoryview(body))
+    del body
+    gc.collect()
+
+    assert isinstance(decoded, Share)
+    assert torch.equal(decoded.payload.tensors["w"], weights)
+    decoded.payload.tensors["w"][0] = 7.0  # writable, no warning
 
 
 def test_protocol_errors_name_whose_fault_it_is() -> None:
