@@ -69,6 +69,7 @@ class Node:
         self.on_round = on_round
         self.t0 = time.time()
         self._process = psutil.Process()
+        self._peers: frozenset[int] = frozenset()  # the last round's neighbours
 
     def deliver(self, msg: Message, nbytes: int) -> None:
         """The transport's callback: payloads go to the mailbox; nothing else belongs here.
@@ -115,6 +116,7 @@ class Node:
         stats = await self.trainer.train(ctx)
         t_train = time.perf_counter() - t_start
         ctx.peers = await self.topology.neighbors(self.node, r)
+        self._close_former_peers(ctx.peers)
         ctx.weights = await self.topology.weights(self.node, r)
         share = Share(self.node, r, await self.sharing.outgoing(ctx))
         received = await self._exchange(share, ctx.peers)
@@ -138,6 +140,19 @@ class Node:
         if self._evaluates(r):
             record.update(await self._evaluate(ctx))
         return record
+
+    def _close_former_peers(self, peers: frozenset[int]) -> None:
+        """Close the connections to last round's neighbours that are not neighbours now.
+
+        Only here, once that round is over on this side: its share went out to them (its
+        send completed) and theirs came in. What a peer has not read yet still reaches it
+        (the transport closes gracefully), so a dynamic topology never loses a message to
+        a close, and connections never pile up: at most this round's neighbours, plus the
+        closes still flushing to peers that have not read their last message yet.
+        """
+        for peer in self._peers - peers:
+            self.transport.close_peer(peer)
+        self._peers = peers
 
     async def _exchange(self, share: Share, peers: frozenset[int]) -> dict[int, Payload]:
         """Send this round's share and collect the neighbours', both within one round timeout:

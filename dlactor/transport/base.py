@@ -105,8 +105,19 @@ class Transport(Protocol):
         """Begin accepting connections; returns where peers reach this node."""
         ...
 
+    @property
+    def open_connections(self) -> int:
+        """Connections open now, outgoing and incoming."""
+        ...
+
     def set_peers(self, addresses: Mapping[int, Address]) -> None:
         """The address book (from the start barrier). Connections open lazily on first send."""
+        ...
+
+    def close_peer(self, peer: int) -> None:
+        """Close our connection to ``peer`` without waiting (a no-op if there is none): what
+        was sent on it still arrives, then the peer sees it end. A later send opens a new one.
+        Not while a send to ``peer`` is in progress."""
         ...
 
     async def send(self, peer: int, msg: Message) -> None:

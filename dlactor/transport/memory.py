@@ -6,6 +6,11 @@ counts the same bytes TCP would (minus the per-connection hello). With
 ``codec=False`` the message object itself is handed over (faster; payloads are
 snapshots, so sharing them is safe). Delivery is always asynchronous
 (``call_soon``), as over a socket.
+
+Links mirror TCP connections: a sender's link to a peer opens with its first send and
+closes with ``close_peer`` (or ``stop``); the receiver forgets its side of the link (its
+frame decoder) when the close reaches it, after every message sent before it, as a TCP
+receiver reads up to the end of the stream. ``open_connections`` counts both sides.
 """
 
 from __future__ import annotations
@@ -79,8 +84,20 @@ class MemoryTransport:
         self.on_handshake: HandshakeSeen | None = None  # there are no handshakes in memory
         self.stats = TrafficStats()
         self._network = network
-        self._decoders: dict[int, FrameDecoder] = {}
+        self._out: set[int] = set()  # peers our links go to
+        # Links from peers, each with its frame decoder (None without the codec).
+        self._inbound: dict[int, FrameDecoder | None] = {}
         self._closed = False
+
+    @property
+    def open_connections(self) -> int:
+        """Links open: ours to peers, and peers' to us."""
+        return len(self._out) + len(self._inbound)
+
+    @property
+    def connected_peers(self) -> frozenset[int]:
+        """The peers we have a link to."""
+        return frozenset(self._out)
 
     async def start(self) -> Address:
         self._network._attach(self)
@@ -103,6 +120,7 @@ class MemoryTransport:
         nbytes = sum(len(b) for b in buffers)
         loop = asyncio.get_running_loop()
         for target in targets:
+            self._out.add(target.node)
             self.stats.bytes_sent += nbytes
             self.stats.msgs_sent += 1
             if self._network.codec:
@@ -114,6 +132,7 @@ class MemoryTransport:
     def _receive_message(self, sender: int, msg: Message, nbytes: int) -> None:
         if self._closed:
             return
+        self._inbound.setdefault(sender, None)
         try:
             self.deliver(msg, nbytes)
         except ProtocolError as exc:
@@ -125,7 +144,9 @@ class MemoryTransport:
     def _receive_bytes(self, sender: int, buffers: list[bytes | memoryview]) -> None:
         if self._closed:
             return
-        decoder = self._decoders.setdefault(sender, FrameDecoder())
+        decoder = self._inbound.get(sender)
+        if decoder is None:
+            decoder = self._inbound[sender] = FrameDecoder()
         for buf in buffers:
             decoder.receive_data(buf)
         try:
@@ -140,9 +161,25 @@ class MemoryTransport:
     def _drop(self, sender: int, exc: ProtocolError) -> None:
         """As TCP drops a connection: forget the link's state, log, count."""
         log.warning("node %d: dropped connection from node %d: %s", self.node, sender, exc)
-        self._decoders.pop(sender, None)
+        self._inbound.pop(sender, None)
         self.stats.dropped_connections += 1
 
+    def close_peer(self, peer: int) -> None:
+        """Close our link to ``peer``: it still receives what was sent before, then the
+        close (the order of ``call_soon``)."""
+        if peer not in self._out:
+            return
+        self._out.discard(peer)
+        target = self._network._endpoints.get(peer)
+        if target is not None:
+            asyncio.get_running_loop().call_soon(target._link_closed, self.node)
+
+    def _link_closed(self, sender: int) -> None:
+        self._inbound.pop(sender, None)
+
     async def stop(self) -> None:
+        for peer in list(self._out):
+            self.close_peer(peer)
         self._closed = True
+        self._inbound.clear()
         self._network._detach(self)

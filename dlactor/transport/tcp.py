@@ -3,18 +3,24 @@
 Outgoing: one connection per peer, opened lazily on the first send and reused;
 its first frame is our ``Hello``. Frames go out with ``writelines`` of the codec's
 buffers (tensor memory is not copied under uvloop) followed by ``drain`` so a slow
-peer slows us down instead of growing our buffers.
+peer slows us down instead of growing our buffers. ``close_peer`` (a dynamic topology
+dropped the peer) closes it gracefully without waiting: what was written is still flushed,
+then the FIN follows it, and the peer reads every byte before it sees the end. Nothing is
+ever written on an incoming connection, so no socket is closed with unread bytes in it
+(the kernel would answer those with a reset, and a reset can destroy data the peer has
+not read yet).
 
 Incoming: the kernel writes straight into the :class:`FrameDecoder`'s buffers
-(big frames land in their final bytearray; tensors are views over it). The first
+(big frames land in their final buffer; tensors are views over it). A connection is read
+until the peer closes it, then forgotten. The first
 frame must be a ``Hello`` with this run's id and secret, and until it has been
 accepted a frame may be at most ``HANDSHAKE_MAX_FRAME`` bytes: a stranger cannot make
 us allocate more. Any protocol error drops that connection, logs it, and counts it in
 ``stats.dropped_connections``; the node carries on.
 
-Stopping never waits on a peer: each outgoing connection gets ``close_timeout`` seconds
-to flush, then is aborted, and a connection whose connect or send failed is closed at
-once, so no socket outlives ``stop``.
+Stopping never waits on a peer: each outgoing connection (those still flushing after
+``close_peer`` included) gets ``close_timeout`` seconds to flush, then is aborted, and a
+connection whose connect or send failed is closed at once, so no socket outlives ``stop``.
 """
 
 from __future__ import annotations
@@ -110,14 +116,31 @@ class _Inbound(asyncio.BufferedProtocol):
             owner.on_handshake(nbytes)
 
     def drop(self, exc: Exception) -> None:
-        who = f"node {self.peer}" if self.peer is not None else "an unidentified peer"
-        log.warning("node %d: dropped connection from %s: %s", self._owner.node, who, exc)
+        log.warning("node %d: dropped connection from %s: %s", self._owner.node, self._who, exc)
         self._owner.stats.dropped_connections += 1
         if self._transport is not None:
             self._transport.abort()
 
+    @property
+    def _who(self) -> str:
+        return f"node {self.peer}" if self.peer is not None else "an unidentified peer"
+
+    def eof_received(self) -> bool:
+        """The peer closed its side after its last frame (returning False closes ours). A
+        frame cut short is logged: its message is lost, and the round waiting for it will
+        time out naming the peer."""
+        if self._decoder.buffered_bytes:
+            log.warning(
+                "node %d: %s closed its connection %d bytes into a frame",
+                self._owner.node,
+                self._who,
+                self._decoder.buffered_bytes,
+            )
+        return False
+
     def connection_lost(self, exc: Exception | None) -> None:
         self._owner._inbound.discard(self)
+        self._transport = None  # nothing of the connection outlives it
 
 
 class TcpTransport:
@@ -144,6 +167,8 @@ class TcpTransport:
         self._host, self._port = host, port
         self._peers: dict[int, Address] = {}
         self._out: dict[int, asyncio.StreamWriter] = {}
+        # Connections close_peer closed that are still flushing, by the task awaiting each.
+        self._closing: dict[asyncio.Task[None], asyncio.StreamWriter] = {}
         self._connecting: dict[int, asyncio.Lock] = {}
         self._inbound: set[_Inbound] = set()
         self._server: asyncio.Server | None = None
@@ -164,7 +189,14 @@ class TcpTransport:
 
     @property
     def open_connections(self) -> int:
-        return len(self._out) + len(self._inbound)
+        """Sockets open: outgoing (those still flushing after ``close_peer`` included) and
+        incoming."""
+        return len(self._out) + len(self._closing) + len(self._inbound)
+
+    @property
+    def connected_peers(self) -> frozenset[int]:
+        """The peers we have an outgoing connection to."""
+        return frozenset(self._out)
 
     async def send(self, peer: int, msg: Message) -> None:
         await self._send_buffers(peer, encode(msg, max_frame=self.max_frame))
@@ -239,17 +271,33 @@ class TcpTransport:
             del self._out[peer]
         await _abort(writer)
 
-    async def close_peer(self, peer: int) -> None:
-        """Close our connection to ``peer`` (e.g. when a topology drops it)."""
+    def close_peer(self, peer: int) -> None:
+        """Close our connection to ``peer`` (a topology dropped it), without waiting.
+
+        The bytes already written still reach the peer, then the end of the stream: the
+        connection closes once they are flushed, however long the peer takes to read them
+        (never aborted, or a message the peer has not read yet could be lost; ``stop`` still
+        aborts it after ``close_timeout``). Do not call it while a send to ``peer`` is in
+        progress. A later send to ``peer`` opens a new connection.
+        """
         writer = self._out.pop(peer, None)
-        if writer is not None:
-            await _close(writer, self.close_timeout)
+        lock = self._connecting.get(peer)
+        if lock is not None and not lock.locked():
+            del self._connecting[peer]
+        if writer is None:
+            return
+        writer.close()  # graceful: the transport flushes its buffer, then closes the socket
+        closing = asyncio.ensure_future(_wait_closed(writer))
+        self._closing[closing] = writer
+        closing.add_done_callback(lambda task: self._closing.pop(task, None))
 
     async def stop(self) -> None:
         """Stop sending and accepting; close every connection within ``close_timeout``."""
         self._closed = True
-        writers, self._out = list(self._out.values()), {}
+        writers = [*self._out.values(), *self._closing.values()]
+        closing, self._out = list(self._closing), {}
         await asyncio.gather(*(_close(w, self.close_timeout) for w in writers))
+        await asyncio.gather(*closing)
         if self._server is not None:
             self._server.close()
             for conn in list(self._inbound):
@@ -257,6 +305,11 @@ class TcpTransport:
                     conn._transport.abort()
             await self._server.wait_closed()
             self._server = None
+
+
+async def _wait_closed(writer: asyncio.StreamWriter) -> None:
+    with contextlib.suppress(ConnectionError, OSError):
+        await writer.wait_closed()
 
 
 async def _abort(writer: asyncio.StreamWriter) -> None:

@@ -1,9 +1,12 @@
 """The TCP transport on 127.0.0.1: delivery, accounting, and what it does with bad peers."""
 
 import asyncio
+import gc
 import logging
 import time
 import tracemalloc
+import weakref
+from collections.abc import Callable
 
 import psutil
 import pytest
@@ -95,6 +98,21 @@ def sockets_to(port: int) -> list[object]:
     return [c for c in psutil.Process().net_connections("tcp") if c.raddr and c.raddr[1] == port]
 
 
+def sockets_on(port: int) -> list[object]:
+    """This process's connected TCP sockets with either end at ``port`` (not the listener)."""
+    return [
+        c
+        for c in psutil.Process().net_connections("tcp")
+        if c.raddr and port in (c.laddr[1], c.raddr[1])
+    ]
+
+
+async def wait_until(condition: Callable[[], bool], timeout: float = 5.0) -> None:
+    async with asyncio.timeout(timeout):
+        while not condition():
+            await asyncio.sleep(0.01)
+
+
 async def test_messages_arrive_in_order_with_their_wire_size() -> None:
     sender, receiver, inbox = await pair()
     for r in range(3):
@@ -119,10 +137,109 @@ async def test_one_connection_per_peer_is_opened_lazily_and_reused() -> None:
     await inbox.wait_for(5)
     assert sender.open_connections == 1
     assert receiver.open_connections == 1
-    await sender.close_peer(1)
-    assert sender.open_connections == 0
+    sender.close_peer(1)
+    await wait_until(lambda: sender.open_connections == receiver.open_connections == 0)
+    await sender.send(1, share(0, 5))  # a new connection
+    await inbox.wait_for(6)
+    assert sender.open_connections == receiver.open_connections == 1
     await sender.stop()
     await receiver.stop()
+
+
+async def test_a_message_written_before_close_peer_reaches_a_peer_that_reads_it_late() -> None:
+    """close_peer right after a send must not cut off what the peer has not read yet, even
+    when the peer reads it long after close_timeout: the close is graceful, never aborted."""
+    inbox = Inbox()
+    receiver = transport(1, inbox)
+    addr = await receiver.start()
+    sender = transport(0, Inbox(), close_timeout=0.2)
+    sender.set_peers({1: addr})
+    await sender.send(1, share(0, 0, n=16))
+    await inbox.wait_for(1)
+    (conn,) = receiver._inbound
+    conn._transport.pause_reading()  # type: ignore[union-attr]
+    # Let the send return with most of its 32 MB still in our buffer (a drain returns with
+    # up to the high-water mark unflushed; this makes that part large).
+    sender._out[1].transport.set_write_buffer_limits(high=64 << 20)
+    big = share(0, 1, n=8 << 20)
+
+    await sender.send(1, big)
+    sender.close_peer(1)
+    await asyncio.sleep(0.5)  # more than close_timeout
+    conn._transport.resume_reading()  # type: ignore[union-attr]
+
+    await inbox.wait_for(2, timeout=20)
+    assert torch.equal(
+        inbox.messages[1][0].payload.tensors["params"], big.payload.tensors["params"]
+    )  # type: ignore[union-attr]
+    await wait_until(lambda: sender.open_connections == receiver.open_connections == 0)
+    assert receiver.stats.dropped_connections == 0
+    await sender.stop()
+    await receiver.stop()
+
+
+async def test_a_connection_its_peer_closed_is_forgotten_socket_and_protocol() -> None:
+    sender, receiver, inbox = await pair()
+    assert receiver.address is not None
+    port = receiver.address[1]
+    await sender.send(1, share(0, 0))
+    await inbox.wait_for(1)
+    (conn,) = receiver._inbound
+    protocol = weakref.ref(conn)
+    del conn
+
+    sender.close_peer(1)
+
+    await wait_until(lambda: receiver.open_connections == 0 and sender.open_connections == 0)
+    await wait_until(lambda: sockets_on(port) == [])
+    gc.collect()
+    assert protocol() is None
+    await sender.stop()
+    await receiver.stop()
+
+
+async def test_a_peer_that_closes_in_the_middle_of_a_frame_is_logged(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    inbox = Inbox()
+    receiver = transport(1, inbox)
+    addr = await receiver.start()
+    frame = wire(share(5, 0))
+
+    with caplog.at_level(logging.WARNING, logger="dlactor.transport"):
+        _, writer = await asyncio.open_connection(*addr)
+        writer.write(wire(Hello(RUN, SECRET, 5)) + frame[:1000])
+        writer.close()
+        await writer.wait_closed()
+        await wait_until(lambda: receiver.open_connections == 0)
+
+    assert "node 5 closed its connection 1000 bytes into a frame" in caplog.text
+    assert inbox.messages == []
+    await receiver.stop()
+
+
+async def test_stop_aborts_a_closed_connection_still_flushing_to_a_peer_that_stopped_reading() -> (
+    None
+):
+    peer = StalledPeer()
+    port = (await peer.start())[1]
+    sender = transport(0, Inbox(), close_timeout=0.2)
+    sender.set_peers({1: ("127.0.0.1", port)})
+    await sender.send(1, share(0, 0, n=16))
+    sender._out[1].transport.set_write_buffer_limits(high=64 << 20)
+    await sender.send(1, share(0, 1, n=8 << 20))  # returns with most of it unflushed
+    sender.close_peer(1)
+    await asyncio.sleep(0.1)
+    assert sender.open_connections == 1, "still flushing to a peer that does not read"
+
+    t0 = time.monotonic()
+    async with asyncio.timeout(5):
+        await sender.stop()
+
+    assert time.monotonic() - t0 < 2
+    assert sender.open_connections == 0
+    assert sockets_to(port) == []
+    await peer.stop()
 
 
 async def test_a_32_mb_message_arrives_intact() -> None:

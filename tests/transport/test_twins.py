@@ -115,3 +115,33 @@ async def test_a_message_the_receiver_refuses_drops_that_link_and_the_node_carri
     ((msg, _),) = inboxes[2]
     assert isinstance(msg, Share) and msg.sender == 1
     assert t2.stats.dropped_connections == 1
+
+
+async def test_close_peer_delivers_what_was_sent_then_both_sides_forget_the_link(
+    make: Make,
+) -> None:
+    (t0, t1), inboxes = await connected(make, 2)
+    await t0.send(1, share())
+    assert t0.open_connections == 1
+
+    t0.close_peer(1)
+    await wait_until(lambda: t0.open_connections == 0 and t1.open_connections == 0)
+
+    assert len(inboxes[1]) == 1  # sent before the close: delivered
+    await t0.send(1, share())  # a later send opens a new link
+    await wait_until(lambda: len(inboxes[1]) == 2)
+    assert t0.open_connections == 1 and t1.open_connections == 1
+    t0.close_peer(7)  # no link: nothing to do
+
+
+async def test_after_stop_no_link_is_left_on_either_side(make: Make) -> None:
+    (t0, t1, t2), inboxes = await connected(make, 3)
+    await t0.send_all([1, 2], share())
+    await wait_until(lambda: len(inboxes[1]) == len(inboxes[2]) == 1)
+    assert (t0.open_connections, t1.open_connections, t2.open_connections) == (2, 1, 1)
+
+    await t0.stop()
+
+    await wait_until(
+        lambda: (t0.open_connections, t1.open_connections, t2.open_connections) == (0, 0, 0)
+    )

@@ -1,0 +1,86 @@
+"""Dynamic topologies: a new graph every round, the same on every node.
+
+decentralizepy's dynamic runs draw a fresh random d-regular graph every round (its peer
+sampler draws it and tells each node its neighbours). Here every node draws the same graph
+itself, from the run's seed and the round number, so no message is needed and every node
+agrees: j is i's neighbour in round r exactly when i is j's. (Nodes must run the same
+networkx and Python, as the nodes of one run do.)
+
+A round's graph is not required to be connected: gossip averaging converges when the graphs
+are connected jointly over rounds, and a fresh random graph every round is. (Requiring it
+would make a 2-regular graph on many nodes, almost never a single cycle, fail to draw.)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import networkx as nx
+import numpy as np
+
+from dlactor.topology.mixing import metropolis_hastings_row
+
+__all__ = ["RandomRegularDynamic", "random_regular_at"]
+
+
+def _round_seed(seed: int, round: int) -> int:
+    """The seed of round ``round``'s graph: independent streams per round, on every platform."""
+    return int(np.random.SeedSequence(entropy=seed, spawn_key=(round,)).generate_state(1)[0])
+
+
+def _check(n: int, degree: int, seed: int) -> None:
+    if isinstance(n, bool) or not isinstance(n, int) or n < 2:
+        raise ValueError(f"the number of nodes must be an integer >= 2, got {n!r}")
+    if not 1 <= degree < n:
+        raise ValueError(f"degree must be in [1, n) = [1, {n}), got {degree}")
+    if (n * degree) % 2:
+        raise ValueError(
+            f"no {degree}-regular graph on {n} nodes exists: n * degree = {n * degree} is odd"
+        )
+    if seed < 0:
+        raise ValueError(f"seed must be >= 0, got {seed}")
+
+
+def random_regular_at(n: int, degree: int, seed: int, round: int) -> nx.Graph:
+    """Round ``round``'s graph: a random ``degree``-regular graph on the nodes ``0..n-1``,
+    a deterministic function of ``(seed, round)``."""
+    _check(n, degree, seed)
+    if round < 0:
+        raise ValueError(f"round must be >= 0, got {round}")
+    return nx.random_regular_graph(degree, n, seed=_round_seed(seed, round))
+
+
+class RandomRegularDynamic:
+    """A fresh random ``degree``-regular graph every round; Metropolis-Hastings weights.
+
+    Every node's degree is ``degree`` in every round, so a row of the weights is
+    ``1 / (degree + 1)`` for each neighbour and for the node itself. Only the current
+    round's neighbour lists are kept (``nodes x degree`` integers), not the graph.
+    """
+
+    def __init__(self, *, nodes: int, degree: int, seed: int) -> None:
+        _check(nodes, degree, seed)
+        self.nodes, self.degree, self.seed = nodes, degree, seed
+        self._round = -1
+        self._adjacency = np.empty((0, degree), dtype=np.int64)
+
+    async def neighbors(self, node: int, round: int) -> frozenset[int]:
+        return frozenset(self._adjacency_at(round)[self._row(node)].tolist())
+
+    async def weights(self, node: int, round: int) -> Mapping[int, float]:
+        degrees = dict.fromkeys(await self.neighbors(node, round), self.degree)
+        degrees[node] = self.degree
+        return metropolis_hastings_row(node, degrees)
+
+    def _row(self, node: int) -> int:
+        if not 0 <= node < self.nodes:
+            raise ValueError(f"node {node} is not one of the {self.nodes} nodes")
+        return node
+
+    def _adjacency_at(self, round: int) -> np.ndarray:
+        if round != self._round:
+            graph = random_regular_at(self.nodes, self.degree, self.seed, round)
+            rows = [sorted(graph[i]) for i in range(self.nodes)]
+            self._adjacency = np.array(rows, dtype=np.int64).reshape(self.nodes, self.degree)
+            self._round = round
+        return self._adjacency
