@@ -23,6 +23,7 @@ import torch
 from dlactor.launch.control import ControlStream
 from dlactor.launch.plan import Plan, build_node
 from dlactor.messages import Done, Failed, Hello, Payload, Progress, Register, Share, Start
+from dlactor.metrics.memory import set_malloc_thresholds
 from dlactor.metrics.recorder import JsonlRecorder
 from dlactor.node.node import Node, Record
 from dlactor.sharing.ops import flatten
@@ -68,6 +69,7 @@ def node_process_main(
     if parent is not None and not _die_with_parent(parent):
         return EXIT_STOPPED
     _limit_threads(plan.config.launcher.torch_threads)
+    set_malloc_thresholds()  # big frame bodies reuse freed heap instead of a fresh mmap each
     return run_event_loop(_node_main(plan, node, control, run_dir, (host, port)))
 
 

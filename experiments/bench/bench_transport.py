@@ -8,7 +8,8 @@ monotonic clock, so connection set-up and slow start are left out.
 
 - dlactor: a `TcpTransport` sender (`send` = `writelines` + `drain`, uvloop) and a
   `TcpTransport` receiver (its `BufferedProtocol` + `FrameDecoder` + `decode`,
-  hello checked, every message delivered to a callback).
+  hello checked, every message delivered to a callback). Both processes first set glibc's
+  malloc thresholds as a node process does (`set_malloc_thresholds`).
 - bare ceiling: a blocking `socket.sendall` loop of the same frame bytes, in pieces of at
   most 1 MiB (after a hello frame, so that it can also feed a dlactor receiver; one
   `sendall` of a whole 32 MB frame was half as fast), and an asyncio `BufferedProtocol`
@@ -19,7 +20,6 @@ monotonic clock, so connection set-up and slow start are left out.
 from __future__ import annotations
 
 import asyncio
-import ctypes
 import multiprocessing as mp
 import resource
 import socket
@@ -38,6 +38,7 @@ import uvloop
 from report import Section, Table, Verdict
 
 from dlactor.messages import Hello, Message, Payload, Share
+from dlactor.metrics.memory import MMAP_THRESHOLD, set_malloc_thresholds
 from dlactor.transport.tcp import TcpTransport
 from dlactor.wire import encode, encoded_size
 
@@ -112,18 +113,17 @@ class _Sink(asyncio.BufferedProtocol):
 
 
 def _receiver(
-    main: Callable[[Case, Connection], Any], *, big_heap: bool = False
+    main: Callable[[Case, Connection], Any], *, as_node: bool = False
 ) -> Callable[[Case, Connection], None]:
     """A receiver process body: run ``main`` on uvloop, report its result or its error.
 
-    ``big_heap``: first raise glibc's mmap threshold to 1 GiB (``mallopt``), so that freed
-    frame bodies are reused from the heap instead of being unmapped and mapped again.
+    ``as_node``: first set glibc's malloc thresholds as a node process does.
     """
 
     def body(case: Case, conn: Connection) -> None:
         try:
-            if big_heap:
-                _raise_mmap_threshold()
+            if as_node:
+                _node_malloc()
             conn.send(("timing", uvloop.run(main(case, conn))))
         except BaseException as exc:
             conn.send(("error", f"{type(exc).__name__}: {exc}"))
@@ -131,11 +131,9 @@ def _receiver(
     return body
 
 
-def _raise_mmap_threshold() -> None:
-    libc = ctypes.CDLL(None)
-    m_trim_threshold, m_mmap_threshold = -1, -3  # from glibc's malloc.h
-    if not (libc.mallopt(m_mmap_threshold, 1 << 30) and libc.mallopt(m_trim_threshold, 2 << 30)):
-        raise OSError("mallopt refused the thresholds")
+def _node_malloc() -> None:
+    if not set_malloc_thresholds():
+        raise OSError("set_malloc_thresholds: no glibc mallopt here")
 
 
 async def _dlactor_receive(case: Case, conn: Connection) -> tuple[float, float]:
@@ -180,6 +178,7 @@ async def _dlactor_send(case: Case, address: tuple[str, int]) -> None:
 
 
 def dlactor_sender(case: Case, address: tuple[str, int]) -> None:
+    _node_malloc()
     uvloop.run(_dlactor_send(case, address))
 
 
@@ -196,16 +195,16 @@ def bare_sender(case: Case, address: tuple[str, int]) -> None:
 
 
 #: name: (receiver, sender). The mixed pairs show which side limits dlactor; the last one
-#: tries a possible remedy (not what dlactor does today).
-BIG_HEAP = "dlactor, receiver with glibc M_MMAP_THRESHOLD = 1 GiB"
+#: shows what the node's malloc thresholds buy.
+DEFAULT_MALLOC = "dlactor, receiver with glibc's default malloc thresholds"
 SMALL_SINK = "bare, receiver reusing a 64 KiB buffer (no frame is ever whole)"
 IMPLS = {
-    "dlactor": (_receiver(_dlactor_receive), dlactor_sender),
+    "dlactor": (_receiver(_dlactor_receive, as_node=True), dlactor_sender),
     "bare": (_receiver(_bare_receive), bare_sender),
     "dlactor sender -> bare receiver": (_receiver(_bare_receive), dlactor_sender),
-    "bare sender -> dlactor receiver": (_receiver(_dlactor_receive), bare_sender),
+    "bare sender -> dlactor receiver": (_receiver(_dlactor_receive, as_node=True), bare_sender),
     SMALL_SINK: (_receiver(partial(_bare_receive, sink_bytes=64 * KIB)), bare_sender),
-    BIG_HEAP: (_receiver(_dlactor_receive, big_heap=True), dlactor_sender),
+    DEFAULT_MALLOC: (_receiver(_dlactor_receive), dlactor_sender),
 }
 
 
@@ -325,41 +324,70 @@ def mixed_table(results: list[Throughput]) -> Table:
 
 @dataclass(frozen=True)
 class AllocCost:
-    """What `FrameDecoder` pays per large frame before the kernel writes a byte into it."""
+    """What receiving one large frame into a fresh `FrameDecoder` body costs: allocating it
+    (``numpy.empty``, not zero-filled) and filling it, as the kernel's copy does."""
 
     nbytes: int
-    alloc_ms: float  # bytearray(nbytes), zero-filled, as FrameDecoder allocates a body
-    faults: float  # minor page faults per allocation
-    copy_ms: float  # copying nbytes into a buffer that is reused (already mapped)
+    default_ms: float  # allocate + fill, glibc's default malloc thresholds
+    default_faults: float  # minor page faults per frame
+    node_ms: float  # allocate + fill, after set_malloc_thresholds (as a node)
+    node_faults: float
+    copy_ms: float  # filling a buffer that is reused (already mapped)
 
     @classmethod
     def measure(cls, nbytes: int, reps: int = 30) -> AllocCost:
-        alloc_ms, faults = _allocate(nbytes, reps)
-        return cls(nbytes, alloc_ms, faults, _copy(nbytes, reps))
+        """Measured in a forked child: the malloc thresholds are process-wide."""
+        ctx = mp.get_context("fork")
+        ours, theirs = ctx.Pipe()
+        child = ctx.Process(target=_measure_allocation, args=(nbytes, reps, theirs))
+        child.start()
+        try:
+            got: AllocCost = _expect(ours, "allocation", [child])
+        finally:
+            child.join(timeout=10)
+        return got
 
 
-def allocation_table(costs: list[AllocCost]) -> Table:
-    headers = ["body size", "`bytearray(n)` ms", "minor page faults per allocation"]
-    table = Table([*headers, "copy into a reused buffer ms"])
-    for c in costs:
-        size = f"{c.nbytes // MIB} MB"
-        table.add(size, f"{c.alloc_ms:.2f}", f"{c.faults:,.0f}", f"{c.copy_ms:.2f}")
-    return table
+def _measure_allocation(nbytes: int, reps: int, conn: Connection) -> None:
+    try:
+        src = np.random.default_rng(0).integers(0, 256, nbytes, dtype=np.uint8)
+        default = _fresh_body(src, reps)
+        _node_malloc()
+        node = _fresh_body(src, reps)
+        dst = np.empty_like(src)
+        copy_ms = statistics.median(_timed(lambda: np.copyto(dst, src), reps))
+        conn.send(("allocation", AllocCost(nbytes, *default, *node, copy_ms)))
+    except BaseException as exc:
+        conn.send(("error", f"{type(exc).__name__}: {exc}"))
 
 
-def _allocate(n: int, reps: int) -> tuple[float, float]:
-    """Median ms of ``bytearray(n)`` and the minor page faults each one took."""
+def _fresh_body(src: np.ndarray, reps: int) -> tuple[float, float]:
+    """Median ms of allocating a body as `FrameDecoder` does and filling it, and the minor
+    page faults each took (the body is dropped each time, as a delivered message is)."""
+
+    def receive() -> None:
+        body = np.empty(len(src), dtype=np.uint8)
+        np.copyto(body, src)
+
+    receive()  # let glibc's thresholds adapt as they would in a running node
     before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-    times = _timed(lambda: bytearray(n), reps)
+    times = _timed(receive, reps)
     faults = (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / reps
     return statistics.median(times), faults
 
 
-def _copy(n: int, reps: int) -> float:
-    """Median ms of copying n random bytes into a buffer that is reused (already mapped)."""
-    src = np.random.default_rng(0).integers(0, 256, n, dtype=np.uint8)
-    dst = np.empty_like(src)
-    return statistics.median(_timed(lambda: np.copyto(dst, src), reps))
+def allocation_table(costs: list[AllocCost]) -> Table:
+    headers = ["body size", "fresh body + fill, glibc defaults: ms (page faults)"]
+    headers += ["fresh body + fill, node malloc thresholds: ms (page faults)"]
+    table = Table([*headers, "fill a reused buffer ms"])
+    for c in costs:
+        table.add(
+            f"{c.nbytes // MIB} MB",
+            f"{c.default_ms:.2f} ({c.default_faults:,.0f})",
+            f"{c.node_ms:.2f} ({c.node_faults:,.0f})",
+            f"{c.copy_ms:.2f}",
+        )
+    return table
 
 
 def _timed(fn: Callable[[], object], reps: int) -> list[float]:
@@ -410,18 +438,16 @@ def _why_slow(r: Throughput, costs: list[AllocCost]) -> str:
     cost = next((c for c in costs if c.nbytes == r.case.wire_bytes - 4), None)
     if side == "receiver" and cost is not None:
         text += (
-            f" Allocating one {_size(r.case)} body takes {cost.alloc_ms:.2f} ms and "
-            f"{cost.faults:,.0f} minor page faults, against {cost.copy_ms:.2f} ms to copy the "
-            "same bytes into a buffer that is already mapped: glibc serves blocks over its "
-            "largest mmap threshold (32 MiB on 64-bit) with a fresh mmap, so every frame's "
-            "pages are faulted in and zero-filled, then unmapped when the message is dropped."
+            f" Receiving one {_size(r.case)} frame into a fresh body takes {cost.node_ms:.2f} ms "
+            f"and {cost.node_faults:,.0f} page faults with the node's malloc thresholds "
+            f"({cost.default_ms:.2f} ms and {cost.default_faults:,.0f} with glibc's defaults), "
+            f"against {cost.copy_ms:.2f} ms to fill a buffer that is already mapped."
         )
-        remedy = r.median_gbps(BIG_HEAP)
-        text += (
-            f" With the receiver's mmap threshold raised to 1 GiB (freed bodies are then reused "
-            f"from the heap), dlactor moves {remedy:.2f} GB/s, "
-            f"{remedy / r.median_gbps('bare'):.0%} of the bare ceiling."
-        )
+    default = r.median_gbps(DEFAULT_MALLOC)
+    text += (
+        f" With glibc's default malloc thresholds in the receiver, dlactor moves "
+        f"{default:.2f} GB/s, {default / r.median_gbps('bare'):.0%} of the bare ceiling."
+    )
     return text
 
 
@@ -434,8 +460,10 @@ def _intro(reps: int) -> str:
         "and fastest in brackets. The first table is the benchmark; the second pairs each "
         "dlactor side with the bare other side to show which one limits, gives a bare "
         "receiver that only ever holds 64 KiB (an upper bound no receiver that keeps whole "
-        "messages can reach), and tries one possible remedy for dlactor (not what dlactor "
-        "does today) in its last column; the third times, "
-        "in this process, the allocation `FrameDecoder` makes for every frame larger than "
-        "its 64 KiB scratch buffer (`bytearray(body_len)`, zero-filled)."
+        "messages can reach), and in its last column a dlactor pair whose receiver keeps "
+        "glibc's default malloc thresholds (what `set_malloc_thresholds` buys); the third "
+        "times, in a forked process, receiving one frame larger than `FrameDecoder`'s 64 KiB "
+        "scratch buffer into the fresh body it allocates for it (`numpy.empty`, not "
+        f"zero-filled), with glibc's default thresholds and with the node's "
+        f"(M_MMAP_THRESHOLD = {MMAP_THRESHOLD // MIB} MiB)."
     )

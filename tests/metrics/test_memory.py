@@ -1,0 +1,69 @@
+"""A node's malloc settings: big frame bodies are reused from the heap, not mapped anew."""
+
+from __future__ import annotations
+
+import platform
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from dlactor.metrics import memory
+from dlactor.metrics.memory import MMAP_THRESHOLD, TRIM_THRESHOLD, set_malloc_thresholds
+
+# Runs in a fresh interpreter: the thresholds are process-wide and must not leak into the
+# test session. A bytearray is zero-filled by memset, so allocating one touches every page:
+# the minor faults count the pages that were not already mapped.
+FAULTS_PER_BLOCK = textwrap.dedent(
+    """
+    import resource
+    from dlactor.metrics.memory import set_malloc_thresholds
+
+    def faults(nbytes):
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        block = bytearray(nbytes)
+        del block
+        return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+
+    size = 48 << 20  # over the 32 MiB that glibc's own threshold never goes beyond
+    faults(size)
+    default = faults(size)
+    applied = set_malloc_thresholds()
+    faults(size)
+    print(default, faults(size), applied)
+    """
+)
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="glibc's mallopt")
+def test_after_set_malloc_thresholds_a_freed_48_mib_block_is_reused_without_page_faults() -> None:
+    out = subprocess.run(
+        [sys.executable, "-c", FAULTS_PER_BLOCK], capture_output=True, text=True, check=True
+    ).stdout
+    default, tuned, applied = (int(word) for word in out.split())
+
+    assert default > 10_000, "glibc's default maps every 48 MiB block afresh"
+    assert tuned < 100, f"the block was mapped again ({tuned} page faults)"
+    assert applied == MMAP_THRESHOLD
+
+
+def test_set_malloc_thresholds_does_nothing_without_glibc(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(memory, "_MALLOPT", None)
+
+    assert set_malloc_thresholds() == 0
+
+
+def test_a_glibc_that_refuses_a_threshold_over_32_mib_gets_32_mib(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    calls: list[tuple[int, int]] = []
+
+    def old_glibc_mallopt(param: int, value: int) -> int:
+        calls.append((param, value))
+        return int(param != -3 or value <= 32 << 20)
+
+    monkeypatch.setattr(memory, "_MALLOPT", old_glibc_mallopt)
+
+    assert set_malloc_thresholds() == 32 << 20
+    assert calls == [(-3, MMAP_THRESHOLD), (-3, 32 << 20), (-1, TRIM_THRESHOLD)]
