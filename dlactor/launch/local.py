@@ -26,7 +26,7 @@ from pathlib import Path
 
 import torch
 
-from dlactor.config import LocalLauncher
+from dlactor.config import ConfigError, LocalLauncher
 from dlactor.launch.plan import Plan
 from dlactor.launch.supervisor import STOP_GRACE_S, ForkedNodes, Outcome, Supervisor
 from dlactor.launch.worker import node_process_main, run_event_loop
@@ -49,6 +49,32 @@ def _host(plan: Plan) -> str:
     return launcher.host if isinstance(launcher, LocalLauncher) else "127.0.0.1"
 
 
+# Open files: the launcher holds a control connection and two process pipes per node; node
+# k inherits its elder siblings' pipes and adds ~40 of its own (sockets, epoll, its JSONL).
+FILES_PER_NODE = 3
+FILES_SPARE = 256
+
+
+def ensure_open_files(nodes: int) -> int:
+    """Raise this process's soft open-files limit (inherited by every forked node) to what
+    ``nodes`` need, up to the hard limit; a hard limit too low is invalid input, said before
+    anything starts rather than as a node failing to open a socket halfway through."""
+    import resource
+
+    need = FILES_PER_NODE * nodes + FILES_SPARE
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY or soft >= need:
+        return soft
+    if hard != resource.RLIM_INFINITY and hard < need:
+        raise ConfigError(
+            f"invalid config:\n  nodes: {nodes} nodes need about {need:,} open files in the "
+            f"launcher; the hard limit here is {hard:,} (raise it: `ulimit -Hn {need}` as root, "
+            "or `nofile` in /etc/security/limits.conf)"
+        )
+    resource.setrlimit(resource.RLIMIT_NOFILE, (need, hard))
+    return need
+
+
 def launch_local(plan: Plan, run_dir: Path, *, show_progress: bool = True) -> Outcome:
     """Fork the nodes, supervise them to the end, and say how it went.
 
@@ -56,6 +82,7 @@ def launch_local(plan: Plan, run_dir: Path, *, show_progress: bool = True) -> Ou
     starts) ends the run as "interrupted" too. Every child forked is reaped on the way out:
     after a successful run they get ``STOP_GRACE_S`` to exit on their own first.
     """
+    ensure_open_files(plan.config.nodes)
     listener = socket.create_server(("127.0.0.1", 0), backlog=min(4096, plan.config.nodes + 64))
     procs: list[BaseProcess] = []
     outcome: Outcome | None = None

@@ -49,6 +49,7 @@ def open_backend(config: RunConfig) -> Iterator[Backend]:
         with RayBackend.connect(config.launcher, config.nodes) as backend:
             yield backend
     else:
+        local.ensure_open_files(config.nodes)
         yield LocalBackend()
 
 

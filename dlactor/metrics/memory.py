@@ -118,8 +118,17 @@ class MemorySampler:
         self.interval_s = interval_s
         self.peak_pss = 0
 
+    #: Reading one process's smaps costs ~8 ms of CPU here; 1024 busy nodes cannot all be
+    #: read every second (one full sample took 35 s at 256 nodes and the peak was missed by
+    #: a factor of 6), so beyond this many nodes an evenly spread subset is read and the
+    #: nodes' total extrapolated from its mean. Forked nodes differ little (USS 15-16 MiB).
+    MAX_READ = 32
+
     def sample(self) -> int:
-        pss = sum(pss_bytes(p) for p in {os.getpid(), *self.pids()})
+        nodes = sorted(set(self.pids()) - {os.getpid()})
+        step = max(1, -(-len(nodes) // self.MAX_READ))  # ceil: at most MAX_READ are read
+        read = [pss_bytes(p) for p in nodes[::step]]  # every node when there are few
+        pss = pss_bytes(os.getpid()) + (sum(read) * len(nodes) // len(read) if read else 0)
         self.peak_pss = max(self.peak_pss, pss)
         return pss
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import platform
 import subprocess
 import sys
@@ -67,3 +68,24 @@ def test_a_glibc_that_refuses_a_threshold_over_32_mib_gets_32_mib(
 
     assert set_malloc_thresholds() == 32 << 20
     assert calls == [(-3, MMAP_THRESHOLD), (-3, 32 << 20), (-1, TRIM_THRESHOLD)]
+
+
+def test_the_sampler_reads_every_node_of_a_small_run(monkeypatch: pytest.MonkeyPatch) -> None:
+
+    read: list[int] = []
+    monkeypatch.setattr(memory, "pss_bytes", lambda pid: read.append(pid) or pid)
+    own = os.getpid()
+    total = memory.MemorySampler(lambda: [10, 20, 30]).sample()
+    assert total == own + 60 and sorted(read) == sorted([own, 10, 20, 30])
+
+
+def test_the_sampler_extrapolates_a_big_run_from_a_spread_subset(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+
+    read: list[int] = []
+    monkeypatch.setattr(memory, "pss_bytes", lambda pid: read.append(pid) or 100)
+    sampler = memory.MemorySampler(lambda: range(1, 1025))
+    assert sampler.sample() == 100 + 1024 * 100
+    assert len(read) == 1 + memory.MemorySampler.MAX_READ
+    assert sampler.peak_pss == 100 + 1024 * 100

@@ -1,0 +1,45 @@
+"""The launcher raises its open-files limit for big runs, or says why it cannot."""
+
+from __future__ import annotations
+
+import resource
+from collections.abc import Iterator
+
+import pytest
+
+from dlactor.config import ConfigError
+from dlactor.launch.local import FILES_PER_NODE, FILES_SPARE, ensure_open_files
+
+
+@pytest.fixture
+def limits() -> Iterator[tuple[int, int]]:
+    saved = resource.getrlimit(resource.RLIMIT_NOFILE)
+    yield saved
+    resource.setrlimit(resource.RLIMIT_NOFILE, saved)
+
+
+def test_a_big_run_raises_the_soft_limit_to_what_it_needs(limits: tuple[int, int]) -> None:
+    _soft, hard = limits
+    need = FILES_PER_NODE * 1024 + FILES_SPARE
+    if hard != resource.RLIM_INFINITY and hard < need:
+        pytest.fail(f"this machine's hard limit {hard} cannot hold the test")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (512, hard))
+    assert ensure_open_files(1024) == need
+    assert resource.getrlimit(resource.RLIMIT_NOFILE) == (need, hard)
+
+
+def test_a_small_run_leaves_the_limit_alone(limits: tuple[int, int]) -> None:
+    _soft, hard = limits
+    resource.setrlimit(resource.RLIMIT_NOFILE, (1024, hard))
+    assert ensure_open_files(16) == 1024
+    assert resource.getrlimit(resource.RLIMIT_NOFILE) == (1024, hard)
+
+
+def test_a_hard_limit_too_low_is_invalid_input_naming_nodes(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A lowered hard limit cannot be raised again without privileges, so it is pretended.
+    monkeypatch.setattr(resource, "getrlimit", lambda _: (256, 1024))
+    monkeypatch.setattr(resource, "setrlimit", lambda *_: pytest.fail("must not set"))
+    with pytest.raises(ConfigError, match=r"nodes: 1024 nodes need about 3,328 open files"):
+        ensure_open_files(1024)
