@@ -155,5 +155,7 @@ def run(
         manifest.update(status=outcome.status, end=datetime.now().astimezone().isoformat())
         if outcome.hosts:  # where a backend placed the nodes, when it was not only here
             manifest["hosts"] = outcome.hosts
+        # Where each node listened: what a firewall on a cluster must let through.
+        manifest["addresses"] = {str(n): a for n, a in sorted(outcome.addresses.items())}
         _write_json(run_dir / "manifest.json", manifest)
     return RunResult(run_dir, outcome, summary)

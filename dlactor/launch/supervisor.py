@@ -62,6 +62,7 @@ class Outcome:
     peak_pss_bytes: int = 0
     t_start_barrier: float = 0.0
     hosts: list[str] = field(default_factory=list)  # where nodes ran, if not only here
+    addresses: dict[int, str] = field(default_factory=dict)  # node -> "host:port" it listened on
 
 
 class NodeProcesses(Protocol):
@@ -199,6 +200,7 @@ class Supervisor:
         match msg:
             case Register(sender=node, host=host, port=port):
                 self.addresses[node] = (host, port)
+                self.outcome.addresses[node] = f"{host}:{port}"
                 if len(self.addresses) == self.n:
                     self._all_registered.set()
             case Progress(sender=node, round=r):

@@ -95,6 +95,8 @@ def test_a_plugin_run_writes_the_whole_results_schema(
     assert manifest["model_params"] == 64 * 16 + 16 + 16 * 10 + 10
     assert manifest["model_bytes"] == 4 * manifest["model_params"]
     assert {"versions", "hosts", "seed", "start"} <= manifest.keys()
+    assert sorted(manifest["addresses"], key=int) == [str(n) for n in range(6)]
+    assert all(a.startswith("127.0.0.1:") for a in manifest["addresses"].values())
     summary = json.loads((rd / "summary.json").read_text())
     assert summary["status"] == "ok" and summary["nodes"] == 6 and summary["rounds"] == 4
     assert {"wall_s", "round_s_median", "bytes_sent_per_node_per_round"} <= summary.keys()
