@@ -12,16 +12,17 @@ from __future__ import annotations
 
 import asyncio
 import copy
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from functools import partial
 
 import torch
 
 from dlactor.launch.plan import Plan, build_node
 from dlactor.node.node import Node, Record
+from dlactor.transport.base import Address
 from dlactor.transport.memory import MemoryNetwork
 
-__all__ = ["build_network", "run_in_memory"]
+__all__ = ["build_network", "run_in_memory", "run_nodes"]
 
 
 def build_network(
@@ -65,8 +66,15 @@ async def run_in_memory(
     _, nodes = build_network(plan, codec=codec, models=models, on_round=collect)
     for node in nodes:
         await node.start()
+    await run_nodes(nodes)
+    return records
+
+
+async def run_nodes(nodes: list[Node], addresses: Mapping[int, Address] | None = None) -> None:
+    """Connect started nodes (``addresses``: the TCP address book; the memory network needs
+    none), run all their rounds concurrently, and stop every one of them however it ends."""
     for node in nodes:
-        node.connect({})
+        node.connect(addresses or {})
     try:
         async with asyncio.TaskGroup() as tg:
             for node in nodes:
@@ -74,4 +82,3 @@ async def run_in_memory(
     finally:
         for node in nodes:
             await node.stop()
-    return records

@@ -10,7 +10,7 @@ from collections.abc import Callable
 from dlactor.launch.plan import Plan, build_node
 from dlactor.node.context import EvalStats, RoundContext, TrainStats
 from dlactor.node.node import Node, Record
-from dlactor.testing import build_network
+from dlactor.testing import build_network, run_nodes
 from dlactor.training.base import Trainer
 from dlactor.transport.base import Deliver
 from dlactor.transport.tcp import TcpTransport
@@ -43,16 +43,8 @@ def collector() -> tuple[dict[int, list[Record]], Callable[[Record], None]]:
 
 
 async def run_all(nodes: list[Node], addresses: dict | None = None) -> None:
-    for node in nodes:
-        node.connect(addresses or {})
     nodes[SLOW_NODE].trainer = Late(nodes[SLOW_NODE].trainer)
-    try:
-        async with asyncio.TaskGroup() as tg:
-            for node in nodes:
-                tg.create_task(node.run())
-    finally:
-        for node in nodes:
-            await node.stop()
+    await run_nodes(nodes, addresses)
 
 
 def assert_received_is_what_neighbours_sent(plan: Plan, records: dict[int, list[Record]]) -> None:
