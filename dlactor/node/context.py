@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 from dlactor.data.base import Dataset
+from dlactor.messages import Payload
 
 __all__ = ["EvalStats", "NodeEnv", "RoundContext", "TrainStats"]
 
@@ -36,6 +37,9 @@ class RoundContext:
     model: torch.nn.Module
     peers: frozenset[int] = frozenset()
     weights: Mapping[int, float] = field(default_factory=dict)
+    #: What ``outgoing`` returned this round, set by the node before ``aggregate``: the model
+    #: has not changed in between, so a strategy can reuse it instead of flattening again.
+    sent: Payload | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -119,6 +119,7 @@ class Node:
         self._close_former_peers(ctx.peers)
         ctx.weights = await self.topology.weights(self.node, r)
         share = Share(self.node, r, await self.sharing.outgoing(ctx))
+        ctx.sent = share.payload
         received = await self._exchange(share, ctx.peers)
         await self.sharing.aggregate(ctx, received)
         sent = self.transport.stats.minus(before)
