@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from bench_e2e import DPY, DPY_HEADER, Failure, Run
 from procfs import MemInfo
-from report import MIB, Section, Table, Verdict, mib
+from report import MIB, Section, Verdict, figure_table, mib
 from sampler import GUARD_BYTES, ROLLUP_NICE, Rollup, Tick
 
 PSS_TARGET = 20e6  # bytes: "<= 20 MB PSS per node"
@@ -179,9 +179,7 @@ ROWS: list[tuple[str, Callable[[Memory], str], str, str]] = [
 
 def memory_section(runs: list[Run], failures: list[Failure]) -> tuple[Section, list[Verdict]]:
     mems = [memory_of(r) for r in runs if r.nodes in MEMORY_NODES]
-    table = Table(["figure", *(f"{m.nodes} nodes" for m in mems), "target", DPY_HEADER])
-    for label, value, target, reference in ROWS:
-        table.add(label, *(value(m) for m in mems), target, reference)
+    table = figure_table(mems, lambda m: m.nodes, ROWS, DPY_HEADER)
     verdicts = [_pss_verdict(m) for m in mems]
     verdicts += [_missing(f) for f in failures if f.nodes in MEMORY_NODES]
     verdicts += [_fit_verdict(m) for m in mems if m.nodes == FIT_NODES]

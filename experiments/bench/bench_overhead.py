@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from bench_e2e import CONFIG, DPY, DPY_HEADER, REPO, Failure, Run, cpu_count, overrides_for
-from report import Section, Table, Verdict, ms
+from report import Section, Verdict, figure_table, ms
 from sampler import value_at
 
 from dlactor.config import RunConfig, load_config
@@ -325,9 +325,7 @@ def overhead_section(
     pairs = [
         Pair(r, f, node_cpu_per_node_round(r)) for f in floors for r in runs if r.nodes == f.nodes
     ]
-    table = Table(["figure", *(f"{p.run.nodes} nodes" for p in pairs), "target", DPY_HEADER])
-    for label, value, target, reference in ROWS:
-        table.add(label, *(value(p) for p in pairs), target, reference)
+    table = figure_table(pairs, lambda p: p.run.nodes, ROWS, DPY_HEADER)
     verdicts = [_verdict(p) for p in pairs]
     verdicts += [
         Verdict(_target(f.nodes), f"not measured: {f.reason}", None)

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from bench_e2e import DPY, DPY_HEADER, Failure, Run, cpu_count
-from report import Section, Table, Verdict, mib, ms
+from report import Section, Verdict, figure_table, mib, ms
 from sampler import value_at
 
 START_TARGET_S, START_TARGET_NODES = 5.0, 64
@@ -173,9 +173,7 @@ ROWS: list[tuple[str, Callable[[Startup], str], str, str]] = [
 
 def startup_section(runs: list[Run], failures: list[Failure]) -> tuple[Section, list[Verdict]]:
     starts = [startup_of(r) for r in runs if r.nodes in START_NODES]
-    table = Table(["figure", *(f"{s.nodes} nodes" for s in starts), "target", DPY_HEADER])
-    for label, value, target, reference in ROWS:
-        table.add(label, *(value(s) for s in starts), target, reference)
+    table = figure_table(starts, lambda s: s.nodes, ROWS, DPY_HEADER)
     verdicts = [v for s in starts if s.nodes == START_TARGET_NODES for v in _verdicts(s)]
     verdicts += [
         Verdict(f"{START_TARGET_TEXT} to the start barrier", f"not measured: {f.reason}", None)

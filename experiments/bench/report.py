@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import TypeVar
+
+T = TypeVar("T")
+#: (figure, how to read it off one column's item, target, reference figure)
+Row = tuple[str, Callable[[T], str], str, str]
 
 MIB = 1 << 20
 
@@ -82,4 +87,15 @@ def verdict_table(verdicts: Sequence[Verdict]) -> Table:
     table = Table(["target", "measured", "verdict", "on a miss: what limits it"])
     for v in verdicts:
         table.add(v.target, v.measured, v.markdown, v.limit)
+    return table
+
+
+def figure_table(
+    items: Sequence[T], nodes: Callable[[T], int], rows: Iterable[Row[T]], reference: str
+) -> Table:
+    """One figure per row, one column per run (headed by its node count), then the target
+    and the reference figure: the shape of every scaling table in BENCHMARKS.md."""
+    table = Table(["figure", *(f"{nodes(item)} nodes" for item in items), "target", reference])
+    for label, value, target, ref in rows:
+        table.add(label, *(value(item) for item in items), target, ref)
     return table
