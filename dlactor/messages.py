@@ -1,7 +1,8 @@
 """The frozen message types: the whole wire vocabulary.
 
 Every frame on every connection carries exactly one of these. Peer-to-peer
-connections carry ``Hello`` first, then ``Share`` frames. The launcher's control
+connections carry ``Hello`` first, then ``Share`` frames, and ``Overlay`` frames for
+topologies that talk (a peer sampler, gossip peer sampling). The launcher's control
 connection carries ``Hello``, ``Register``, ``Start``, ``Progress``, ``Done``,
 ``Failed`` and ``Stop``. The encoding is in ``dlactor.wire.codec`` and
 ``docs/wire.md``.
@@ -21,6 +22,7 @@ __all__ = [
     "Hello",
     "Message",
     "MetaValue",
+    "Overlay",
     "Payload",
     "Progress",
     "Register",
@@ -59,6 +61,22 @@ class Share:
     sender: int
     round: int
     payload: Payload
+
+
+@dataclass(frozen=True, slots=True)
+class Overlay:
+    """A topology service's message between two processes of a run: a node asking the peer
+    sampler for its neighbours, a gossip view shuffle, an edge proposal and its answer.
+
+    ``op`` names the operation (the service defines its own); ``nodes`` are node ids and
+    ``values`` integers that go with them (degrees, ages), or are empty.
+    """
+
+    sender: int
+    round: int
+    op: str
+    nodes: list[int] = field(default_factory=list)
+    values: list[int] = field(default_factory=list)
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,4 +126,4 @@ class Stop:
     reason: str
 
 
-Message = Hello | Share | Register | Start | Progress | Done | Failed | Stop
+Message = Hello | Share | Overlay | Register | Start | Progress | Done | Failed | Stop

@@ -28,6 +28,7 @@ from dlactor.messages import (
     Hello,
     Message,
     MetaValue,
+    Overlay,
     Payload,
     Progress,
     Register,
@@ -45,6 +46,8 @@ __all__ = [
     "MAX_HEADER",
     "MAX_NAME",
     "MAX_NDIM",
+    "MAX_OP",
+    "MAX_OVERLAY",
     "MAX_SHORT",
     "MAX_SPAN",
     "MAX_TENSORS",
@@ -68,6 +71,12 @@ MAX_DIM = (1 << 32) - 1
 MAX_SPAN = 1 << 48
 #: Longest tensor name or meta key, in characters.
 MAX_NAME = 256
+#: Most node ids (and most values) in one overlay message.
+MAX_OVERLAY = 1 << 16
+#: Longest overlay operation name, in characters.
+MAX_OP = 32
+#: Largest overlay value (they are degrees, ages and counts).
+MAX_OVERLAY_VALUE = (1 << 63) - 1
 #: Longest run id, secret or host name, in characters.
 MAX_SHORT = 256
 #: Every tensor starts at a body offset that is a multiple of this.
@@ -115,6 +124,7 @@ _KEYS: dict[str, frozenset[str]] = {
     for kind, fields in {
         "hello": ("run", "sec", "s"),
         "share": ("s", "r", "t", "m"),
+        "overlay": ("s", "r", "op", "n", "x"),
         "register": ("s", "host", "port"),
         "start": ("addr", "t0"),
         "progress": ("s", "r"),
@@ -126,6 +136,7 @@ _KEYS: dict[str, frozenset[str]] = {
 _KIND_OF: dict[type, str] = {
     Hello: "hello",
     Share: "share",
+    Overlay: "overlay",
     Register: "register",
     Start: "start",
     Progress: "progress",
@@ -243,6 +254,10 @@ def _hello_fields(msg: Hello) -> Header:
     return {"run": msg.run_id, "sec": msg.secret, "s": msg.sender}
 
 
+def _overlay_fields(msg: Overlay) -> Header:
+    return {"s": msg.sender, "r": msg.round, "op": msg.op, "n": msg.nodes, "x": msg.values}
+
+
 def _register_fields(msg: Register) -> Header:
     return {"s": msg.sender, "host": msg.host, "port": msg.port}
 
@@ -281,6 +296,7 @@ def _stop_fields(msg: Stop) -> Header:
 
 _WRITERS: dict[str, Callable[[Any], Header]] = {
     "hello": _hello_fields,
+    "overlay": _overlay_fields,
     "register": _register_fields,
     "start": _start_fields,
     "progress": _progress_fields,
@@ -551,6 +567,28 @@ def _read_hello(header: Header) -> Hello:
     )
 
 
+def _read_overlay(header: Header) -> Overlay:
+    return Overlay(
+        sender=_uint(header["s"], "sender"),
+        round=_uint(header["r"], "round"),
+        op=_text(header["op"], "op", MAX_OP, min_len=1),
+        nodes=_uints(header["n"], "nodes"),
+        values=_uints(header["x"], "values"),
+    )
+
+
+def _uints(raw: object, what: str) -> list[int]:
+    """A list of at most MAX_OVERLAY ints in 0..MAX_OVERLAY_VALUE."""
+    if not isinstance(raw, list):
+        _bad(f"{what} is a {_show(raw)}, not a list")
+    if len(raw) > MAX_OVERLAY:
+        _bad(f"{what} has {len(raw)} entries, at most {MAX_OVERLAY} allowed")
+    for value in raw:
+        if not _is_uint(value) or value > MAX_OVERLAY_VALUE:
+            _bad(f"{what} must hold ints in 0..2**63-1, got {_show(value)}")
+    return raw
+
+
 def _read_register(header: Header) -> Register:
     return Register(
         sender=_uint(header["s"], "sender"),
@@ -598,6 +636,7 @@ def _read_stop(header: Header) -> Stop:
 
 _READERS: dict[str, Callable[[Header], Message]] = {
     "hello": _read_hello,
+    "overlay": _read_overlay,
     "register": _read_register,
     "start": _read_start,
     "progress": _read_progress,

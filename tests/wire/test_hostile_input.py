@@ -15,6 +15,7 @@ from dlactor.messages import (
     Failed,
     Hello,
     Message,
+    Overlay,
     Payload,
     Progress,
     Register,
@@ -40,6 +41,7 @@ VALID_MESSAGES: list[Message] = [
     Done(sender=0),
     Failed(sender=2, traceback="boom"),
     Stop(reason="ctrl-c"),
+    Overlay(sender=2, round=7, op="shuffle", nodes=[1, 5, 9], values=[0, 3, 2]),
     Share(
         sender=4,
         round=9,
