@@ -15,7 +15,7 @@ import importlib.util
 import tomllib
 from functools import reduce
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, Literal, Union
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal, Union
 
 import networkx as nx
 import numpy as np
@@ -35,7 +35,7 @@ from dlactor.plugins import register
 
 if TYPE_CHECKING:
     from dlactor.data.base import Dataset
-    from dlactor.node.context import NodeEnv
+    from dlactor.node.context import NodeEnv, Service, ServiceEnv
     from dlactor.sharing.base import Sharing
     from dlactor.topology.base import Topology
     from dlactor.training.base import Trainer
@@ -71,21 +71,75 @@ class Settings(BaseModel):
 
 
 class TopologySettings(Settings):
-    """Base of topology settings: the graph at round 0, and the strategy a node runs."""
+    """Base of topology settings: the graph at round 0, and the strategy a node runs.
+
+    A topology may need processes of its own beside the nodes (``services``: the peer
+    sampler is one); they get the process ids after the learning nodes'.
+    """
 
     kind: str
+    services: ClassVar[int] = 0
 
     def graph(self, nodes: int, seed: int) -> nx.Graph:
         raise NotImplementedError
+
+    def check(self, graph: nx.Graph, rounds: int) -> None:
+        """Raise ValueError if these settings cannot run on ``graph`` for ``rounds``."""
 
     def build(self, env: NodeEnv) -> Topology:
         from dlactor.topology.static import StaticTopology
 
         return StaticTopology(graph=env.graph)
 
+    def service(self, env: ServiceEnv) -> Service:
+        """The actor of service process ``env.process`` (for topologies with services)."""
+        raise NotImplementedError(f"topology {self.kind!r} has no service processes")
+
+
+Edge = tuple[Annotated[int, Field(ge=0)], Annotated[int, Field(ge=0)]]
+
+
+class EdgeChange(Settings):
+    """Edges added and removed at the start of a round (``[[topology.schedule]]``)."""
+
+    round: int = Field(ge=1, description="the first round that runs on the changed graph")
+    add: list[Edge] = Field(default_factory=list)
+    remove: list[Edge] = Field(default_factory=list)
+
+
+class StaticSettings(TopologySettings):
+    """A graph fixed in advance; with a ``schedule``, one that changes at given rounds."""
+
+    schedule: list[EdgeChange] = Field(
+        default_factory=list, description="edges added or removed at given rounds"
+    )
+
+    @field_validator("schedule")
+    @classmethod
+    def _one_change_per_round(cls, schedule: list[EdgeChange]) -> list[EdgeChange]:
+        rounds = [c.round for c in schedule]
+        if len(set(rounds)) != len(rounds):
+            raise ValueError("two changes for the same round: merge them into one")
+        return sorted(schedule, key=lambda c: c.round)
+
+    def check(self, graph: nx.Graph, rounds: int) -> None:
+        from dlactor.topology.static import check_schedule
+
+        check_schedule(graph, self._changes(), rounds)
+
+    def _changes(self) -> dict[int, tuple[list[tuple[int, int]], list[tuple[int, int]]]]:
+        return {c.round: (list(c.add), list(c.remove)) for c in self.schedule}
+
+    def build(self, env: NodeEnv) -> Topology:
+        from dlactor.topology.static import ScheduledTopology, StaticTopology
+
+        if not self.schedule:
+            return StaticTopology(graph=env.graph)
+        return ScheduledTopology(graph=env.graph, changes=self._changes())
+
 
 @register("topology")
-class RingTopology(TopologySettings):
+class RingTopology(StaticSettings):
     kind: Literal["ring"] = "ring"
 
     def graph(self, nodes: int, seed: int) -> nx.Graph:
@@ -95,7 +149,7 @@ class RingTopology(TopologySettings):
 
 
 @register("topology")
-class RegularTopology(TopologySettings):
+class RegularTopology(StaticSettings):
     kind: Literal["regular"] = "regular"
     degree: int = Field(4, ge=1, description="every node's degree")
 
@@ -106,7 +160,7 @@ class RegularTopology(TopologySettings):
 
 
 @register("topology")
-class CompleteTopology(TopologySettings):
+class CompleteTopology(StaticSettings):
     kind: Literal["complete"] = "complete"
 
     def graph(self, nodes: int, seed: int) -> nx.Graph:
@@ -116,7 +170,7 @@ class CompleteTopology(TopologySettings):
 
 
 @register("topology")
-class SmallWorldTopology(TopologySettings):
+class SmallWorldTopology(StaticSettings):
     kind: Literal["small_world"] = "small_world"
     k: int = Field(4, ge=2, description="each node's ring neighbours before rewiring")
     p: float = Field(0.1, ge=0.0, le=1.0, description="rewiring probability")
@@ -128,7 +182,7 @@ class SmallWorldTopology(TopologySettings):
 
 
 @register("topology")
-class ErdosRenyiTopology(TopologySettings):
+class ErdosRenyiTopology(StaticSettings):
     kind: Literal["erdos_renyi"] = "erdos_renyi"
     p: float = Field(0.3, gt=0.0, le=1.0, description="edge probability")
 
@@ -139,7 +193,7 @@ class ErdosRenyiTopology(TopologySettings):
 
 
 @register("topology")
-class FileTopology(TopologySettings):
+class FileTopology(StaticSettings):
     kind: Literal["file"] = "file"
     path: Path
     format: Literal["auto", "edges", "adjacency"] = "auto"
@@ -148,6 +202,103 @@ class FileTopology(TopologySettings):
         from dlactor.topology.graphs import read_graph_file
 
         return read_graph_file(self.path, self.format, n=nodes)
+
+
+@register("topology")
+class DynamicRegularTopology(TopologySettings):
+    """A fresh random d-regular graph every round, drawn by every node itself from the seed
+    (no messages: all nodes draw the same graph)."""
+
+    kind: Literal["dynamic_regular"] = "dynamic_regular"
+    degree: int = Field(5, ge=1, description="every node's degree, in every round")
+
+    def graph(self, nodes: int, seed: int) -> nx.Graph:
+        from dlactor.topology.dynamic import random_regular_at
+
+        return random_regular_at(nodes, self.degree, seed, 0)
+
+    def build(self, env: NodeEnv) -> Topology:
+        from dlactor.topology.dynamic import RandomRegularDynamic
+
+        return RandomRegularDynamic(nodes=env.nodes, degree=self.degree, seed=env.seed)
+
+
+@register("topology")
+class PeerSamplerTopology(DynamicRegularTopology):
+    """A fresh random d-regular graph every round, drawn by a peer-sampler process that
+    tells each node its neighbours (decentralizepy's dynamic topology)."""
+
+    kind: Literal["peer_sampler"] = "peer_sampler"  # type: ignore[assignment]
+    services: ClassVar[int] = 1
+
+    def build(self, env: NodeEnv) -> Topology:
+        from dlactor.topology.sampler import SampledTopology
+
+        return SampledTopology(
+            node=env.node,
+            nodes=env.nodes,
+            sampler=env.nodes,
+            rounds=env.rounds,
+            timeout=env.round_timeout,
+        )
+
+    def service(self, env: ServiceEnv) -> Service:
+        from dlactor.topology.sampler import PeerSampler
+
+        return PeerSampler(
+            node=env.process,
+            nodes=env.nodes,
+            degree=self.degree,
+            seed=env.seed,
+            rounds=env.rounds,
+            transport=env.transport,
+        )
+
+
+@register("topology")
+class GossipTopologySettings(TopologySettings):
+    """No sampler: each node runs Cyclon gossip peer sampling and agrees up to ``degree``
+    neighbours a round from its view (dlactor.topology.gossip)."""
+
+    kind: Literal["gossip"] = "gossip"
+    degree: int = Field(5, ge=1, description="the most neighbours a node has in a round")
+    view_size: int = Field(16, ge=1, description="entries in each node's Cyclon view")
+    shuffle_length: int = Field(6, ge=1, description="entries exchanged per shuffle")
+
+    @model_validator(mode="after")
+    def _fits(self) -> GossipTopologySettings:
+        if self.shuffle_length > self.view_size:
+            raise ValueError(
+                f"shuffle_length ({self.shuffle_length}) must be <= view_size ({self.view_size})"
+            )
+        return self
+
+    def graph(self, nodes: int, seed: int) -> nx.Graph:
+        """The bootstrap views, as a graph: each node starts knowing its ring neighbours."""
+        from dlactor.topology.gossip import bootstrap_contacts
+
+        if not 1 <= self.degree < nodes:
+            raise ValueError(f"degree must be in [1, nodes) = [1, {nodes}), got {self.degree}")
+        graph = nx.Graph()
+        graph.add_nodes_from(range(nodes))
+        for i in range(nodes):
+            graph.add_edges_from((i, j) for j in bootstrap_contacts(i, nodes, self.view_size))
+        return graph
+
+    def build(self, env: NodeEnv) -> Topology:
+        from dlactor.topology.gossip import GossipTopology, bootstrap_contacts
+
+        return GossipTopology(
+            node=env.node,
+            nodes=env.nodes,
+            degree=self.degree,
+            view_size=self.view_size,
+            shuffle_length=self.shuffle_length,
+            seed=env.seed,
+            rounds=env.rounds,
+            contacts=bootstrap_contacts(env.node, env.nodes, self.view_size),
+            timeout=env.round_timeout,
+        )
 
 
 # --- sharing ----------------------------------------------------------------------------
@@ -609,7 +760,7 @@ def _field_path(loc: tuple[int | str, ...]) -> str:
     tagged = parts[0] == "launcher" or (
         parts[0] in CATEGORIES and len(plugins.kinds(str(parts[0]))) > 1
     )
-    if len(parts) > 2 and tagged:
+    if len(parts) >= 2 and tagged:
         del parts[1]
     return ".".join(str(p) for p in parts) or "(top level)"
 

@@ -17,12 +17,13 @@ from functools import partial
 
 import torch
 
-from dlactor.launch.plan import Plan, build_node
+from dlactor.launch.plan import Plan, build_node, build_service
+from dlactor.node.context import Service
 from dlactor.node.node import Node, Record
 from dlactor.transport.base import Address
 from dlactor.transport.memory import MemoryNetwork
 
-__all__ = ["build_network", "run_in_memory", "run_nodes"]
+__all__ = ["build_network", "build_services", "run_in_memory", "run_nodes"]
 
 
 def build_network(
@@ -48,6 +49,14 @@ def build_network(
     return net, nodes
 
 
+def build_services(plan: Plan, net: MemoryNetwork) -> list[Service]:
+    """The topology's service processes (the peer sampler), on the same network."""
+    return [
+        build_service(plan, process, partial(net.transport, process))
+        for process in range(plan.config.nodes, plan.processes)
+    ]
+
+
 async def run_in_memory(
     plan: Plan,
     *,
@@ -63,14 +72,17 @@ async def run_in_memory(
         if on_round is not None:
             on_round(record)
 
-    _, nodes = build_network(plan, codec=codec, models=models, on_round=collect)
-    for node in nodes:
-        await node.start()
-    await run_nodes(nodes)
+    net, nodes = build_network(plan, codec=codec, models=models, on_round=collect)
+    actors: list[Node | Service] = [*nodes, *build_services(plan, net)]
+    for actor in actors:
+        await actor.start()
+    await run_nodes(actors)
     return records
 
 
-async def run_nodes(nodes: list[Node], addresses: Mapping[int, Address] | None = None) -> None:
+async def run_nodes(
+    nodes: Sequence[Node | Service], addresses: Mapping[int, Address] | None = None
+) -> None:
     """Connect started nodes (``addresses``: the TCP address book; the memory network needs
     none), run all their rounds concurrently, and stop every one of them however it ends."""
     for node in nodes:

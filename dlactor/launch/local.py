@@ -82,8 +82,8 @@ def launch_local(plan: Plan, run_dir: Path, *, show_progress: bool = True) -> Ou
     starts) ends the run as "interrupted" too. Every child forked is reaped on the way out:
     after a successful run they get ``STOP_GRACE_S`` to exit on their own first.
     """
-    ensure_open_files(plan.config.nodes)
-    listener = socket.create_server(("127.0.0.1", 0), backlog=min(4096, plan.config.nodes + 64))
+    ensure_open_files(plan.processes)
+    listener = socket.create_server(("127.0.0.1", 0), backlog=min(4096, plan.processes + 64))
     procs: list[BaseProcess] = []
     outcome: Outcome | None = None
     try:
@@ -122,7 +122,7 @@ def _fork_nodes(
     release_freed_memory()
     mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
     try:
-        for node in range(plan.config.nodes):
+        for node in range(plan.processes):
             procs.append(_start_node(ctx, plan, node, control, listener, run_dir))
     finally:
         gc.unfreeze()

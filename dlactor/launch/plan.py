@@ -14,12 +14,12 @@ import torch
 
 from dlactor.config import ConfigError, RunConfig
 from dlactor.data.base import Dataset
-from dlactor.node.context import NodeEnv
+from dlactor.node.context import NodeEnv, Service, ServiceEnv
 from dlactor.node.node import Node, Record
 from dlactor.training.models import count_parameters, parameter_bytes
 from dlactor.transport.base import Deliver, Transport
 
-__all__ = ["Plan", "build_node", "make_plan"]
+__all__ = ["Plan", "build_node", "build_service", "make_plan"]
 
 
 @dataclass(frozen=True)
@@ -33,6 +33,22 @@ class Plan:
     model: torch.nn.Module
     run_id: str = field(default_factory=lambda: secrets.token_hex(8))
     secret: str = field(default_factory=lambda: secrets.token_hex(16))
+
+    @property
+    def services(self) -> int:
+        """Processes the topology needs beside the nodes (ids ``nodes``, ``nodes + 1``...)."""
+        return self.config.topology.services
+
+    @property
+    def processes(self) -> int:
+        """Every process of the run: the learning nodes, then the topology's services."""
+        return self.config.nodes + self.services
+
+    def role(self, process: int) -> str:
+        """How to name a process in messages: "node 3", "peer sampler (process 16)"."""
+        if process < self.config.nodes:
+            return f"node {process}"
+        return f"{self.config.topology.kind} service (process {process})"
 
     @property
     def model_params(self) -> int:
@@ -56,6 +72,7 @@ def make_plan(config: RunConfig) -> Plan:
             raise ValueError(
                 f"the graph's nodes are not 0..{config.nodes - 1} (nodes = {config.nodes})"
             )
+        config.topology.check(graph, config.rounds)
     with _field("data"):
         dataset = _subsample_test(config.data.load(config.seed), config)
     with _field("partition"):
@@ -118,7 +135,18 @@ def node_env(plan: Plan, node: int, model: torch.nn.Module) -> NodeEnv:
         dataset=plan.dataset,
         train_indices=plan.parts[node],
         model=model,
+        rounds=plan.config.rounds,
+        round_timeout=plan.config.launcher.round_timeout_s,
     )
+
+
+def build_service(plan: Plan, process: int, transport: Callable[[Deliver], Transport]) -> Service:
+    """The actor of service process ``process`` (``nodes <= process < processes``)."""
+    cfg = plan.config
+    env = ServiceEnv(
+        process=process, nodes=cfg.nodes, seed=cfg.seed, rounds=cfg.rounds, transport=transport
+    )
+    return cfg.topology.service(env)
 
 
 def build_node(

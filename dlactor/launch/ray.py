@@ -292,7 +292,7 @@ class RayBackend:
         """Start one actor per node, supervise them to the end, and say how it went. Every
         actor is killed on the way out, whatever happened (after a successful run, they
         get ``STOP_GRACE_S`` to return on their own first)."""
-        backlog = min(4096, plan.config.nodes + 64)
+        backlog = min(4096, plan.processes + 64)
         listener = socket.create_server(
             (self.control_host, self.settings.control_port), backlog=backlog
         )
@@ -302,7 +302,7 @@ class RayBackend:
             _ship_plugin_code()
             packed = ray.put(PackedPlan.pack(plan))
             control = listener.getsockname()[:2]
-            nodes.start(packed, self.settings, plan.config.nodes, control, run_dir, self.node_host)
+            nodes.start(packed, self.settings, plan.processes, control, run_dir, self.node_host)
             supervisor = Supervisor(plan, nodes, listener, run_dir, show_progress=show_progress)
             outcome = run_event_loop(supervisor.run())
         except KeyboardInterrupt:

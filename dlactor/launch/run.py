@@ -18,7 +18,8 @@ from dlactor.config import RayLauncher, RunConfig
 from dlactor.launch import local
 from dlactor.launch.plan import Plan
 from dlactor.launch.supervisor import Outcome
-from dlactor.metrics.summary import summarize
+from dlactor.metrics.summary import load_node_records, summarize
+from dlactor.metrics.topology import write_round_topology
 from dlactor.topology.graphs import write_edge_list
 
 __all__ = ["Backend", "LocalBackend", "RunResult", "make_run_dir", "open_backend", "run"]
@@ -46,10 +47,11 @@ def open_backend(config: RunConfig) -> Iterator[Backend]:
     if isinstance(config.launcher, RayLauncher):
         from dlactor.launch.ray import RayBackend
 
-        with RayBackend.connect(config.launcher, config.nodes) as backend:
+        processes = config.nodes + config.topology.services
+        with RayBackend.connect(config.launcher, processes) as backend:
             yield backend
     else:
-        local.ensure_open_files(config.nodes)
+        local.ensure_open_files(config.nodes + config.topology.services)
         yield LocalBackend()
 
 
@@ -143,6 +145,7 @@ def run(
     finally:
         wall = time.time() - (outcome.t_start_barrier or t0)
         summary = summarize(run_dir, nodes=plan.config.nodes, status=outcome.status, wall_s=wall)
+        write_round_topology(run_dir, load_node_records(run_dir), plan.config.nodes)
         summary.update(
             name=plan.config.name,
             reason=outcome.reason,

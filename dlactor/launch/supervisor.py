@@ -118,7 +118,7 @@ class Supervisor:
         self._consensus_path = run_dir / "consensus.jsonl"
         # Opened by run(), so that a supervisor that never runs leaves no file open.
         self.consensus_log: JsonlRecorder | None = None
-        self.n = plan.config.nodes
+        self.n = plan.processes  # the learning nodes, then the topology's services
         self.outcome = Outcome()
         self.addresses: dict[int, Address] = {}
         self.streams: dict[int, ControlStream] = {}
@@ -126,7 +126,7 @@ class Supervisor:
         self.reported: set[int] = set()  # said Done or Failed: its exit is no news
         self.closed: set[int] = set()
         self._consensus_layout = flat_layout(plan.model.parameters())
-        self.progress = RunProgress(self.n, plan.config.rounds, enabled=show_progress)
+        self.progress = RunProgress(plan.config.nodes, plan.config.rounds, enabled=show_progress)
         self.memory = MemorySampler(nodes.local_pids)
         self._deferred: tuple[int, str] | None = None
         self._all_registered = asyncio.Event()
@@ -161,7 +161,9 @@ class Supervisor:
                 await _first_of(self._all_registered, self._finished)
         except TimeoutError:
             missing = sorted(set(range(self.n)) - set(self.addresses))
-            self.fail("failed", f"start barrier: nodes {missing[:20]} not ready in {timeout:g} s")
+            self.fail(
+                "failed", f"start barrier: processes {missing[:20]} not ready in {timeout:g} s"
+            )
             return
         if self._finished.is_set():
             return
@@ -235,7 +237,7 @@ class Supervisor:
         elif _is_knock_on(tb):
             self._defer(node, tb)
         else:
-            self.fail("failed", f"node {node} raised an exception", tb)
+            self.fail("failed", f"{self.plan.role(node)} raised an exception", tb)
 
     def _defer(self, node: int, tb: str) -> None:
         """A peer-unreachable or round-timeout failure is usually the knock-on effect of
@@ -249,7 +251,7 @@ class Supervisor:
     def _commit_deferred(self) -> None:
         if self._deferred is not None and self.outcome.status == "ok":
             node, tb = self._deferred
-            self.fail("failed", f"node {node} raised an exception", tb)
+            self.fail("failed", f"{self.plan.role(node)} raised an exception", tb)
 
     def fail(self, status: str, reason: str, tb: str = "") -> None:
         """First failure wins; it stops the run."""
@@ -270,7 +272,7 @@ class Supervisor:
                     continue
                 first = exited_at.setdefault(node, now)
                 if node in self.closed or now - first > 1.0:
-                    self.fail("failed", f"node {node} {how}")
+                    self.fail("failed", f"{self.plan.role(node)} {how}")
             await asyncio.sleep(0.05)
 
     async def _stop_all(self) -> None:

@@ -14,17 +14,18 @@ import os
 import signal
 import threading
 import traceback
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any, TypeVar
 
 import torch
 
 from dlactor.launch.control import ControlStream
-from dlactor.launch.plan import Plan, build_node
+from dlactor.launch.plan import Plan, build_node, build_service
 from dlactor.messages import Done, Failed, Hello, Payload, Progress, Register, Share, Start
 from dlactor.metrics.memory import set_malloc_thresholds
 from dlactor.metrics.recorder import JsonlRecorder
+from dlactor.node.context import Service
 from dlactor.node.node import Node, Record
 from dlactor.sharing.ops import flatten
 from dlactor.transport.base import Address, Deliver
@@ -108,21 +109,7 @@ def _die_with_parent(parent: int | None) -> bool:
     return parent is None or os.getppid() == parent
 
 
-async def _node_main(
-    plan: Plan, node: int, control: Address, run_dir: Path, listen: Address
-) -> int:
-    ctl = await ControlStream.connect(*control)
-    await ctl.send(Hello(plan.run_id, plan.secret, node))
-    recorder = JsonlRecorder(run_dir / "nodes" / f"{node}.jsonl")
-
-    def on_round(record: Record) -> None:
-        recorder.write(record)
-        ctl.post(Progress(node, record["round"]))
-        if "test_loss" in record and plan.config.evaluation.consensus and actor is not None:
-            # the evaluated model, for the launcher's consensus distance
-            params = Payload({"params": flatten(actor.model.parameters())})
-            ctl.post(Share(node, record["round"], params))
-
+def _tcp(plan: Plan, node: int, listen: Address) -> Callable[[Deliver], TcpTransport]:
     def transport(deliver: Deliver) -> TcpTransport:
         host, port = listen
         return TcpTransport(
@@ -134,9 +121,29 @@ async def _node_main(
             port=port,
         )
 
+    return transport
+
+
+async def _node_main(
+    plan: Plan, node: int, control: Address, run_dir: Path, listen: Address
+) -> int:
+    ctl = await ControlStream.connect(*control)
+    await ctl.send(Hello(plan.run_id, plan.secret, node))
+    if node >= plan.config.nodes:
+        return await _service_main(plan, node, ctl, listen)
+    recorder = JsonlRecorder(run_dir / "nodes" / f"{node}.jsonl")
+
+    def on_round(record: Record) -> None:
+        recorder.write(record)
+        ctl.post(Progress(node, record["round"]))
+        if "test_loss" in record and plan.config.evaluation.consensus and actor is not None:
+            # the evaluated model, for the launcher's consensus distance
+            params = Payload({"params": flatten(actor.model.parameters())})
+            ctl.post(Share(node, record["round"], params))
+
     actor: Node | None = None
     try:
-        actor = build_node(plan, node, transport, on_round=on_round)
+        actor = build_node(plan, node, _tcp(plan, node, listen), on_round=on_round)
         return await _lifecycle(actor, ctl)
     except Exception:
         await ctl.send(Failed(node, _clip(traceback.format_exc())))
@@ -148,12 +155,27 @@ async def _node_main(
         ctl.close()
 
 
+async def _service_main(plan: Plan, process: int, ctl: ControlStream, listen: Address) -> int:
+    """A topology's service process (the peer sampler): the node lifecycle, no learning."""
+    actor: Service | None = None
+    try:
+        actor = build_service(plan, process, _tcp(plan, process, listen))
+        return await _lifecycle(actor, ctl)
+    except Exception:
+        await ctl.send(Failed(process, _clip(traceback.format_exc())))
+        return EXIT_FAILED
+    finally:
+        if actor is not None:
+            await actor.stop()
+        ctl.close()
+
+
 def _clip(text: str, limit: int = 64 << 10) -> str:
     """Keep a traceback's tail (the part that names the error) within one control frame."""
     return text if len(text) <= limit else "[...]\n" + text[-limit:]
 
 
-async def _lifecycle(actor: Node, ctl: ControlStream) -> int:
+async def _lifecycle(actor: Node | Service, ctl: ControlStream) -> int:
     host, port = await actor.start()
     await ctl.send(Register(actor.node, host, port))
     start = await ctl.receive()
@@ -166,7 +188,7 @@ async def _lifecycle(actor: Node, ctl: ControlStream) -> int:
     return EXIT_DONE
 
 
-async def _run_unless_stopped(actor: Node, ctl: ControlStream) -> bool:
+async def _run_unless_stopped(actor: Node | Service, ctl: ControlStream) -> bool:
     """Run every round while listening for Stop (or EOF, if the launcher died); whichever
     comes first cancels the other. True if the rounds completed. Both tasks belong to a
     TaskGroup, so neither outlives this call; an exception from the rounds is raised as

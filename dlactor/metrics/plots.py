@@ -1,4 +1,5 @@
-"""PNG figures of runs: accuracy (or RMSE), loss and consensus distance, one line per run.
+"""PNG figures of runs: accuracy (or RMSE), loss, consensus distance and topology, one line
+(or bar) per run.
 
 Pure drawing from already computed curves (``report.eval_curves``' dicts). The x axis of
 "rounds" counts rounds completed (the recorded 0-based ``round`` plus one). Figures are built
@@ -31,6 +32,7 @@ __all__ = [
     "loss_figure",
     "metric_figure",
     "run_colors",
+    "topology_figure",
 ]
 
 DPI = 150
@@ -204,4 +206,32 @@ def consensus_figure(lines: Sequence[Line], path: Path) -> Path:
     ax.xaxis.set_major_locator(_round_ticks())
     ax.grid(alpha=0.3)
     ax.grid(alpha=0.1, which="minor")
+    return _save(fig, path)
+
+
+def topology_figure(lines: Sequence[Line], path: Path) -> Path:
+    """(a) How often each degree occurred (share of node-rounds) and (b) the spectral gap
+    of each round's mixing matrix, per run. ``curves`` holds ``degrees`` (pooled over
+    rounds), ``round`` and ``gap``."""
+    fig = _new_figure(11.0, 3.8, _entries(lines, band=False), max_cols=3)
+    left, right = fig.subplots(1, 2)
+    for i, line in enumerate(lines):
+        degrees = np.asarray(line.curves["degrees"], dtype=np.int64)
+        values, counts = np.unique(degrees, return_counts=True)
+        width = 0.8 / max(1, len(lines))
+        offset = (i - (len(lines) - 1) / 2) * width
+        left.bar(values + offset, counts / counts.sum(), width=width, color=line.color)
+        gaps = [(r, g) for r, g in zip(_rounds(line), line.curves["gap"], strict=True) if g == g]
+        if gaps:
+            rounds, values_ = zip(*gaps, strict=True)
+            marker = "o" if len(gaps) <= _MARKERS_UP_TO else None
+            right.plot(rounds, values_, color=line.color, marker=marker, markersize=3, lw=1.4)
+    left.set(xlabel="degree (neighbours in a round)", ylabel="share of node-rounds")
+    left.set_title("(a) degree distribution, all rounds", fontsize="medium")
+    left.xaxis.set_major_locator(MaxNLocator(integer=True))
+    right.set(xlabel=_ROUND, ylabel="spectral gap 1 - |lambda_2(W)|")
+    right.set_title("(b) spectral gap of the round's mixing matrix", fontsize="medium")
+    right.xaxis.set_major_locator(_round_ticks())
+    for ax in (left, right):
+        ax.grid(alpha=0.3)
     return _save(fig, path)

@@ -236,11 +236,25 @@ def _consensus_curves(run: RunData, _: str) -> dict[str, list[float]]:
     return {"round": [r["round"] for r in rows], "mean": [r["consensus_distance"] for r in rows]}
 
 
+def _topology_curves(run: RunData, _: str) -> dict[str, list[float]]:
+    from dlactor.metrics.topology import round_stats
+
+    nodes = int(run.manifest.get("nodes") or len(run.records))
+    return round_stats(run.records, nodes)
+
+
 def draw_figures(runs: list[RunData], labels: list[str], out_dir: Path) -> list[Path]:
-    """Write ``accuracy.png``, ``loss.png`` and ``consensus.png`` into ``out_dir``, each when
-    some run has data for it; return the files written. A run keeps its color in every figure;
-    classification and regression runs get a row each in ``accuracy.png``."""
-    from dlactor.metrics.plots import consensus_figure, loss_figure, metric_figure, run_colors
+    """Write ``accuracy.png``, ``loss.png``, ``consensus.png`` and ``topology.png`` into
+    ``out_dir``, each when some run has data for it; return the files written. A run keeps
+    its color in every figure; classification and regression runs get a row each in
+    ``accuracy.png``."""
+    from dlactor.metrics.plots import (
+        consensus_figure,
+        loss_figure,
+        metric_figure,
+        run_colors,
+        topology_figure,
+    )
 
     styled = list(zip(runs, labels, run_colors(len(runs)), strict=True))
     written = []
@@ -255,6 +269,9 @@ def draw_figures(runs: list[RunData], labels: list[str], out_dir: Path) -> list[
     consensus = _lines(styled, "consensus_distance", _consensus_curves)
     if any(d > 0 for line in consensus for d in line.curves["mean"]):
         written.append(consensus_figure(consensus, out_dir / "consensus.png"))
+    topology = _lines(styled, "topology", _topology_curves)
+    if topology:
+        written.append(topology_figure(topology, out_dir / "topology.png"))
     return written
 
 

@@ -58,6 +58,17 @@ def _last_consensus(run_dir: Path) -> float | None:
     return rows[-1]["consensus_distance"] if rows else None
 
 
+def _overlay(records: list[dict[str, Any]]) -> dict[str, Any]:
+    rows = [r for r in records if "overlay_bytes_sent" in r]
+    if not rows:
+        return {}
+    return {
+        "overlay_bytes_sent_total": sum(r["overlay_bytes_sent"] for r in rows),
+        "overlay_msgs_sent_total": sum(r["overlay_msgs_sent"] for r in rows),
+        "overlay_bytes_recv_total": sum(r["overlay_bytes_recv"] for r in rows),
+    }
+
+
 def summarize(run_dir: Path, *, nodes: int, status: str, wall_s: float) -> dict[str, Any]:
     by_node = load_node_records(run_dir)
     records = [r for rs in by_node.values() for r in rs]
@@ -74,6 +85,8 @@ def summarize(run_dir: Path, *, nodes: int, status: str, wall_s: float) -> dict[
             statistics.fmean(r["bytes_sent"] for r in records) if records else None
         ),
         "bytes_sent_total": sum(r["bytes_sent"] for r in records),
+        # what the topology's own messages cost (peer sampler, gossip); absent otherwise
+        **_overlay(records),
         "rss_bytes_max_node": max((r["rss_bytes"] for r in records), default=None),
         "final": {**_final(by_node), "consensus_distance": _last_consensus(run_dir)},
     }

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import networkx as nx
 import numpy as np
@@ -11,8 +12,9 @@ import torch
 
 from dlactor.data.base import Dataset
 from dlactor.messages import Payload
+from dlactor.transport.base import Address, Deliver, Transport
 
-__all__ = ["EvalStats", "NodeEnv", "RoundContext", "TrainStats"]
+__all__ = ["EvalStats", "NodeEnv", "RoundContext", "Service", "ServiceEnv", "TrainStats"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,6 +28,34 @@ class NodeEnv:
     dataset: Dataset
     train_indices: np.ndarray
     model: torch.nn.Module
+    rounds: int = 1
+    round_timeout: float = 120.0
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceEnv:
+    """What a topology's service process (the peer sampler) is built from."""
+
+    process: int  # its id: the learning nodes are 0..nodes-1, services come after
+    nodes: int
+    seed: int
+    rounds: int
+    transport: Callable[[Deliver], Transport]
+
+
+class Service(Protocol):
+    """A service process's actor: the node lifecycle without learning. ``run`` returns when
+    the service has done all the run needs of it."""
+
+    node: int
+
+    async def start(self) -> Address: ...
+
+    def connect(self, addresses: Mapping[int, Address], t0: float | None = None) -> None: ...
+
+    async def run(self) -> None: ...
+
+    async def stop(self) -> None: ...
 
 
 @dataclass(slots=True)

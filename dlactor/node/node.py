@@ -8,6 +8,7 @@ book, ``run`` runs the rounds, ``stop`` closes everything.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
@@ -15,18 +16,79 @@ from typing import Any
 import psutil
 import torch
 
-from dlactor.messages import Message, Payload, Share
+from dlactor.messages import Message, Overlay, Payload, Share
 from dlactor.node.context import RoundContext
 from dlactor.node.mailbox import Mailbox
 from dlactor.sharing.base import ChecksPayloads, Sharing
-from dlactor.topology.base import Topology
+from dlactor.topology.base import Topology, UsesOverlay
 from dlactor.training.base import Trainer
-from dlactor.transport.base import Address, Deliver, SendTimeout, Transport
+from dlactor.transport.base import Address, Deliver, SendTimeout, Transport, TransportClosed
+from dlactor.wire.codec import encode, encoded_size
 from dlactor.wire.errors import RemoteProtocolError
 
-__all__ = ["Node", "Record", "SendStalled"]
+__all__ = ["Link", "Node", "Record", "SendStalled"]
 
 Record = dict[str, Any]
+
+log = logging.getLogger("dlactor.node")
+
+
+class Link:
+    """A process's :class:`~dlactor.topology.base.OverlayLink`: overlay sends on its
+    transport, counted, and the peers it talked to (so the node can close those connections
+    when they are not needed any more)."""
+
+    def __init__(self, node: int, transport: Transport) -> None:
+        self._node, self.transport = node, transport
+        self.msgs_sent = self.bytes_sent = self.msgs_recv = self.bytes_recv = 0
+        self.contacts: set[int] = set()
+        self._busy: dict[int, int] = {}  # peer -> sends in progress
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    @property
+    def node(self) -> int:
+        return self._node
+
+    def busy(self, peer: int) -> bool:
+        return self._busy.get(peer, 0) > 0
+
+    async def send(self, peer: int, msg: Overlay) -> None:
+        self.contacts.add(peer)
+        self._busy[peer] = self._busy.get(peer, 0) + 1
+        try:
+            await self.transport.send(peer, msg)
+        finally:
+            self._busy[peer] -= 1
+        self.msgs_sent += 1
+        self.bytes_sent += encoded_size(encode(msg))
+
+    def spawn(self, peer: int, msg: Overlay) -> None:
+        task = asyncio.get_running_loop().create_task(self._send_quietly(peer, msg))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _send_quietly(self, peer: int, msg: Overlay) -> None:
+        try:
+            await self.send(peer, msg)
+        except (ConnectionError, TransportClosed) as exc:
+            log.info("node %d: %s to node %d not sent: %s", self._node, msg.op, peer, exc)
+
+    def received(self, nbytes: int) -> None:
+        self.msgs_recv += 1
+        self.bytes_recv += nbytes
+
+    def counters(self) -> tuple[int, int, int, int]:
+        return self.msgs_sent, self.bytes_sent, self.msgs_recv, self.bytes_recv
+
+    async def flush(self) -> None:
+        """Wait for the sends started with ``spawn``."""
+        while self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    async def stop(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
 
 
 class SendStalled(TimeoutError):
@@ -70,14 +132,24 @@ class Node:
         self.t0 = time.time()
         self._process = psutil.Process()
         self._peers: frozenset[int] = frozenset()  # the last round's neighbours
+        self._recorded_row: tuple[tuple[int, ...], tuple[float, ...]] | None = None
+        self.link = Link(node, self.transport)
+        if isinstance(topology, UsesOverlay):
+            topology.attach(self.link)
 
     def deliver(self, msg: Message, nbytes: int) -> None:
-        """The transport's callback: payloads go to the mailbox; nothing else belongs here.
+        """The transport's callback: payloads go to the mailbox, overlay messages to a topology
+        that talks; nothing else belongs here.
 
         A payload is checked against this node's model as it arrives (when the sharing
         strategy can check): a RemoteProtocolError here makes the transport drop and log that
         connection, and the node carries on.
         """
+        if isinstance(msg, Overlay) and isinstance(self.topology, UsesOverlay):
+            self.topology.on_overlay(msg)
+            self.link.received(nbytes)
+            self.mailbox.count(nbytes)
+            return
         if not isinstance(msg, Share):
             raise RemoteProtocolError(f"unexpected {type(msg).__name__} on a peer connection")
         self._check_payload(msg.sender, msg.payload)
@@ -112,6 +184,7 @@ class Node:
         """One D-PSGD round: train, share with this round's neighbours, aggregate, evaluate."""
         ctx = RoundContext(node=self.node, round=r, model=self.model)
         before = self.transport.stats.snapshot()
+        overlay_before = self.link.counters()
         t_start = time.perf_counter()
         stats = await self.trainer.train(ctx)
         t_train = time.perf_counter() - t_start
@@ -133,6 +206,8 @@ class Node:
             "msgs_sent": sent.msgs_sent,
             "msgs_recv": got.msgs,
             "degree": len(ctx.peers),
+            **self._overlay_record(overlay_before),
+            **self._topology_record(ctx.peers, ctx.weights),
             "t_wall": time.time() - self.t0,
             "t_train": t_train,
             "t_round": time.perf_counter() - t_start,
@@ -142,16 +217,46 @@ class Node:
             record.update(await self._evaluate(ctx))
         return record
 
+    def _overlay_record(self, before: tuple[int, int, int, int]) -> Record:
+        """What the topology's own messages cost this round (only for topologies that talk)."""
+        if not isinstance(self.topology, UsesOverlay):
+            return {}
+        now = self.link.counters()
+        names = (
+            "overlay_msgs_sent",
+            "overlay_bytes_sent",
+            "overlay_msgs_recv",
+            "overlay_bytes_recv",
+        )
+        return {name: a - b for name, a, b in zip(names, now, before, strict=True)}
+
+    def _topology_record(self, peers: frozenset[int], weights: Mapping[int, float]) -> Record:
+        """This round's neighbours and their mixing weights, when they differ from the last
+        recorded ones: the run's topology round by round, at the cost of one list per change
+        (the launcher writes every round's graph from it into topology_rounds.jsonl, and
+        ``dlactor report`` plots its degrees and spectral gap)."""
+        order = sorted(peers)
+        row = (tuple(order), tuple(float(weights.get(p, 0.0)) for p in order))
+        if row == self._recorded_row:
+            return {}
+        self._recorded_row = row
+        return {"peers": order, "weights": list(row[1])}
+
     def _close_former_peers(self, peers: frozenset[int]) -> None:
-        """Close the connections to last round's neighbours that are not neighbours now.
+        """Close the connections to last round's neighbours (and to the peers the topology
+        talked to) that are not neighbours now.
 
         Only here, once that round is over on this side: its share went out to them (its
         send completed) and theirs came in. What a peer has not read yet still reaches it
         (the transport closes gracefully), so a dynamic topology never loses a message to
         a close, and connections never pile up: at most this round's neighbours, plus the
-        closes still flushing to peers that have not read their last message yet.
+        closes still flushing to peers that have not read their last message yet. A peer
+        the topology is still sending to is left open (it is closed in a later round).
         """
-        for peer in self._peers - peers:
+        former = self._peers | self.link.contacts
+        keep = peers | getattr(self.topology, "persistent_peers", frozenset())
+        self.link.contacts = {p for p in self.link.contacts if self.link.busy(p)}
+        for peer in former - keep - self.link.contacts:
             self.transport.close_peer(peer)
         self._peers = peers
 
@@ -179,4 +284,7 @@ class Node:
         return record
 
     async def stop(self) -> None:
+        if isinstance(self.topology, UsesOverlay):
+            await self.topology.aclose()
+        await self.link.stop()
         await self.transport.stop()

@@ -1,11 +1,18 @@
-"""The topology interface: who a node talks to in a round, and with what weights."""
+"""The topology interface: who a node talks to in a round, and with what weights.
+
+A topology that needs to talk to other processes (the peer sampler's clients, gossip peer
+sampling) also implements :class:`UsesOverlay`: the node gives it an :class:`OverlayLink`
+before the first round and hands it every ``Overlay`` message that arrives.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from typing import Protocol, runtime_checkable
 
-__all__ = ["Topology"]
+from dlactor.messages import Overlay
+
+__all__ = ["OverlayLink", "Topology", "UsesOverlay"]
 
 
 @runtime_checkable
@@ -16,4 +23,37 @@ class Topology(Protocol):
 
     async def weights(self, node: int, round: int) -> Mapping[int, float]:
         """``node``'s row of the round's mixing matrix: neighbours and itself, summing to 1."""
+        ...
+
+
+class OverlayLink(Protocol):
+    """What a node lends its topology to talk: sends on the node's own transport, counted
+    (messages and bytes) in the node's ``overlay_*`` record fields."""
+
+    @property
+    def node(self) -> int: ...
+
+    async def send(self, peer: int, msg: Overlay) -> None:
+        """Send one overlay message; raises the transport's errors (PeerUnreachable...)."""
+        ...
+
+    def spawn(self, peer: int, msg: Overlay) -> None:
+        """Send without waiting (a reply from a message handler); a failure is only logged."""
+        ...
+
+
+@runtime_checkable
+class UsesOverlay(Protocol):
+    def attach(self, link: OverlayLink) -> None:
+        """Called once, before the first round."""
+        ...
+
+    def on_overlay(self, msg: Overlay) -> None:
+        """An overlay message arrived (called on the event loop; must not block). Raise
+        RemoteProtocolError for a message the peer should not have sent: the connection is
+        dropped, the node carries on."""
+        ...
+
+    async def aclose(self) -> None:
+        """The node is stopping: cancel whatever the topology still has running."""
         ...

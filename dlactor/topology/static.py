@@ -1,4 +1,4 @@
-"""A topology that is the same graph every round."""
+"""Topologies fixed in advance: the same graph every round, or one changed on a schedule."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import networkx as nx
 
 from dlactor.topology.mixing import metropolis_hastings_row
 
-__all__ = ["StaticTopology"]
+__all__ = ["ScheduledTopology", "StaticTopology"]
 
 
 class StaticTopology:
@@ -24,3 +24,69 @@ class StaticTopology:
         degrees = {j: self._graph.degree[j] for j in self._graph.neighbors(node)}
         degrees[node] = self._graph.degree[node]
         return metropolis_hastings_row(node, degrees)
+
+
+class ScheduledTopology:
+    """A static topology that changes at given rounds: ``changes[r]`` is the (edges added,
+    edges removed) at the start of round r. Every node applies the same schedule to the same
+    graph, so neighbour sets agree on both ends; weights follow the round's degrees."""
+
+    def __init__(
+        self,
+        *,
+        graph: nx.Graph,
+        changes: Mapping[int, tuple[list[tuple[int, int]], list[tuple[int, int]]]],
+    ) -> None:
+        self._start = graph
+        self._changes = dict(sorted(changes.items()))
+        self._round = 0
+        self._graph = graph.copy()
+
+    def graph_at(self, round: int) -> nx.Graph:
+        """The graph of ``round`` (kept for the latest round asked, replayed if asked earlier)."""
+        if round < self._round:
+            self._round, self._graph = 0, self._start.copy()
+        for r, (added, removed) in self._changes.items():
+            if self._round < r <= round:
+                self._graph.remove_edges_from(removed)
+                self._graph.add_edges_from(added)
+        self._round = max(self._round, round)
+        return self._graph
+
+    async def neighbors(self, node: int, round: int) -> frozenset[int]:
+        return frozenset(self.graph_at(round).neighbors(node))
+
+    async def weights(self, node: int, round: int) -> Mapping[int, float]:
+        graph = self.graph_at(round)
+        degrees = {j: graph.degree[j] for j in graph.neighbors(node)}
+        degrees[node] = graph.degree[node]
+        return metropolis_hastings_row(node, degrees)
+
+
+def check_schedule(
+    graph: nx.Graph,
+    changes: Mapping[int, tuple[list[tuple[int, int]], list[tuple[int, int]]]],
+    rounds: int,
+) -> None:
+    """ValueError naming the first change that cannot apply: a round past the run, a node
+    outside it, a self loop, removing an edge that is not there or adding one that is.
+    (A change may disconnect the graph: that is an experiment, not an error.)"""
+    current = graph.copy()
+    n = graph.number_of_nodes()
+    for r, (added, removed) in sorted(changes.items()):
+        where = f"schedule, round {r}"
+        if r >= rounds:
+            raise ValueError(f"{where}: the run has only rounds 0..{rounds - 1}")
+        for u, v in [*added, *removed]:
+            if not (0 <= u < n and 0 <= v < n) or u == v:
+                raise ValueError(
+                    f"{where}: edge [{u}, {v}] is not an edge between two of the {n} nodes"
+                )
+        for u, v in removed:
+            if not current.has_edge(u, v):
+                raise ValueError(f"{where}: cannot remove [{u}, {v}]: no such edge then")
+            current.remove_edge(u, v)
+        for u, v in added:
+            if current.has_edge(u, v):
+                raise ValueError(f"{where}: cannot add [{u}, {v}]: the edge is already there")
+            current.add_edge(u, v)

@@ -10,6 +10,7 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import networkx as nx
 import psutil
 import pytest
 
@@ -180,3 +181,31 @@ def test_an_invalid_config_exits_2_and_starts_nothing(
     assert code == 2
     assert "topology" in err or "nodes" in err
     assert not tmp_path.exists() or not any(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("kind", ["peer_sampler", "gossip"])
+def test_dynamic_topologies_run_over_real_sockets_and_record_every_rounds_graph(
+    tmp_path: Path, launch: Callable[..., subprocess.Popen[str]], kind: str
+) -> None:
+    code, _, err = finish(launch(tmp_path, f"topology.kind={kind}", "topology.degree=3",
+                                 "rounds=5", "sharing.kind=full"))  # fmt: skip
+    assert code == 0, err
+    rd = run_dir(tmp_path)
+    manifest = json.loads((rd / "manifest.json").read_text())
+    sampler = kind == "peer_sampler"
+    # the peer sampler is a process of its own (id 6), registered like a node
+    assert sorted(manifest["addresses"], key=int) == [str(n) for n in range(6 + sampler)]
+    assert sorted(p.name for p in (rd / "nodes").iterdir()) == [f"{n}.jsonl" for n in range(6)]
+    rows = records(rd / "topology_rounds.jsonl")
+    assert rows[0]["round"] == 0 and len(rows) >= 3  # a new graph in (nearly) every round
+    for row in rows:
+        graph = nx.Graph(row["edges"])
+        assert "asymmetric_pairs" not in row  # both ends of every edge agreed
+        degrees = [d for _, d in graph.degree]
+        assert (set(degrees) == {3} and len(degrees) == 6) if sampler else max(degrees) <= 3
+    for node in range(6):
+        recs = records(rd / "nodes" / f"{node}.jsonl")
+        assert all(r["overlay_msgs_sent"] >= 0 for r in recs)
+        assert sum(r["overlay_bytes_sent"] for r in recs) > 0
+    summary = json.loads((rd / "summary.json").read_text())
+    assert summary["status"] == "ok" and summary["overlay_bytes_sent_total"] > 0
