@@ -305,7 +305,16 @@ class GossipTopologySettings(TopologySettings):
 
 
 class SharingSettings(Settings):
+    """Base of sharing settings. ``compression`` wraps any strategy's payloads in lossless
+    lz4 or zstd compression (``dlactor.sharing.lossless``)."""
+
     kind: str
+    compression: Literal["none", "lz4", "zstd"] = Field(
+        "none", description="lossless compression of every payload on the wire"
+    )
+
+    def check(self, config: RunConfigBase) -> None:
+        """Raise ValueError if this strategy cannot run with the rest of ``config``."""
 
     def build(self, env: NodeEnv) -> Sharing:
         raise NotImplementedError
@@ -319,6 +328,94 @@ class FullSharingSettings(SharingSettings):
         from dlactor.sharing.full import FullSharing
 
         return FullSharing()
+
+
+Budget = Annotated[float, Field(gt=0.0, le=1.0, description="fraction of parameters sent")]
+
+
+@register("sharing")
+class RandomSharingSettings(SharingSettings):
+    """A random ``budget`` of the parameters each round; only the mask's seed travels."""
+
+    kind: Literal["random"] = "random"
+    budget: Budget = 0.1
+
+    def build(self, env: NodeEnv) -> Sharing:
+        from dlactor.sharing.random import RandomSharing
+
+        return RandomSharing(budget=self.budget, seed=env.seed, node=env.node)
+
+
+def _layer_sizes(model: torch.nn.Module) -> list[int]:
+    return [p.numel() for p in model.parameters()]
+
+
+@register("sharing")
+class TopKSharingSettings(SharingSettings):
+    """The ``budget`` of parameters that changed most, with compact indices."""
+
+    kind: Literal["topk"] = "topk"
+    budget: Budget = 0.1
+    per_layer: bool = Field(False, description="each layer sends its share of the budget")
+    error_feedback: bool = Field(
+        True, description="rank by change since last shared (else: since last round)"
+    )
+
+    def build(self, env: NodeEnv) -> Sharing:
+        from dlactor.sharing.topk import TopKSharing
+
+        layers = _layer_sizes(env.model) if self.per_layer else None
+        return TopKSharing(budget=self.budget, layers=layers, error_feedback=self.error_feedback)
+
+
+@register("sharing")
+class QuantizeSharingSettings(SharingSettings):
+    """The whole model, stochastically quantized to ``bits`` bits (QSGD-style)."""
+
+    kind: Literal["quantize"] = "quantize"
+    bits: int = Field(8, ge=1, le=8)
+    bucket_size: int | None = Field(512, ge=1, description="elements per scale (None: one)")
+
+    def build(self, env: NodeEnv) -> Sharing:
+        from dlactor.sharing.quantize import QuantizeSharing
+
+        seed = env.seed * 1_000_003 + env.node
+        return QuantizeSharing(bits=self.bits, bucket_size=self.bucket_size, seed=seed)
+
+
+@register("sharing")
+class ChocoSettings(SharingSettings):
+    """CHOCO-SGD: compressed differences to public estimates, consensus step ``gamma``."""
+
+    kind: Literal["choco"] = "choco"
+    gamma: float = Field(0.5, gt=0.0, le=1.0, description="consensus step size")
+    compressor: Literal["topk", "random", "quantize"] = "topk"
+    budget: Budget = 0.1
+    bits: int = Field(8, ge=1, le=8, description="for compressor = quantize")
+    bucket_size: int | None = Field(512, ge=1, description="for compressor = quantize")
+
+    def check(self, config: RunConfigBase) -> None:
+        topology = getattr(config, "topology", None)
+        if not isinstance(topology, StaticSettings) or topology.schedule:
+            kind = getattr(topology, "kind", "?")
+            raise ValueError(
+                "choco keeps sum_j w_ij xhat_j for a fixed set of neighbours: it needs a "
+                f"static topology without a schedule, not {kind!r}"
+            )
+
+    def build(self, env: NodeEnv) -> Sharing:
+        from dlactor.sharing.choco import ChocoSharing
+        from dlactor.sharing.compressors import Compressor, Quantizer, RandomK, TopK
+
+        compressor: Compressor
+        if self.compressor == "topk":
+            compressor = TopK(budget=self.budget)
+        elif self.compressor == "random":
+            compressor = RandomK(budget=self.budget, seed=env.seed, node=env.node)
+        else:
+            seed = env.seed * 1_000_003 + env.node
+            compressor = Quantizer(bits=self.bits, bucket_size=self.bucket_size, seed=seed)
+        return ChocoSharing(compressor=compressor, gamma=self.gamma)
 
 
 # --- training ---------------------------------------------------------------------------

@@ -73,6 +73,8 @@ def make_plan(config: RunConfig) -> Plan:
                 f"the graph's nodes are not 0..{config.nodes - 1} (nodes = {config.nodes})"
             )
         config.topology.check(graph, config.rounds)
+    with _field("sharing"):
+        config.sharing.check(config)
     with _field("data"):
         dataset = _subsample_test(config.data.load(config.seed), config)
     with _field("partition"):
@@ -161,11 +163,17 @@ def build_node(
     where it is this node's private copy); in-process tests pass a copy per node."""
     cfg = plan.config
     env = node_env(plan, node, plan.model if model is None else model)
+    sharing = cfg.sharing.build(env)
+    if cfg.sharing.compression != "none":
+        from dlactor.sharing.lossless import Lossless
+
+        # No strategy's payload is near twice the model's bytes: a bound for bombs.
+        sharing = Lossless(sharing, cfg.sharing.compression, 2 * plan.model_bytes + (64 << 10))
     return Node(
         node=node,
         transport=transport,
         topology=cfg.topology.build(env),
-        sharing=cfg.sharing.build(env),
+        sharing=sharing,
         trainer=cfg.training.build(env),
         model=env.model,
         rounds=cfg.rounds,

@@ -10,7 +10,15 @@ import torch
 from dlactor.messages import Payload
 from dlactor.wire.errors import RemoteProtocolError
 
-__all__ = ["Layout", "check_layout", "flat_layout", "flatten", "unflatten_into", "weighted_sum"]
+__all__ = [
+    "Layout",
+    "check_layout",
+    "flat_layout",
+    "flatten",
+    "partial_average",
+    "unflatten_into",
+    "weighted_sum",
+]
 
 #: What a payload's tensors must be: name -> (dtype, shape).
 Layout = Mapping[str, tuple[torch.dtype, tuple[int, ...]]]
@@ -45,6 +53,33 @@ def weighted_sum(vectors: Mapping[int, torch.Tensor], weights: Mapping[int, floa
     for k in keys:
         out.add_(vectors[k], alpha=weights[k])
     return out
+
+
+def partial_average(
+    own: torch.Tensor,
+    own_weight: float,
+    parts: Iterable[tuple[float, torch.Tensor | None, torch.Tensor]],
+) -> torch.Tensor:
+    """Each coordinate averaged over the node and the neighbours that sent it, with the
+    mixing weights renormalized over those: for coordinate k,
+    ``(w_ii x_i[k] + sum_{j sent k} w_ij v_j[k]) / (w_ii + sum_{j sent k} w_ij)``.
+
+    ``parts`` are ``(w_ij, indices, values)``, ``indices`` sorted and unique, or None for a
+    dense vector. When every neighbour sends everything, this is ``weighted_sum`` exactly.
+    ``own_weight`` must be > 0 (it is for Metropolis-Hastings and max-degree weights).
+    """
+    if own_weight <= 0:
+        raise ValueError(f"the node's own weight must be > 0, got {own_weight}")
+    total = own.to(torch.float32, copy=True).mul_(own_weight)
+    weight = torch.full_like(total, own_weight)
+    for w, indices, values in parts:
+        if indices is None:
+            total.add_(values, alpha=w)
+            weight.add_(w)
+        else:
+            total.index_add_(0, indices, values, alpha=w)
+            weight.index_add_(0, indices, torch.full_like(values, w))
+    return total.div_(weight)
 
 
 def flat_layout(
