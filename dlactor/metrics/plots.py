@@ -212,23 +212,26 @@ def consensus_figure(lines: Sequence[Line], path: Path) -> Path:
 def topology_figure(lines: Sequence[Line], path: Path) -> Path:
     """(a) How often each degree occurred (share of node-rounds) and (b) the spectral gap
     of each round's mixing matrix, per run. ``curves`` holds ``degrees`` (pooled over
-    rounds), ``round`` and ``gap``."""
+    rounds), ``round`` and ``gap``. Degrees are drawn as categories (only those that
+    occur), so a ring, a 5-regular graph and a complete graph of 64 nodes share one axis."""
     fig = _new_figure(11.0, 3.8, _entries(lines, band=False), max_cols=3)
     left, right = fig.subplots(1, 2)
-    for i, line in enumerate(lines):
-        degrees = np.asarray(line.curves["degrees"], dtype=np.int64)
+    pooled = [np.asarray(line.curves["degrees"], dtype=np.int64) for line in lines]
+    present = np.unique(np.concatenate(pooled)) if pooled else np.zeros(0, dtype=np.int64)
+    width = 0.8 / max(1, len(lines))
+    for i, (line, degrees) in enumerate(zip(lines, pooled, strict=True)):
         values, counts = np.unique(degrees, return_counts=True)
-        width = 0.8 / max(1, len(lines))
-        offset = (i - (len(lines) - 1) / 2) * width
-        left.bar(values + offset, counts / counts.sum(), width=width, color=line.color)
+        slots = np.searchsorted(present, values) + (i - (len(lines) - 1) / 2) * width
+        left.bar(slots, counts / counts.sum(), width=width, color=line.color)
         gaps = [(r, g) for r, g in zip(_rounds(line), line.curves["gap"], strict=True) if g == g]
         if gaps:
             rounds, values_ = zip(*gaps, strict=True)
             marker = "o" if len(gaps) <= _MARKERS_UP_TO else None
             right.plot(rounds, values_, color=line.color, marker=marker, markersize=3, lw=1.4)
-    left.set(xlabel="degree (neighbours in a round)", ylabel="share of node-rounds")
+    left.set_xticks(range(len(present)), [str(d) for d in present])
+    left.set(xlabel="degree (neighbours in a round; only degrees that occur)")
+    left.set(ylabel="share of node-rounds")
     left.set_title("(a) degree distribution, all rounds", fontsize="medium")
-    left.xaxis.set_major_locator(MaxNLocator(integer=True))
     right.set(xlabel=_ROUND, ylabel="spectral gap 1 - |lambda_2(W)|")
     right.set_title("(b) spectral gap of the round's mixing matrix", fontsize="medium")
     right.xaxis.set_major_locator(_round_ticks())

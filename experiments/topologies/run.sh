@@ -28,4 +28,5 @@ for name in ring regular5 complete dynamic5-sampler dynamic5-gossip; do
   runs+=("$(ls -td "$out/$name"-*/ | head -1)")
 done
 $dl report "${runs[@]}" --out "$out/compare"
+.venv/bin/python experiments/topologies/uniformity.py "${runs[@]}" --out "$out/compare/uniformity.md"
 echo "figures and table: $out/compare"
