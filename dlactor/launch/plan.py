@@ -167,8 +167,9 @@ def build_node(
     if cfg.sharing.compression != "none":
         from dlactor.sharing.lossless import Lossless
 
-        # No strategy's payload is near twice the model's bytes: a bound for bombs.
-        sharing = Lossless(sharing, cfg.sharing.compression, 2 * plan.model_bytes + (64 << 10))
+        # The largest built-in payload is 2.25x the model (8-bit codes plus 8 bytes of
+        # scales per parameter, at bucket_size 1): 3x bounds what a peer may make us inflate.
+        sharing = Lossless(sharing, cfg.sharing.compression, 3 * plan.model_bytes + (64 << 10))
     return Node(
         node=node,
         transport=transport,

@@ -229,7 +229,8 @@ class Supervisor:
             raise RemoteProtocolError(f"node {node}'s consensus report: {exc}") from exc
         distance = self.consensus.add(r, payload.tensors["params"])
         if distance is not None and self.consensus_log is not None:
-            self.consensus_log.write({"round": r, "consensus_distance": distance, "nodes": self.n})
+            nodes = self.plan.config.nodes
+            self.consensus_log.write({"round": r, "consensus_distance": distance, "nodes": nodes})
 
     def _on_failed(self, node: int, tb: str) -> None:
         if self.outcome.status != "ok" or self._finished.is_set():

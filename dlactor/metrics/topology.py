@@ -97,7 +97,7 @@ def write_round_topology(run_dir: Path, records: Records, nodes: int) -> Path:
 
 def round_stats(records: Records, nodes: int) -> dict[str, list[float]]:
     """Per round: the round, the mean / min / max degree, and the spectral gap of the
-    round's mixing matrix (NaN above MAX_GAP_NODES nodes). Also ``degree_values``: every
+    round's mixing matrix (NaN above MAX_GAP_NODES nodes). Also ``degrees``: every
     node's degree in every round, pooled, for a histogram."""
     out: dict[str, list[float]] = {
         k: [] for k in ("round", "degree_mean", "degree_min", "degree_max", "gap", "degrees")

@@ -8,6 +8,7 @@ book, ``run`` runs the rounds, ``stop`` closes everything.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -22,7 +23,14 @@ from dlactor.node.mailbox import Mailbox
 from dlactor.sharing.base import ChecksPayloads, Sharing
 from dlactor.topology.base import Topology, UsesOverlay
 from dlactor.training.base import Trainer
-from dlactor.transport.base import Address, Deliver, SendTimeout, Transport, TransportClosed
+from dlactor.transport.base import (
+    Address,
+    Deliver,
+    SendTimeout,
+    Transport,
+    TransportClosed,
+    UnknownPeer,
+)
 from dlactor.wire.codec import encode, encoded_size
 from dlactor.wire.errors import RemoteProtocolError
 
@@ -44,6 +52,9 @@ class Link:
         self.contacts: set[int] = set()
         self._busy: dict[int, int] = {}  # peer -> sends in progress
         self._tasks: set[asyncio.Task[None]] = set()
+        #: Set once the address book is in (``connect``): a message can arrive before this
+        #: process has read its own Start, and a reply to it must wait for the addresses.
+        self.ready = asyncio.Event()
 
     @property
     def node(self) -> int:
@@ -53,6 +64,7 @@ class Link:
         return self._busy.get(peer, 0) > 0
 
     async def send(self, peer: int, msg: Overlay) -> None:
+        await self.ready.wait()
         self.contacts.add(peer)
         self._busy[peer] = self._busy.get(peer, 0) + 1
         try:
@@ -70,7 +82,7 @@ class Link:
     async def _send_quietly(self, peer: int, msg: Overlay) -> None:
         try:
             await self.send(peer, msg)
-        except (ConnectionError, TransportClosed) as exc:
+        except (ConnectionError, TransportClosed, UnknownPeer) as exc:
             log.info("node %d: %s to node %d not sent: %s", self._node, msg.op, peer, exc)
 
     def received(self, nbytes: int) -> None:
@@ -85,7 +97,12 @@ class Link:
         while self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
 
-    async def stop(self) -> None:
+    async def stop(self, grace: float = 2.0) -> None:
+        """Let replies already queued go out (a peer may be waiting on one), then cancel."""
+        if self.ready.is_set():
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(grace):
+                    await self.flush()
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -169,6 +186,7 @@ class Node:
     def connect(self, addresses: Mapping[int, Address], t0: float | None = None) -> None:
         """Give the transport the address book; ``t0`` is the start barrier's wall time."""
         self.transport.set_peers(addresses)
+        self.link.ready.set()
         self.t0 = time.time() if t0 is None else t0
 
     async def run(self) -> None:

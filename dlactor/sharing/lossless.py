@@ -71,6 +71,8 @@ def unpack(payload: Payload, codec: Codec, max_size: int) -> Payload:
     if any(d not in DTYPES for d in dtypes):
         raise RemoteProtocolError("compressed payload: z_dtypes must be wire dtype names")
     ndims, dims = _int_list(payload.meta, "z_ndims"), _int_list(payload.meta, "z_dims")
+    if any(d >= 1 << 32 for d in dims) or any(n > 8 for n in ndims):
+        raise RemoteProtocolError("compressed payload: a shape the wire format does not allow")
     if not len(names) == len(dtypes) == len(ndims) or sum(ndims) != len(dims):
         raise RemoteProtocolError("compressed payload: names, dtypes and shapes do not match")
     if len(set(names)) != len(names) or set(payload.tensors) != {BLOB}:
@@ -88,15 +90,15 @@ def unpack(payload: Payload, codec: Codec, max_size: int) -> Payload:
     raw = decompress(blob.numpy(), codec, max_size=sum(sizes))
     if len(raw) != sum(sizes):
         raise RemoteProtocolError(f"compressed payload: {len(raw)} bytes, declared {sum(sizes)}")
-    buffer = bytearray(raw)
+    data = np.frombuffer(raw, dtype=np.uint8)
     tensors, offset = {}, 0
     for name, dtype, shape, size in zip(names, dtypes, shapes, sizes, strict=True):
-        flat = torch.frombuffer(buffer, dtype=torch.uint8, count=size, offset=offset)
-        tensors[name] = (
-            flat.view(DTYPES[dtype]).reshape(shape)
-            if size
-            else torch.empty(shape, dtype=DTYPES[dtype])
-        )
+        if size == 0:
+            tensors[name] = torch.empty(shape, dtype=DTYPES[dtype])
+            continue
+        # a copy per tensor: aligned for its dtype, and writable
+        chunk = torch.from_numpy(data[offset : offset + size].copy())
+        tensors[name] = chunk.view(DTYPES[dtype]).reshape(shape)
         offset += size
     meta = {k: v for k, v in payload.meta.items() if k not in _KEYS}
     return Payload(tensors, meta)

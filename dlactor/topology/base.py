@@ -2,7 +2,9 @@
 
 A topology that needs to talk to other processes (the peer sampler's clients, gossip peer
 sampling) also implements :class:`UsesOverlay`: the node gives it an :class:`OverlayLink`
-before the first round and hands it every ``Overlay`` message that arrives.
+before the first round and hands it every ``Overlay`` message that arrives. A topology may
+also have a ``persistent_peers`` attribute: peers whose connections the node keeps open
+across rounds even when they are not neighbours (the peer sampler).
 """
 
 from __future__ import annotations
@@ -38,7 +40,8 @@ class OverlayLink(Protocol):
         ...
 
     def spawn(self, peer: int, msg: Overlay) -> None:
-        """Send without waiting (a reply from a message handler); a failure is only logged."""
+        """Send without waiting (a reply from a message handler); a peer that cannot be
+        reached or is not in the address book is only logged."""
         ...
 
 

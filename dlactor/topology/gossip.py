@@ -48,7 +48,7 @@ import numpy as np
 
 from dlactor.messages import Overlay
 from dlactor.topology.base import OverlayLink
-from dlactor.transport.base import TransportClosed
+from dlactor.transport.base import TransportClosed, UnknownPeer
 from dlactor.wire.errors import RemoteProtocolError
 
 __all__ = [
@@ -155,6 +155,7 @@ class _Round:
     edges: set[int] = field(default_factory=set)
     pending: dict[int, asyncio.Future[bool]] = field(default_factory=dict)
     tried: set[int] = field(default_factory=set)
+    picked_by: set[int] = field(default_factory=set)  # whose picks for this round came in
     #: Picks that arrived while every slot was taken by an agreed edge or a pick of ours
     #: still pending: answered when those are (a refused pick of ours frees a slot).
     deferred: list[int] = field(default_factory=list)
@@ -298,7 +299,7 @@ class GossipTopology:
     async def _pick(self, round: int, peer: int) -> None:
         try:
             await self._send(peer, Overlay(self.node, round, PICK))
-        except (ConnectionError, TransportClosed):
+        except (ConnectionError, TransportClosed, UnknownPeer):
             self.view.remove(peer)  # gone: a refusal
             self._answered(round, peer, accepted=False)
 
@@ -311,6 +312,10 @@ class GossipTopology:
     def _on_pick(self, msg: Overlay) -> None:
         r, peer = msg.round, msg.sender
         state = None if r <= self._closed or r >= self.rounds else self._state(r)
+        if state is not None:
+            if peer in state.picked_by:
+                raise RemoteProtocolError(f"node {peer} picked this node twice in round {r}")
+            state.picked_by.add(peer)
         if state is None:
             accept = False
         elif peer in state.edges or peer in state.pending:
@@ -329,7 +334,9 @@ class GossipTopology:
         self._spawn(peer, Overlay(self.node, r, ACCEPT if accept else REFUSE))
 
     async def aclose(self) -> None:
-        """Cancel what is still running (the node is stopping)."""
+        """Refuse every pick from now on and cancel what is still running (the node is
+        stopping; the node's link still sends the answers already queued)."""
+        self._closed = self.rounds
         tasks = [*self._tasks, self._shuffle]
         tasks += [state.fill for state in self._rounds.values()]
         running = [t for t in tasks if t is not None and not t.done()]
@@ -347,7 +354,7 @@ class GossipTopology:
         self._shuffling = (partner, nodes[1:], round)
         try:
             await self._send(partner, Overlay(self.node, round, SHUFFLE, nodes, ages))
-        except (ConnectionError, TransportClosed):
+        except (ConnectionError, TransportClosed, UnknownPeer):
             self._shuffling = None  # the partner is gone; it stays out of the view
 
     def _on_shuffle(self, msg: Overlay) -> None:

@@ -111,6 +111,7 @@ class PeerSampler:
 
     def connect(self, addresses: Mapping[int, Address], t0: float | None = None) -> None:
         self.transport.set_peers(addresses)
+        self.link.ready.set()
 
     async def run(self) -> None:
         """Serve until every node has asked for the last round and been answered."""
@@ -129,7 +130,8 @@ class SampledTopology:
     def __init__(self, *, node: int, nodes: int, sampler: int, rounds: int, timeout: float) -> None:
         self.node, self.nodes, self.sampler, self.rounds = node, nodes, sampler, rounds
         self.timeout = timeout
-        #: The node keeps its connection to the sampler open across rounds.
+        #: The node keeps its connection to the sampler open across rounds (the node reads
+        #: this optional attribute of a topology when it closes former peers).
         self.persistent_peers = frozenset({sampler})
         self._link: OverlayLink | None = None
         self._answers: dict[int, asyncio.Future[tuple[list[int], list[int]]]] = {}

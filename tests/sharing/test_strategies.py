@@ -293,7 +293,8 @@ def test_hostile_sparse_payloads_are_refused(make: Callable, n: int) -> None:  #
 
 def test_lossless_packing_round_trips_and_refuses_bombs_and_lies() -> None:
     tensors = {"values": torch.randn(300), "idx": torch.arange(40, dtype=torch.uint8),
-               "grid": torch.ones(3, 4, dtype=torch.float64)}  # fmt: skip
+               "grid": torch.ones(3, 4, dtype=torch.float64), "none": torch.zeros(0, 5),
+               "odd": torch.arange(3, dtype=torch.int16)}  # fmt: skip
     payload = Payload(tensors, {"idx": "varint"})
     for codec in ("lz4", "zstd"):
         packed = pack(payload, codec)  # type: ignore[arg-type]
@@ -303,7 +304,10 @@ def test_lossless_packing_round_trips_and_refuses_bombs_and_lies() -> None:
             assert torch.equal(back.tensors[name], tensor)
         with pytest.raises(RemoteProtocolError, match="declares"):
             unpack(packed, codec, max_size=100)  # type: ignore[arg-type]
-        lie = Payload(packed.tensors, {**packed.meta, "z_dims": [301, 40, 3, 4]})
+        huge = Payload(packed.tensors, {**packed.meta, "z_dims": [0, 2**64 - 1, 40, 3, 4, 3, 300]})
+        with pytest.raises(RemoteProtocolError, match="shape"):
+            unpack(huge, codec, max_size=1 << 20)  # type: ignore[arg-type]
+        lie = Payload(packed.tensors, {**packed.meta, "z_dims": [40, 3, 4, 0, 5, 3, 301]})
         with pytest.raises(RemoteProtocolError):
             unpack(lie, codec, max_size=1 << 20)  # type: ignore[arg-type]
         for key in ("z_names", "z_dtypes", "z_ndims"):

@@ -47,7 +47,9 @@ class Swarm:
             answer_timeout=2.0,
         )  # fmt: skip
         transport = self.net.transport(node, lambda msg, nbytes: topo.on_overlay(msg))  # type: ignore[arg-type]
-        topo.attach(Link(node, transport))
+        link = Link(node, transport)
+        link.ready.set()  # no address book to wait for on the memory network
+        topo.attach(link)
         await transport.start()
         self.topos[node], self.transports[node] = topo, transport
 
@@ -205,6 +207,32 @@ def test_cyclon_answer_sends_its_own_entries_and_merges_the_shuffle() -> None:
     back, ages = view.answer([9, 4], [0, 3])
     assert len(back) == 2 and set(back) <= {1, 2, 3} and len(ages) == 2
     assert 9 in view and 4 in view and len(view) == 3  # replaced what it sent
+
+
+async def test_a_pick_that_arrives_before_the_address_book_is_answered_after_it() -> None:
+    """Over TCP a peer's pick can come in before this process has read its Start (and so
+    before it can reach anyone): the answer waits for the addresses instead of being lost."""
+    net = MemoryNetwork()
+    got: list[Overlay] = []
+    picker = net.transport(0, lambda msg, nbytes: got.append(msg))  # type: ignore[arg-type,func-returns-value]
+    topo = GossipTopology(node=1, nodes=4, degree=2, view_size=3, shuffle_length=2, seed=0,
+                          rounds=5, contacts=[0, 2], timeout=5)  # fmt: skip
+    picked = net.transport(1, lambda msg, nbytes: topo.on_overlay(msg))  # type: ignore[arg-type]
+    link = Link(1, picked)
+    topo.attach(link)
+    for t in (picker, picked):
+        await t.start()
+    await picker.send(1, Overlay(0, 0, PICK))
+    await asyncio.sleep(0.01)
+    assert got == []  # not connected yet: the accept waits
+    link.ready.set()
+    await asyncio.sleep(0.01)
+    assert [(m.op, m.round) for m in got] == [("accept", 0)]
+    with pytest.raises(RemoteProtocolError, match="twice"):
+        topo.on_overlay(Overlay(0, 0, PICK))
+    await topo.aclose()
+    for t in (picker, picked):
+        await t.stop()
 
 
 @pytest.mark.parametrize(

@@ -108,7 +108,9 @@ async def test_a_node_asks_one_round_ahead() -> None:
     sampler = net.transport(4, sampler_deliver)
     topo = SampledTopology(node=0, nodes=4, sampler=4, rounds=5, timeout=5)
     transport = net.transport(0, lambda msg, nbytes: topo.on_overlay(msg))  # type: ignore[arg-type]
-    topo.attach(Link(0, transport))
+    link = Link(0, transport)
+    link.ready.set()
+    topo.attach(link)
     for t in (sampler, transport):
         await t.start()
     first = sorted(random_regular_at(4, 2, 0, 0)[0])
