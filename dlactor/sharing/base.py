@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Protocol, runtime_checkable
+from typing import Generic, Protocol, TypeVar, runtime_checkable
 
 import torch
 
 from dlactor.messages import Payload
 from dlactor.node.context import RoundContext
 
-__all__ = ["ChecksPayloads", "Sharing"]
+__all__ = ["Checked", "ChecksPayloads", "Sharing"]
+
+T = TypeVar("T")
 
 
 @runtime_checkable
@@ -34,3 +36,28 @@ class ChecksPayloads(Protocol):
     def check(self, model: torch.nn.Module, payload: Payload) -> None:
         """Raise RemoteProtocolError if ``payload`` cannot be aggregated into ``model``."""
         ...
+
+
+class Checked(Generic[T]):
+    """What ``check`` made of each payload on arrival (decoded indices, an unpacked payload),
+    so that ``aggregate`` does not decode it a second time.
+
+    Keyed by the payload object, which is held while kept, so its id cannot be reused for
+    another. ``clear`` after each aggregate: a payload that came early, for the next round,
+    is then just decoded again, and nothing accumulates (a late payload that is never
+    aggregated included).
+    """
+
+    def __init__(self) -> None:
+        self._seen: dict[int, tuple[Payload, T]] = {}
+
+    def keep(self, payload: Payload, value: T) -> T:
+        self._seen[id(payload)] = (payload, value)
+        return value
+
+    def take(self, payload: Payload) -> T | None:
+        entry = self._seen.get(id(payload))
+        return entry[1] if entry is not None and entry[0] is payload else None
+
+    def clear(self) -> None:
+        self._seen.clear()

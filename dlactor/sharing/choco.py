@@ -24,6 +24,7 @@ from dlactor.messages import Payload
 from dlactor.node.context import RoundContext
 from dlactor.sharing.compressors import Compressor, Part
 from dlactor.sharing.ops import flatten, unflatten_into
+from dlactor.sharing.partial import CompressedSharing
 
 __all__ = ["ChocoSharing"]
 
@@ -35,15 +36,15 @@ def _add(target: torch.Tensor, part: Part, weight: float = 1.0) -> None:
         target.index_add_(0, part.indices, part.values, alpha=weight)
 
 
-class ChocoSharing:
+class ChocoSharing(CompressedSharing):
     def __init__(self, *, compressor: Compressor, gamma: float) -> None:
-        self.compressor, self.gamma = compressor, gamma
+        super().__init__(compressor)
+        self.gamma = gamma
         self.x_hat: torch.Tensor | None = None  # this node's public estimate
         self.s: torch.Tensor | None = None  # sum_j w_ij xhat_j
         self._weights: dict[int, float] | None = None
         self._own: torch.Tensor | None = None
         self._sent: Part | None = None
-        self._n: int | None = None
 
     async def outgoing(self, ctx: RoundContext) -> Payload:
         flat = flatten(ctx.model.parameters())
@@ -52,11 +53,6 @@ class ChocoSharing:
         self._own = flat
         payload, self._sent = self.compressor.encode(flat - self.x_hat, ctx.round)
         return payload
-
-    def check(self, model: torch.nn.Module, payload: Payload) -> None:
-        if self._n is None:
-            self._n = sum(p.numel() for p in model.parameters())
-        self.compressor.decode(payload, self._n)
 
     async def aggregate(self, ctx: RoundContext, received: Mapping[int, Payload]) -> None:
         assert self.x_hat is not None and self.s is not None
@@ -72,7 +68,7 @@ class ChocoSharing:
         n = self._own.numel()
         _add(self.x_hat, self._sent)
         _add(self.s, self._sent, weights[ctx.node])
-        for sender, payload in received.items():
-            _add(self.s, self.compressor.decode(payload, n), weights[sender])
+        for sender, part in self.received_parts(received, n).items():
+            _add(self.s, part, weights[sender])
         step = (self.s - self.x_hat).mul_(self.gamma)
         unflatten_into(self._own.add_(step), ctx.model.parameters())

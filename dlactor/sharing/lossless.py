@@ -23,7 +23,7 @@ import torch
 
 from dlactor.messages import MetaValue, Payload
 from dlactor.node.context import RoundContext
-from dlactor.sharing.base import ChecksPayloads, Sharing
+from dlactor.sharing.base import Checked, ChecksPayloads, Sharing
 from dlactor.sharing.compress import Codec, compress, decompress
 from dlactor.wire.codec import DTYPES
 from dlactor.wire.errors import LocalProtocolError, RemoteProtocolError
@@ -110,17 +110,23 @@ class Lossless:
     def __init__(self, inner: Sharing, codec: Codec, max_size: int) -> None:
         self.inner, self.codec, self.max_size = inner, codec, max_size
         self._sent: Payload | None = None
+        self._checked: Checked[Payload] = Checked()  # unpacked on arrival
 
     async def outgoing(self, ctx: RoundContext) -> Payload:
         self._sent = await self.inner.outgoing(ctx)
         return pack(self._sent, self.codec)
 
     def check(self, model: torch.nn.Module, payload: Payload) -> None:
-        inner = unpack(payload, self.codec, self.max_size)
+        inner = self._checked.keep(payload, unpack(payload, self.codec, self.max_size))
         if isinstance(self.inner, ChecksPayloads):
             self.inner.check(model, inner)
 
     async def aggregate(self, ctx: RoundContext, received: Mapping[int, Payload]) -> None:
         ctx.sent = self._sent  # what the strategy itself made this round
-        plain = {j: unpack(p, self.codec, self.max_size) for j, p in received.items()}
+        plain = {j: self._unpacked(p) for j, p in received.items()}
+        self._checked.clear()
         await self.inner.aggregate(ctx, plain)
+
+    def _unpacked(self, payload: Payload) -> Payload:
+        inner = self._checked.take(payload)
+        return inner if inner is not None else unpack(payload, self.codec, self.max_size)

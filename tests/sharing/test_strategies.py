@@ -319,3 +319,41 @@ def test_a_part_densifies_with_zeros_where_nothing_was_sent() -> None:
     part = Part(torch.tensor([1, 3]), torch.tensor([2.0, 4.0]))
     assert part.dense(5).tolist() == [0.0, 2.0, 0.0, 4.0, 0.0]
     assert budget_count(10, 0.01) == 1 and budget_count(0, 0.5) == 0
+
+
+@pytest.mark.parametrize(
+    "sharing",
+    [
+        ["sharing.kind=topk"],
+        ["sharing.kind=choco"],
+        ["sharing.kind=random", "sharing.compression=lz4"],
+    ],
+)
+def test_each_payload_is_decoded_once_on_arrival_not_again_in_aggregate(
+    sharing: list[str],
+) -> None:
+    plan = small_plan("nodes=6", "topology.degree=3", "rounds=4", *sharing)
+    calls = 0
+
+    async def go() -> None:
+        nonlocal calls
+        _, nodes = build_network(plan)
+        for node in nodes:
+            strategy = getattr(node.sharing, "inner", node.sharing)  # under lossless
+            decode = strategy.compressor.decode
+
+            def counting(payload: Payload, n: int, _decode=decode):  # type: ignore[no-untyped-def]
+                nonlocal calls
+                calls += 1
+                return _decode(payload, n)
+
+            strategy.compressor.decode = counting
+            await node.start()
+            node.connect({})
+        for r in range(plan.config.rounds):  # lockstep: nothing arrives a round early
+            await asyncio.gather(*(node.run_round(r) for node in nodes))
+        for node in nodes:
+            await node.stop()
+
+    asyncio.run(go())
+    assert calls == 6 * 3 * plan.config.rounds  # one decode per message received
