@@ -131,11 +131,9 @@ class StaticSettings(TopologySettings):
         return {c.round: (list(c.add), list(c.remove)) for c in self.schedule}
 
     def build(self, env: NodeEnv) -> Topology:
-        from dlactor.topology.static import ScheduledTopology, StaticTopology
+        from dlactor.topology.static import StaticTopology
 
-        if not self.schedule:
-            return StaticTopology(graph=env.graph)
-        return ScheduledTopology(graph=env.graph, changes=self._changes())
+        return StaticTopology(graph=env.graph, changes=self._changes())
 
 
 @register("topology")
@@ -368,6 +366,11 @@ class TopKSharingSettings(SharingSettings):
         return TopKSharing(budget=self.budget, layers=layers, error_feedback=self.error_feedback)
 
 
+def _quantizer_seed(env: NodeEnv) -> int:
+    """Each node's own stream of stochastic-rounding noise, fixed by the run's seed."""
+    return env.seed * 1_000_003 + env.node
+
+
 @register("sharing")
 class QuantizeSharingSettings(SharingSettings):
     """The whole model, stochastically quantized to ``bits`` bits (QSGD-style)."""
@@ -379,7 +382,7 @@ class QuantizeSharingSettings(SharingSettings):
     def build(self, env: NodeEnv) -> Sharing:
         from dlactor.sharing.quantize import QuantizeSharing
 
-        seed = env.seed * 1_000_003 + env.node
+        seed = _quantizer_seed(env)
         return QuantizeSharing(bits=self.bits, bucket_size=self.bucket_size, seed=seed)
 
 
@@ -413,8 +416,9 @@ class ChocoSettings(SharingSettings):
         elif self.compressor == "random":
             compressor = RandomK(budget=self.budget, seed=env.seed, node=env.node)
         else:
-            seed = env.seed * 1_000_003 + env.node
-            compressor = Quantizer(bits=self.bits, bucket_size=self.bucket_size, seed=seed)
+            compressor = Quantizer(
+                bits=self.bits, bucket_size=self.bucket_size, seed=_quantizer_seed(env)
+            )
         return ChocoSharing(compressor=compressor, gamma=self.gamma)
 
 

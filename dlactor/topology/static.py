@@ -8,42 +8,31 @@ import networkx as nx
 
 from dlactor.topology.mixing import metropolis_hastings_row
 
-__all__ = ["ScheduledTopology", "StaticTopology"]
+__all__ = ["Changes", "StaticTopology", "check_schedule"]
+
+
+Changes = Mapping[int, tuple[list[tuple[int, int]], list[tuple[int, int]]]]
 
 
 class StaticTopology:
-    """Neighbours from a fixed graph; Metropolis-Hastings weights from its degrees."""
+    """Neighbours from a graph fixed in advance; Metropolis-Hastings weights from its degrees.
 
-    def __init__(self, *, graph: nx.Graph) -> None:
-        self._graph = graph
-
-    async def neighbors(self, node: int, round: int) -> frozenset[int]:
-        return frozenset(self._graph.neighbors(node))
-
-    async def weights(self, node: int, round: int) -> Mapping[int, float]:
-        degrees = {j: self._graph.degree[j] for j in self._graph.neighbors(node)}
-        degrees[node] = self._graph.degree[node]
-        return metropolis_hastings_row(node, degrees)
-
-
-class ScheduledTopology:
-    """A static topology that changes at given rounds: ``changes[r]`` is the (edges added,
+    With ``changes``, the graph changes at given rounds: ``changes[r]`` is the (edges added,
     edges removed) at the start of round r. Every node applies the same schedule to the same
-    graph, so neighbour sets agree on both ends; weights follow the round's degrees."""
+    graph, so neighbour sets agree on both ends; weights follow the round's degrees. Without
+    changes the graph is used as it is (the launcher's, shared by every forked node).
+    """
 
-    def __init__(
-        self,
-        *,
-        graph: nx.Graph,
-        changes: Mapping[int, tuple[list[tuple[int, int]], list[tuple[int, int]]]],
-    ) -> None:
+    def __init__(self, *, graph: nx.Graph, changes: Changes | None = None) -> None:
         self._start = graph
-        self._changes = dict(sorted(changes.items()))
+        self._changes = dict(sorted((changes or {}).items()))
         self._round = 0
-        self._graph = graph.copy()
+        self._graph = graph.copy() if self._changes else graph
 
     def graph_at(self, round: int) -> nx.Graph:
         """The graph of ``round`` (kept for the latest round asked, replayed if asked earlier)."""
+        if not self._changes:
+            return self._graph
         if round < self._round:
             self._round, self._graph = 0, self._start.copy()
         for r, (added, removed) in self._changes.items():
@@ -63,11 +52,7 @@ class ScheduledTopology:
         return metropolis_hastings_row(node, degrees)
 
 
-def check_schedule(
-    graph: nx.Graph,
-    changes: Mapping[int, tuple[list[tuple[int, int]], list[tuple[int, int]]]],
-    rounds: int,
-) -> None:
+def check_schedule(graph: nx.Graph, changes: Changes, rounds: int) -> None:
     """ValueError naming the first change that cannot apply: a round past the run, a node
     outside it, a self loop, removing an edge that is not there or adding one that is.
     (A change may disconnect the graph: that is an experiment, not an error.)"""

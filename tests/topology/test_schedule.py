@@ -10,7 +10,7 @@ from dlactor.config import ConfigError, apply_overrides, validate_config
 from dlactor.launch.plan import make_plan
 from dlactor.sharing.ops import flatten
 from dlactor.testing import run_in_memory
-from dlactor.topology.static import ScheduledTopology
+from dlactor.topology.static import StaticTopology
 from tests.conftest import SMALL
 
 RING = {"kind": "ring"}
@@ -51,9 +51,11 @@ async def test_averaging_stays_exact_when_the_graph_changes() -> None:
 
 def test_graph_at_replays_from_the_start_for_an_earlier_round() -> None:
     plan = plan_with([{"round": 1, "remove": [[0, 1]]}])
-    sched = ScheduledTopology(graph=plan.graph, changes={1: ([], [(0, 1)])})
+    sched = StaticTopology(graph=plan.graph, changes={1: ([], [(0, 1)])})
     assert not sched.graph_at(3).has_edge(0, 1)
     assert sched.graph_at(0).has_edge(0, 1)
+    assert plan.graph.has_edge(0, 1)  # the plan's graph itself is never changed
+    assert StaticTopology(graph=plan.graph).graph_at(5) is plan.graph  # no copy without changes
 
 
 @pytest.mark.parametrize(
