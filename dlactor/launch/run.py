@@ -144,8 +144,12 @@ def run(
         outcome = Outcome(status="interrupted", reason="interrupted (Ctrl-C)")
     finally:
         wall = time.time() - (outcome.t_start_barrier or t0)
-        summary = summarize(run_dir, nodes=plan.config.nodes, status=outcome.status, wall_s=wall)
-        write_round_topology(run_dir, load_node_records(run_dir), plan.config.nodes)
+        records = load_node_records(run_dir)
+        nodes = plan.config.nodes
+        summary = summarize(
+            run_dir, nodes=nodes, status=outcome.status, wall_s=wall, by_node=records
+        )
+        write_round_topology(run_dir, records, nodes)
         summary.update(
             name=plan.config.name,
             reason=outcome.reason,

@@ -129,37 +129,32 @@ async def _node_main(
 ) -> int:
     ctl = await ControlStream.connect(*control)
     await ctl.send(Hello(plan.run_id, plan.secret, node))
-    if node >= plan.config.nodes:
-        return await _service_main(plan, node, ctl, listen)
+    transport = _tcp(plan, node, listen)
+    if node >= plan.config.nodes:  # a topology's service process (the peer sampler)
+        return await _serve(ctl, node, lambda: build_service(plan, node, transport))
     recorder = JsonlRecorder(run_dir / "nodes" / f"{node}.jsonl")
 
     def on_round(record: Record) -> None:
         recorder.write(record)
         ctl.post(Progress(node, record["round"]))
-        if "test_loss" in record and plan.config.evaluation.consensus and actor is not None:
-            # the evaluated model, for the launcher's consensus distance
-            params = Payload({"params": flatten(actor.model.parameters())})
+        if "test_loss" in record and plan.config.evaluation.consensus:
+            # the evaluated model (build_node gives this process's node plan.model, its
+            # private copy), for the launcher's consensus distance
+            params = Payload({"params": flatten(plan.model.parameters())})
             ctl.post(Share(node, record["round"], params))
 
-    actor: Node | None = None
     try:
-        actor = build_node(plan, node, _tcp(plan, node, listen), on_round=on_round)
-        return await _lifecycle(actor, ctl)
-    except Exception:
-        await ctl.send(Failed(node, _clip(traceback.format_exc())))
-        return EXIT_FAILED
+        return await _serve(ctl, node, lambda: build_node(plan, node, transport, on_round=on_round))
     finally:
-        if actor is not None:
-            await actor.stop()
         recorder.close()
-        ctl.close()
 
 
-async def _service_main(plan: Plan, process: int, ctl: ControlStream, listen: Address) -> int:
-    """A topology's service process (the peer sampler): the node lifecycle, no learning."""
-    actor: Service | None = None
+async def _serve(ctl: ControlStream, process: int, build: Callable[[], Node | Service]) -> int:
+    """Build the process's actor and run its lifecycle; a failure is reported with its
+    traceback. The actor and the control connection are closed however it ends."""
+    actor: Node | Service | None = None
     try:
-        actor = build_service(plan, process, _tcp(plan, process, listen))
+        actor = build()
         return await _lifecycle(actor, ctl)
     except Exception:
         await ctl.send(Failed(process, _clip(traceback.format_exc())))

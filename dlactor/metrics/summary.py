@@ -69,8 +69,17 @@ def _overlay(records: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-def summarize(run_dir: Path, *, nodes: int, status: str, wall_s: float) -> dict[str, Any]:
-    by_node = load_node_records(run_dir)
+def summarize(
+    run_dir: Path,
+    *,
+    nodes: int,
+    status: str,
+    wall_s: float,
+    by_node: dict[int, list[dict[str, Any]]] | None = None,
+) -> dict[str, Any]:
+    """Run-level figures; ``by_node`` are the nodes' records if already read."""
+    if by_node is None:
+        by_node = load_node_records(run_dir)
     records = [r for rs in by_node.values() for r in rs]
     durations = [d for rs in by_node.values() for d in _round_durations(rs)]
     completed = min((len(by_node.get(n, [])) for n in range(nodes)), default=0)
