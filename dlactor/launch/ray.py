@@ -26,6 +26,7 @@ import json
 import math
 import os
 import re
+import secrets
 import signal
 import socket
 import tempfile
@@ -38,6 +39,8 @@ from typing import Any
 import numpy as np
 import psutil
 import ray
+import ray._private.ray_constants
+import ray._raylet
 import ray.cloudpickle
 import torch
 
@@ -324,9 +327,21 @@ def _init(settings: RayLauncher, nodes: int) -> None:
     """
     if settings.address is None:
         cpus = max(os.cpu_count() or 1, math.ceil(nodes * settings.cpus_per_node))
+        # Token authentication (Ray >= 2.52): the launcher and the cluster's processes,
+        # which inherit this environment, hold the token; nothing else does. A fresh one
+        # unless RAY_AUTH_TOKEN is set, never written to ~/.ray (as Ray's own would be).
+        os.environ["RAY_AUTH_MODE"] = "token"
+        os.environ.setdefault("RAY_AUTH_TOKEN", secrets.token_hex(32))
+        ray._raylet.Config.initialize("")  # type: ignore[attr-defined]  # reread: as Ray does
         mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
         try:
-            ray.init(address="local", num_cpus=cpus, include_dashboard=False)
+            with _loopback_only():
+                ray.init(
+                    address="local",
+                    num_cpus=cpus,
+                    include_dashboard=False,
+                    _node_ip_address="127.0.0.1",
+                )
         finally:
             signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         return
@@ -336,6 +351,27 @@ def _init(settings: RayLauncher, nodes: int) -> None:
         raise ConfigError(
             f"invalid config:\n  launcher.address: no Ray cluster at {settings.address!r}: {exc}"
         ) from exc
+
+
+@contextlib.contextmanager
+def _loopback_only() -> Iterator[None]:
+    """While a local cluster starts: its node address is 127.0.0.1, so that its servers
+    (GCS, raylet, object manager, workers, agents) listen on loopback only. On Linux Ray
+    replaces a loopback node address with the machine's outward IP, unless in its
+    single-machine mode (RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0), which Ray reads when
+    imported: hence the constant too. The cluster's processes keep the variable."""
+    constants = ray._private.ray_constants
+    env, flag = os.environ.get("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"), constants.ENABLE_RAY_CLUSTER
+    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+    constants.ENABLE_RAY_CLUSTER = False
+    try:
+        yield
+    finally:
+        constants.ENABLE_RAY_CLUSTER = flag
+        if env is None:
+            os.environ.pop("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", None)
+        else:
+            os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = env
 
 
 def _check_ports(settings: RayLauncher, nodes: int) -> None:

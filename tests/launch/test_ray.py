@@ -290,6 +290,73 @@ def test_a_run_on_a_local_ray_cluster_it_starts_itself_completes_and_leaves_no_w
     assert_gone(launch.workers)
 
 
+LOCAL_CLUSTER = """
+import json, os, subprocess, sys
+import psutil, ray
+from dlactor.config import RayLauncher
+from dlactor.launch.ray import RayBackend
+
+probe = ("import sys; from ray._raylet import GcsClient; "
+         "GcsClient(address=sys.argv[1]).internal_kv_keys(b'', None)")
+with RayBackend.connect(RayLauncher(), 2):
+    ray.get(ray.remote(lambda: os.getpid()).remote())  # a worker, listening too
+    bound = []
+    for p in [psutil.Process(), *psutil.Process().children(recursive=True)]:
+        try:
+            conns = p.net_connections(kind="inet")
+        except psutil.Error:
+            continue
+        bound += [[p.name(), c.laddr.ip, c.laddr.port] for c in conns if not c.raddr]
+    gcs = ray.get_runtime_context().gcs_address
+    clients = {"own": {}, "wrong": {"RAY_AUTH_TOKEN": "0" * 64},
+               "none": {"RAY_AUTH_MODE": "disabled", "RAY_AUTH_TOKEN": ""}}
+    asked = {
+        who: subprocess.run([sys.executable, "-c", probe, gcs], capture_output=True, text=True,
+                            env={**os.environ, **change}, timeout=60)
+        for who, change in clients.items()
+    }
+print(json.dumps({"bound": bound, "gcs": gcs, "asked": {
+    who: [r.returncode, "InvalidAuthToken" in r.stderr, r.stderr[-300:]] for who, r in asked.items()
+}}))
+"""
+
+
+def test_a_local_ray_cluster_listens_on_loopback_only_and_refuses_a_client_without_its_token(
+    tmp_path: Path, ray_env: dict[str, str]
+) -> None:
+    """The cluster the backend starts (no RAY_AUTH_* given: dlactor turns token
+    authentication on with a token of its own, kept out of ~/.ray). Every socket its
+    processes bound (GCS, raylet, object manager, agents, workers, the driver) is on
+    loopback; a GCS client holding the token is answered, one with another token or none
+    is refused."""
+    import ipaddress
+
+    env = {k: v for k, v in ray_env.items() if not k.startswith("RAY_AUTH")}
+    env.update(HOME=str(tmp_path), RAY_TMPDIR=tempfile.mkdtemp(prefix="dlb-", dir="/tmp"))
+    try:
+        out = subprocess.run([sys.executable, "-c", LOCAL_CLUSTER], capture_output=True,
+                             text=True, env=env, cwd=ROOT, timeout=150)  # fmt: skip
+    finally:
+        shutil.rmtree(env["RAY_TMPDIR"], ignore_errors=True)
+    assert out.returncode == 0, out.stderr
+    seen = json.loads(out.stdout.strip().splitlines()[-1])
+
+    def loopback(ip: str) -> bool:
+        addr = ipaddress.ip_address(ip)
+        mapped = getattr(addr, "ipv4_mapped", None)  # ::ffff:127.0.0.1
+        return (mapped or addr).is_loopback
+
+    names = {name for name, _, _ in seen["bound"]}
+    assert {"gcs_server", "raylet", "ray::IDLE"} <= names, seen["bound"]
+    assert [b for b in seen["bound"] if not loopback(b[1])] == []
+    assert seen["gcs"].startswith("127.0.0.1:")
+    asked = seen["asked"]
+    assert asked["own"][0] == 0, asked["own"]
+    assert asked["wrong"][:2] == [1, True], asked["wrong"]
+    assert asked["none"][:2] == [1, True], asked["none"]
+    assert not (tmp_path / ".ray").exists()  # the token was never written to ~/.ray
+
+
 @pytest.fixture(scope="module")
 def ray_cluster(ray_env: dict[str, str]) -> Iterator[tuple[str, psutil.Process]]:
     """A head node started with `ray start --head --block`: stopping that process (SIGTERM)
