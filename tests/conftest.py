@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
@@ -28,6 +29,15 @@ def small_config(*overrides: str) -> RunConfig:
 
 def small_plan(*overrides: str) -> Plan:
     return make_plan(small_config(*overrides))
+
+
+def strict_json(text: str) -> Any:
+    """``text`` parsed as strict JSON (RFC 8259): a bare NaN or Infinity fails the test."""
+
+    def refuse(name: str) -> None:
+        raise AssertionError(f"bare {name} in JSON")
+
+    return json.loads(text, parse_constant=refuse)
 
 
 @pytest.fixture

@@ -9,6 +9,7 @@ imported by node code (only ``dlactor report`` imports it).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -186,13 +187,15 @@ def _log_y(ax: Axes) -> None:
 
 
 def _positive(line: Line) -> list[tuple[float, float]]:
+    """The points a log scale can draw: finite and above zero."""
     pairs = zip(_rounds(line), line.curves["mean"], strict=True)
-    return [(r, d) for r, d in pairs if d > 0]
+    return [(r, d) for r, d in pairs if math.isfinite(d) and d > 0]
 
 
 def consensus_figure(lines: Sequence[Line], path: Path) -> Path:
     """Consensus distance (mean L2 distance of the node models to their average) per
-    evaluation round, log scale. Non-positive distances cannot be drawn and are left out."""
+    evaluation round, log scale. Non-positive and non-finite distances cannot be drawn and
+    are left out."""
     drawn = [(li, kept) for li in lines if (kept := _positive(li))]
     fig = _new_figure(6.4, 4.0, _entries([li for li, _ in drawn], band=False), max_cols=2)
     ax = fig.subplots()

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import statistics
 from collections import defaultdict
 from collections.abc import Callable
@@ -15,8 +16,9 @@ from itertools import pairwise
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from dlactor.metrics.jsonio import loads
 from dlactor.metrics.recorder import read_jsonl
-from dlactor.metrics.summary import load_node_records
+from dlactor.metrics.summary import load_node_records, spread
 
 if TYPE_CHECKING:
     from dlactor.metrics.plots import Line
@@ -70,7 +72,7 @@ def _read_json(path: Path) -> dict[str, Any]:
     if not path.exists():
         return {}
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ValueError(f"{path}: not readable JSON ({exc})") from None
     if not isinstance(data, dict):
@@ -113,10 +115,16 @@ def run_labels(runs: list[RunData]) -> list[str]:
     return [f"{run.name} #{i}" for i, run in enumerate(runs, start=1)]
 
 
+def _gap(x: float) -> float:
+    """``x``, or NaN (a gap in a plotted line) if it is not finite."""
+    return x if math.isfinite(x) else math.nan
+
+
 def eval_curves(run: RunData, metric: str = "test_acc") -> dict[str, list[float]]:
     """Per round where some node recorded ``metric``: the round, the mean, min and max of the
     metric across those nodes, their mean ``t_wall``, and their mean cumulative ``bytes_sent``
-    (up to and including that round). ``nodes`` counts the nodes behind each point."""
+    (up to and including that round). ``nodes`` counts the nodes behind each point. A round
+    where some node's value is not finite (a diverged loss) has NaN there: a gap."""
     points: dict[int, list[tuple[float, float, float]]] = defaultdict(list)
     for records in run.records.values():
         sent = 0.0
@@ -129,10 +137,11 @@ def eval_curves(run: RunData, metric: str = "test_acc") -> dict[str, list[float]
     }
     for rnd in sorted(points):
         values, walls, sent_so_far = zip(*points[rnd], strict=True)
+        mean, low, high = spread(values) or (math.nan,) * 3
         curves["round"].append(rnd)
-        curves["mean"].append(statistics.fmean(values))
-        curves["min"].append(min(values))
-        curves["max"].append(max(values))
+        curves["mean"].append(_gap(mean))
+        curves["min"].append(_gap(low))
+        curves["max"].append(_gap(high))
         curves["t_wall"].append(statistics.fmean(walls))
         curves["bytes_sent"].append(statistics.fmean(sent_so_far))
         curves["nodes"].append(len(values))
@@ -158,7 +167,7 @@ def _median_round_ms(run: RunData) -> float | None:
 
 
 def _summary_row(run: RunData, label: str) -> dict[str, Any]:
-    final = _final(run)
+    final = spread(_final(run)) or (None, None, None)
     records = run.records.values()
     walls = [r.get("t_wall", 0.0) for rs in records for r in rs]
     sent = [sum(r.get("bytes_sent", 0) for r in rs) for rs in records]
@@ -169,9 +178,9 @@ def _summary_row(run: RunData, label: str) -> dict[str, Any]:
         "nodes": run.summary.get("nodes") or run.manifest.get("nodes") or len(run.records),
         "rounds": run.summary.get("rounds", completed),
         "metric": "RMSE" if run.metric == "test_rmse" else "accuracy",
-        "final_mean": statistics.fmean(final) if final else None,
-        "final_min": min(final, default=None),
-        "final_max": max(final, default=None),
+        "final_mean": final[0],
+        "final_min": final[1],
+        "final_max": final[2],
         "wall_s": run.summary.get("wall_s", max(walls, default=None)),
         "round_ms_median": _median_round_ms(run),
         "bytes_per_node": statistics.fmean(sent) if sent else None,
@@ -233,7 +242,8 @@ def _lines(styled: list[_Styled], metric: str, curves: _CurveFn = eval_curves) -
 
 def _consensus_curves(run: RunData, _: str) -> dict[str, list[float]]:
     rows = [r for r in run.consensus if r.get("consensus_distance") is not None]
-    return {"round": [r["round"] for r in rows], "mean": [r["consensus_distance"] for r in rows]}
+    distances = [_gap(r["consensus_distance"]) for r in rows]
+    return {"round": [r["round"] for r in rows], "mean": distances}
 
 
 def _topology_curves(run: RunData, _: str) -> dict[str, list[float]]:

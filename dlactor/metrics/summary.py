@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import math
 import statistics
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 from dlactor.metrics.recorder import read_jsonl
 
-__all__ = ["load_node_records", "summarize"]
+__all__ = ["load_node_records", "spread", "summarize"]
 
 
 def load_node_records(run_dir: Path) -> dict[int, list[dict[str, Any]]]:
-    """Every node's records, by node id (nodes with no file yet are absent)."""
+    """Every node's records, by node id (nodes with no file yet are absent). A torn last
+    line, from a node killed while writing it, is skipped (``read_jsonl``)."""
     out = {}
     for path in sorted((run_dir / "nodes").glob("*.jsonl")):
         if path.stem.isdigit():
@@ -25,6 +28,18 @@ def _round_durations(records: list[dict[str, Any]]) -> list[float]:
     if not walls:
         return []
     return [b - a for a, b in zip([0.0, *walls[:-1]], walls, strict=True)]
+
+
+def spread(values: Iterable[float]) -> tuple[float, float, float] | None:
+    """Mean, min and max of ``values`` (None if there are none). A NaN among them (a
+    diverged node) makes all three NaN: Python's ``min`` and ``max`` would give a finite
+    answer or NaN depending on where in the list it is."""
+    values = list(values)
+    if not values:
+        return None
+    if any(math.isnan(v) for v in values):
+        return math.nan, math.nan, math.nan
+    return statistics.fmean(values), min(values), max(values)
 
 
 def _final(records_by_node: dict[int, list[dict[str, Any]]]) -> dict[str, float | None]:
@@ -43,10 +58,9 @@ def _final(records_by_node: dict[int, list[dict[str, Any]]]) -> dict[str, float 
     if not last:
         return final
     for metric in ("test_acc", "test_rmse"):
-        values = [r[metric] for r in last if metric in r]
-        if values:
-            final[f"{metric}_mean"] = statistics.fmean(values)
-            final[f"{metric}_min"], final[f"{metric}_max"] = min(values), max(values)
+        stats = spread(r[metric] for r in last if metric in r)
+        if stats is not None:
+            final[f"{metric}_mean"], final[f"{metric}_min"], final[f"{metric}_max"] = stats
     final["test_loss_mean"] = statistics.fmean(r["test_loss"] for r in last)
     final["eval_round"] = min(r["round"] for r in last)
     return final

@@ -10,7 +10,6 @@ and the spectral gap ``1 - |lambda_2(W)|`` of every round for ``dlactor report``
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from dlactor.metrics.jsonio import dumps, write_atomic
 from dlactor.topology.mixing import spectral_gap
 
 __all__ = ["RoundTopology", "round_stats", "round_topologies", "write_round_topology"]
@@ -78,21 +78,26 @@ def round_topologies(records: Records, nodes: int) -> Iterator[tuple[RoundTopolo
 
 def write_round_topology(run_dir: Path, records: Records, nodes: int) -> Path:
     """``topology_rounds.jsonl``: ``{"round": r, "edges": [[u, v], ...]}`` for round 0 and
-    every round whose graph differs from the one before."""
+    every round whose graph differs from the one before. Written whole or not at all: a
+    failure (a full disk) leaves no partial file behind."""
     path = run_dir / "topology_rounds.jsonl"
-    with path.open("w", encoding="utf-8") as out:
-        previous: list[tuple[int, int]] | None = None
-        for topo, changed in round_topologies(records, nodes):
-            if not changed:
-                continue
-            edges = topo.edges()
-            if edges != previous:
-                row: dict[str, Any] = {"round": topo.round, "edges": [list(e) for e in edges]}
-                if asym := topo.asymmetric():
-                    row["asymmetric_pairs"] = asym
-                out.write(json.dumps(row, separators=(",", ":")) + "\n")
-                previous = edges
+    write_atomic(path, (dumps(row) + "\n" for row in _changed_rounds(records, nodes)))
     return path
+
+
+def _changed_rounds(records: Records, nodes: int) -> Iterator[dict[str, Any]]:
+    """The rows of ``topology_rounds.jsonl``, one per round whose edges changed."""
+    previous: list[tuple[int, int]] | None = None
+    for topo, changed in round_topologies(records, nodes):
+        if not changed:
+            continue
+        edges = topo.edges()
+        if edges != previous:
+            row: dict[str, Any] = {"round": topo.round, "edges": [list(e) for e in edges]}
+            if asym := topo.asymmetric():
+                row["asymmetric_pairs"] = asym
+            yield row
+            previous = edges
 
 
 def round_stats(records: Records, nodes: int) -> dict[str, list[float]]:
