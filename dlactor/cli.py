@@ -9,14 +9,18 @@ from __future__ import annotations
 import sys
 from contextlib import ExitStack
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import tomli_w
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from dlactor.config import ConfigError, RunConfig, load_config
+
+if TYPE_CHECKING:
+    from dlactor.launch.run import RunResult
 
 __all__ = ["app", "main"]
 
@@ -98,19 +102,42 @@ def launch(
         except ConfigError as exc:
             err.print(f"[red]error:[/] {config}: {exc}", highlight=False)
             raise typer.Exit(EXIT_INVALID) from None
-        run_dir = make_run_dir(out_dir, cfg.name)
+        try:
+            run_dir = make_run_dir(out_dir, cfg.name)
+        except OSError as exc:
+            where = escape(f"cannot create a run directory in {out_dir}: {exc}")
+            err.print(f"[red]error:[/] {where}", highlight=False, soft_wrap=True)
+            raise typer.Exit(EXIT_FAILED) from None
         where = f"{cfg.nodes} nodes ({cfg.launcher.kind}), {cfg.rounds} rounds -> {run_dir}"
         err.print(f"dlactor: {where}", highlight=False)
         result = run(plan, run_dir, config_toml(cfg), backend=backend, show_progress=progress)
     print_summary(result.summary, run_dir)
     if result.status != "ok":
-        if result.outcome.traceback:
-            err.print(result.outcome.traceback, highlight=False, markup=False)
-        also = result.outcome.also_failed
-        extra = f" (nodes {also[:10]} failed after it)" if also else ""
-        err.print(f"[red]run {result.status}:[/] {result.outcome.reason}{extra}", highlight=False)
-        err.print(f"results so far are kept in {run_dir}", highlight=False)
+        _say_why(result)
         raise typer.Exit(EXIT_INTERRUPTED if result.status == "interrupted" else EXIT_FAILED)
+
+
+def _say_why(result: RunResult) -> None:
+    """Why a run did not end ok, on stderr: the failed node's traceback (once), the reason,
+    the launcher's own failures after it, and where the results are, or, if summary.json
+    could not be written, one line saying so and why. Lines are not wrapped: each stays
+    one line for whatever reads the log."""
+    reason = result.reason
+    if result.outcome.traceback:  # it ends with the error, which the reason repeats
+        err.print(result.outcome.traceback, highlight=False, markup=False)
+        reason = result.outcome.reason
+    also = result.outcome.also_failed
+    extra = f" (nodes {also[:10]} failed after it)" if also else ""
+    why = escape(f"{reason}{extra}")
+    err.print(f"[red]run {result.status}:[/] {why}", highlight=False, soft_wrap=True)
+    for problem in result.problems:
+        if problem not in (result.reason, result.lost):
+            err.print(f"also: {problem}", highlight=False, markup=False, soft_wrap=True)
+    if result.lost:
+        lost = escape(f"{result.lost}; this run's outcome is only what is printed here")
+        err.print(f"[red]error:[/] {lost}", highlight=False, soft_wrap=True)
+    else:
+        err.print(f"results so far are kept in {result.run_dir}", highlight=False)
 
 
 def _fmt(value: Any, spec: str) -> str:
@@ -131,18 +158,19 @@ def _metric_rows(final: dict[str, Any]) -> list[tuple[str, str]]:
 
 def summary_rows(summary: dict[str, Any]) -> list[tuple[str, str]]:
     """The summary table's rows: (figure, value), values formatted for people."""
-    final = summary["final"]
-    med = summary["round_s_median"]
+    final = summary.get("final") or {}  # bare when the node records could not be read
+    med = summary.get("round_s_median")
     pss = summary.get("peak_pss_bytes") or None
+    per_round = summary.get("bytes_sent_per_node_per_round")
     return [
         ("status", summary["status"]),
         ("nodes", str(summary["nodes"])),
         ("rounds completed", str(summary["rounds"])),
         ("wall time (s, from the start barrier)", _fmt(summary["wall_s"], ".2f")),
         ("median round (ms)", _fmt(None if med is None else med * 1000, ".1f")),
-        ("bytes sent per node per round", _fmt(summary["bytes_sent_per_node_per_round"], ",.0f")),
+        ("bytes sent per node per round", _fmt(per_round, ",.0f")),
         *_metric_rows(final),
-        ("test loss mean", _fmt(final["test_loss_mean"], ".4f")),
+        ("test loss mean", _fmt(final.get("test_loss_mean"), ".4f")),
         ("peak memory, whole run (PSS MiB)", _fmt(None if pss is None else pss / 2**20, ",.0f")),
     ]  # fmt: skip
 
