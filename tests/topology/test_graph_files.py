@@ -2,20 +2,30 @@
 
 from __future__ import annotations
 
+import os
 import pickle
+import re
+import time
 from collections.abc import Callable
 from pathlib import Path
 
 import networkx as nx
 import pytest
 
+from dlactor.topology import graphs
 from dlactor.topology.graphs import (
+    MAX_EDGES,
+    MAX_NODES,
     GraphFileError,
+    complete,
+    erdos_renyi,
+    max_file_bytes,
     read_adjacency_list,
     read_edge_list,
     read_graph_file,
     regular,
     ring,
+    small_world,
     write_edge_list,
 )
 
@@ -105,10 +115,14 @@ def error_for(reader: Reader, path: Path, n: int | None = None) -> GraphFileErro
         ("# only a comment\n", 1, "number of nodes"),
         ("four\n0 1\n", 1, "number of nodes"),
         ("4 4\n0 1\n", 1, "only the number of nodes"),
-        ("0\n", 1, ">= 1"),
+        ("0\n", 1, "in [1, 65536], found 0"),
+        ("70000\n", 1, "in [1, 65536], found 70000"),
+        ("123456789\n", 1, "more than 8 digits"),
         ("3\n0 1\n1 x\n", 3, "integer node id"),
         ("3\n0 1\n1 2.0\n", 3, "integer node id"),
-        ("3\n0 1\n\n1 2 0\n", 4, "edge 'u v'"),
+        ("3\n0 1\n1 \u0662\n", 3, "integer node id"),
+        ("3\n0 1\n1 +2\n", 3, "integer node id"),
+        ("3\n0 1\n\n1 2 0\n", 4, "edge 'u v' (two node ids), found 3 fields"),
         ("3\n0 1\n1\n", 3, "edge 'u v'"),
         ("3\n0 1\n1 3\n", 3, "out of range: expected 0..2"),
         ("3\n0 1\n-1 2\n", 3, "out of range"),
@@ -137,7 +151,7 @@ def test_malformed_edge_list_names_the_line_and_what_was_expected(
         ("3\n1 2\n0 5\n0 1\n", 3, "out of range"),
         ("3\n1 2\n0 1 2\n0 1\n", 3, "node 1 lists itself"),
         ("3\n1 2\n0 2\n", 4, "one neighbour line per node (3 after the header), found 2"),
-        ("3\n1 2\n0 2\n0 1\n0\n", 5, "found 4"),
+        ("3\n1 2\n0 2\n0 1\n0\n", 5, "found more"),
         ("3\n1 2\n0 2\n0\n", 3, "node 1 lists 2 but node 2 (line 4) does not list 1"),
         ("3\n1\n0 2\n0 1\n", 4, "node 2 lists 0 but node 0 (line 2) does not list 2"),
     ],
@@ -172,13 +186,13 @@ def test_a_matching_node_count_is_accepted(tmp_path: Path) -> None:
 
 
 def test_graph_file_error_is_a_value_error_that_survives_pickling() -> None:
-    error = GraphFileError("g.edges", 3, "expected an edge 'u v', found '1 2 3'")
+    error = GraphFileError("g.edges", 3, "expected an edge 'u v' (two node ids), found 3 fields")
 
     copy = pickle.loads(pickle.dumps(error))
 
     assert isinstance(error, ValueError)
     assert (copy.path, copy.line, copy.message) == ("g.edges", 3, error.message)
-    assert str(copy) == "g.edges, line 3: expected an edge 'u v', found '1 2 3'"
+    assert str(copy) == "g.edges, line 3: expected an edge 'u v' (two node ids), found 3 fields"
 
 
 # --------------------------------------------------------------------------- auto + writing
@@ -237,3 +251,158 @@ def test_write_edge_list_writes_the_count_then_each_edge_once_in_order(tmp_path:
 def test_write_edge_list_refuses_nodes_that_are_not_0_to_n_minus_1(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match=r"0\.\.n-1"):
         write_edge_list(nx.Graph([(1, 2)]), tmp_path / "x.edges")
+
+
+# --------------------------------------------------------------------------- hostile files
+
+SECRET = "SECRET-TOKEN"
+
+
+def test_max_file_bytes_follows_from_the_node_count() -> None:
+    assert max_file_bytes(16) == (1 << 20) + 2 * 16 * 15 * 7
+    assert max_file_bytes(MAX_NODES) == (1 << 20) + 2 * 2 * MAX_EDGES * 13
+
+
+@pytest.mark.parametrize("n", [16, None])
+def test_a_file_too_big_for_its_node_count_is_refused_before_it_is_read(
+    tmp_path: Path, n: int | None
+) -> None:
+    path = tmp_path / "big.edges"
+    path.write_text("16\n" + "0 1\n" * 1_000_000)
+
+    start = time.perf_counter()
+    error = error_for(read_edge_list, path, n)
+
+    assert time.perf_counter() - start < 1.0
+    assert error.line is None  # refused on its size, not on a line
+    assert "more than a graph of 16 nodes needs" in error.message
+    assert str(error).startswith(f"{path}: ")
+
+
+def test_the_header_is_checked_before_any_other_line_is_read(tmp_path: Path) -> None:
+    path = write(tmp_path, f"20\n0 {SECRET}\n")
+
+    error = error_for(read_edge_list, path, 16)
+
+    assert (error.line, error.message) == (1, "the file declares 20 nodes, expected 16")
+
+
+def test_reading_stops_at_the_bytes_the_node_count_allows(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A file whose size says less than it holds (as /proc files do) is held to the limit
+    line by line."""
+    path = write(tmp_path, "4\n0 1\n1 2\n2 3\n3 0\n")
+    monkeypatch.setattr(graphs, "max_file_bytes", lambda n: 12)
+    real_fstat = os.fstat
+    monkeypatch.setattr(
+        graphs.os, "fstat", lambda fd: os.stat_result((*real_fstat(fd)[:6], 0, *real_fstat(fd)[7:]))
+    )
+
+    error = error_for(read_edge_list, path)
+
+    assert error.line == 4
+    assert "the file is more than a graph of 4 nodes needs" in error.message
+
+
+@pytest.mark.parametrize("kind", ["directory", "FIFO", "/dev/zero", "symlink to /dev/zero"])
+@pytest.mark.timeout(10)
+def test_what_is_not_a_regular_file_is_refused_without_reading_it(
+    tmp_path: Path, kind: str
+) -> None:
+    path = tmp_path / "graph.edges"
+    if kind == "directory":
+        path.mkdir()
+    elif kind == "FIFO":
+        os.mkfifo(path)  # opening it for reading would block until a writer came
+    elif kind == "/dev/zero":
+        path = Path("/dev/zero")
+    else:
+        path.symlink_to("/dev/zero")
+
+    with pytest.raises(GraphFileError) as caught:
+        read_graph_file(path, "auto", 16)
+    error = caught.value
+
+    assert error.line is None
+    expected = {"directory": "a directory", "FIFO": "a FIFO"}.get(kind, "a character device")
+    assert error.message == f"{expected}, expected a regular file"
+
+
+def test_a_missing_file_says_so(tmp_path: Path) -> None:
+    error = error_for(read_edge_list, tmp_path / "none.edges")
+
+    assert (error.line, error.message) == (None, "cannot read it: No such file or directory")
+
+
+@pytest.mark.parametrize(
+    ("text", "line"),
+    [
+        (f"{SECRET}\n0 1\n", 1),
+        (f"16 {SECRET}\n", 1),
+        (f"4\n1 2\n{SECRET}\n", 3),
+        (f"4\n1 {SECRET}\n", 2),
+        (f"4\n1 2 {SECRET}\n", 2),
+        (f"4\n1 2\n1 2{SECRET}\n", 3),
+        (f"4\n1 2\n1 {'9' * 30}{SECRET}\n", 3),
+    ],
+)
+@pytest.mark.parametrize("fmt", ["edges", "adjacency", "auto"])
+def test_an_error_never_quotes_the_file(tmp_path: Path, text: str, line: int, fmt: str) -> None:
+    path = write(tmp_path, text, "secret.txt")
+
+    with pytest.raises(GraphFileError) as caught:
+        read_graph_file(path, fmt, 4 if text.startswith("4") else None)  # type: ignore[arg-type]
+
+    assert caught.value.line == line
+    assert "SECRET" not in str(caught.value) and "999" not in str(caught.value)
+
+
+def test_a_line_that_is_not_utf8_or_too_long_is_named_not_quoted(tmp_path: Path) -> None:
+    binary = tmp_path / "binary.edges"
+    binary.write_bytes(b"2\n0 1 \xff" + SECRET.encode() + b"\n")
+    long = write(tmp_path, f"2\n0 1 # {SECRET * 10_000}\n", "long.edges")
+
+    for path, line, expected in [(binary, 2, "not UTF-8 text"), (long, 2, "longer than")]:
+        error = error_for(read_edge_list, path)
+        assert error.line == line and expected in error.message
+        assert "SECRET" not in str(error)
+
+
+def test_a_file_with_more_edges_than_a_graph_may_have_stops_at_the_first_one_too_many(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(graphs, "MAX_EDGES", 3)
+    edges = write(tmp_path, "4\n0 1\n1 0\n1 2\n2 3\n3 0\n")  # 1 0 is 0 1 again
+    adjacency = write(tmp_path, DECENTRALIZEPY_ADJACENCY, "ring.adj")
+
+    assert error_for(read_edge_list, edges).line == 6
+    assert "more than 3 edges" in error_for(read_adjacency_list, adjacency).message
+
+
+@pytest.mark.parametrize(
+    ("build", "expected"),
+    [
+        (lambda: ring(10**20), "number of nodes must be an integer in [1, 65536]"),
+        (lambda: complete(3000), "more than the 4,194,304"),
+        (lambda: regular(65536, 200, seed=0), "more than the 4,194,304"),
+        (lambda: small_world(65536, 200, 0.1, seed=0), "more than the 4,194,304"),
+        (lambda: erdos_renyi(65536, 0.01, seed=0), "more than the 4,194,304"),
+    ],
+)
+def test_builders_refuse_graphs_too_big_before_building_them(
+    build: Callable[[], nx.Graph], expected: str
+) -> None:
+    start = time.perf_counter()
+    with pytest.raises(ValueError, match=re.escape(expected)):
+        build()
+    assert time.perf_counter() - start < 1.0
+
+
+def test_a_whole_file_error_has_no_line_and_survives_pickling() -> None:
+    error = GraphFileError("g.edges", None, "a FIFO, expected a regular file")
+
+    copy = pickle.loads(pickle.dumps(error))
+
+    assert copy.line is None
+    assert str(copy) == "g.edges: a FIFO, expected a regular file"
