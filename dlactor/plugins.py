@@ -7,6 +7,15 @@ entry point (group ``dlactor.plugins``: each entry point names a module to impor
 or by a ``plugins = [...]`` list in the config (module names, or ``.py`` paths
 relative to the config file). Both are resolved in the launcher, before any node
 process exists: a node never imports anything named by a string.
+
+Plugins are code, and it runs when a config is read: every installed entry point, and every
+module or file a config's ``plugins`` list names, is imported -- with the rights of whoever
+runs ``dlactor`` (``validate`` as much as ``launch``) and before any other check of the
+config. Only use configs you trust, as you would only run scripts you trust.
+
+An import that fails is reported without quoting what the file holds (a path may name any
+file): a plugin file's syntax error or exception gives its type and line; run the file with
+``python`` to see the message.
 """
 
 from __future__ import annotations
@@ -14,6 +23,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import sys
+import traceback
 from collections.abc import Callable, Iterable
 from functools import partial
 from importlib.metadata import entry_points
@@ -115,7 +125,7 @@ def load_plugins(specs: Iterable[str], base_dir: Path | None = None) -> None:
             path = Path(spec) if base_dir is None else base_dir / spec
             if not path.is_file():
                 raise PluginError(f"plugins: no such file {path}")
-            _wrap(partial(_import_path, path), f"plugin file {path}")
+            _wrap(partial(_import_path, path), f"plugin file {path}", path)
         else:
             _import(spec, f"plugin module {spec!r}")
 
@@ -124,10 +134,27 @@ def _import(module: str, what: str) -> None:
     _wrap(lambda: importlib.import_module(module), what)
 
 
-def _wrap(action: Callable[[], Any], what: str) -> None:
+def _wrap(action: Callable[[], Any], what: str, path: Path | None = None) -> None:
+    """Run an import; turn its failure into a PluginError. For a plugin file, the message
+    says the error's type and line but not its text, which may quote the file."""
     try:
         action()
     except PluginError:
         raise
     except Exception as exc:
-        raise PluginError(f"{what} failed to import: {type(exc).__name__}: {exc}") from exc
+        if path is None:
+            raise PluginError(f"{what} failed to import: {type(exc).__name__}: {exc}") from exc
+        line = _line_in(exc, path)
+        where = "" if line is None else f" at line {line}"
+        raise PluginError(
+            f"{what} failed to import: {type(exc).__name__}{where} "
+            f"(message not shown; `python {path}` shows it)"
+        ) from exc
+
+
+def _line_in(exc: Exception, path: Path) -> int | None:
+    """The line of ``path`` where ``exc`` was raised (its last frame in that file)."""
+    if isinstance(exc, SyntaxError) and exc.filename == str(path):
+        return exc.lineno
+    frames = [f for f in traceback.extract_tb(exc.__traceback__) if f.filename == str(path)]
+    return frames[-1].lineno if frames else None

@@ -142,3 +142,28 @@ def test_overriding_a_kind_starts_its_table_afresh() -> None:
         ["topology.kind=small_world", "topology.p=0.2"],
     )
     assert data == {"topology": {"kind": "small_world", "p": 0.2}}
+
+
+SECRET = "SECRET-TOKEN"
+
+
+@pytest.mark.parametrize(
+    ("source", "expected"),
+    [
+        ("x = 1\n{secret}\n", "NameError at line 2"),
+        ("x = 1\n\ny = '{secret}\n", "SyntaxError at line 3"),
+        ("def f():\n    raise RuntimeError('{secret}')\n\nf()\n", "RuntimeError at line 2"),
+    ],
+)
+def test_a_plugin_file_that_fails_is_named_with_its_line_not_its_text(
+    tmp_path: Path, source: str, expected: str
+) -> None:
+    plugin = tmp_path / f"failing_{abs(hash(source))}.py"
+    plugin.write_text(source.format(secret=SECRET.replace("-", "_")))
+    data = dict(SMALL, plugins=[plugin.name])
+
+    with pytest.raises(ConfigError) as err:
+        validate_config(data, base_dir=tmp_path)
+
+    assert f"plugins: plugin file {plugin} failed to import: {expected}" in str(err.value)
+    assert "SECRET" not in str(err.value)
