@@ -35,6 +35,10 @@ CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR10_STD = (0.2470, 0.2435, 0.2616)
 
 _RECORD = 1 + 3 * 32 * 32
+# A batch file of the real release holds 10,000 records (30,730,000 bytes); a tarball member
+# that says it is bigger, or a tarball of more members than this, is refused before it is read.
+_BATCH_BYTES = 10_000 * _RECORD
+_MAX_MEMBERS = 1_000
 
 
 def parse_cifar_records(raw: bytes, where: str) -> tuple[np.ndarray, np.ndarray]:
@@ -61,9 +65,16 @@ def _read_dir(root: Path) -> dict[str, bytes]:
 def _read_tar(archive: Path) -> dict[str, bytes]:
     found: dict[str, bytes] = {}
     with tarfile.open(archive, mode="r:*") as tar:
-        for member in tar:
+        for count, member in enumerate(tar, 1):
+            if count > _MAX_MEMBERS:
+                raise ValueError(f"{archive}: more than {_MAX_MEMBERS:,} members")
             name = member.name.rsplit("/", 1)[-1]
             if member.isfile() and name in CIFAR10_FILES and name not in found:
+                if member.size > _BATCH_BYTES:
+                    raise ValueError(
+                        f"{archive}: {member.name} is {member.size:,} bytes, more than a "
+                        f"CIFAR-10 batch file ({_BATCH_BYTES:,})"
+                    )
                 stream = tar.extractfile(member)
                 if stream is not None:
                     found[name] = stream.read()

@@ -9,7 +9,9 @@ of them: ``train-images-idx3-ubyte`` (60000 x 28 x 28 uint8), ``train-labels-idx
 from __future__ import annotations
 
 import gzip
+import io
 import os
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -35,9 +37,12 @@ _DTYPES: dict[int, np.dtype] = {
     0x0E: np.dtype(">f8"),
 }
 _IMAGE_SHAPE = (28, 28)
+# What a gzipped IDX file may inflate to: the largest real one, MNIST's training images, is
+# 47,040,016 bytes. A gzip bomb stops here instead of filling memory.
+_MAX_IDX_BYTES = 64 << 20
 
 
-def _parse_idx(raw: bytes, where: str) -> np.ndarray:
+def _parse_idx(raw: bytes | bytearray, where: str) -> np.ndarray:
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0:
         raise ValueError(f"{where}: not an IDX file (bad magic {raw[:4].hex() or 'empty'})")
     dtype, ndim = _DTYPES.get(raw[2]), raw[3]
@@ -61,16 +66,26 @@ def read_idx(path: str | os.PathLike[str]) -> np.ndarray:
     """The array stored in an IDX file, plain or gzipped (by its ``.gz`` suffix or magic).
 
     Raises ``ValueError`` naming the file when it is malformed: a bad magic number, an unknown
-    element type, or a size that does not match the dimensions in its header.
+    element type, a size that does not match the dimensions in its header, or gzip data that
+    is corrupt or inflates past ``_MAX_IDX_BYTES``.
     """
     path = Path(path)
     raw = path.read_bytes()
-    if raw[:2] == b"\x1f\x8b":
-        try:
-            raw = gzip.decompress(raw)
-        except (OSError, EOFError) as exc:
-            raise ValueError(f"{path}: corrupt gzip data ({exc})") from None
-    return _parse_idx(raw, str(path))
+    return _parse_idx(_gunzip(raw, path) if raw[:2] == b"\x1f\x8b" else raw, str(path))
+
+
+def _gunzip(raw: bytes, path: Path) -> bytearray:
+    """Inflate a step at a time into one buffer, stopping past ``_MAX_IDX_BYTES``."""
+    inflated = bytearray()
+    try:
+        with gzip.GzipFile(fileobj=io.BytesIO(raw)) as stream:
+            while chunk := stream.read(1 << 20):
+                inflated += chunk
+                if len(inflated) > _MAX_IDX_BYTES:
+                    raise ValueError(f"{path}: inflates to more than {_MAX_IDX_BYTES:,} bytes")
+    except (OSError, EOFError, zlib.error) as exc:
+        raise ValueError(f"{path}: corrupt gzip data ({exc})") from None
+    return inflated
 
 
 def find_idx(root: Path, name: str) -> Path:
