@@ -12,8 +12,11 @@ whose message names every bad field.
 from __future__ import annotations
 
 import importlib.util
+import re
+import stat
 import tomllib
-from functools import reduce
+from functools import lru_cache, reduce
+from itertools import pairwise
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal, Union
 
@@ -32,6 +35,7 @@ from pydantic import (
 
 from dlactor import plugins
 from dlactor.plugins import register
+from dlactor.topology.graphs import MAX_EDGES, MAX_NODES, check_size
 
 if TYPE_CHECKING:
     from dlactor.data.base import Dataset
@@ -64,7 +68,25 @@ class ConfigError(ValueError):
 
 
 class Settings(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # No setting means anything at inf or nan (TOML has both): every float must be finite.
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+
+# Upper bounds: far beyond any study on one machine or a cluster, low enough that a typo or a
+# hostile config exits 2 naming the field before it can overflow or exhaust memory. Each
+# field's description states its bound; MAX_NODES and MAX_EDGES are dlactor.topology.graphs'.
+MAX_ROUNDS = 10_000_000
+MAX_PARAMETERS = 1 << 31  # 8 GiB of float32 in every node's copy of the model
+MAX_WIDTH = 1 << 20  # units of one MLP layer
+MAX_SAMPLES = 1 << 31  # any count of samples or roles
+MAX_STEPS = 1_000_000
+MAX_BATCH = 1 << 16
+MAX_BUCKET = 1 << 20  # the quantizer pads every tensor to whole buckets
+MAX_SECONDS = 86_400.0  # a day
+MAX_THREADS = 256
+MAX_SEED = (1 << 32) - 1
+MAX_CONFIG_BYTES = 8 << 20
+_EDGES = f"nodes x degree / 2 <= {MAX_EDGES:,} edges"
 
 
 # --- topology ---------------------------------------------------------------------------
@@ -96,13 +118,16 @@ class TopologySettings(Settings):
         raise NotImplementedError(f"topology {self.kind!r} has no service processes")
 
 
-Edge = tuple[Annotated[int, Field(ge=0)], Annotated[int, Field(ge=0)]]
+NodeId = Annotated[int, Field(ge=0, lt=MAX_NODES)]
+Edge = tuple[NodeId, NodeId]
 
 
 class EdgeChange(Settings):
     """Edges added and removed at the start of a round (``[[topology.schedule]]``)."""
 
-    round: int = Field(ge=1, description="the first round that runs on the changed graph")
+    round: int = Field(
+        ge=1, le=MAX_ROUNDS, description="the first round that runs on the changed graph"
+    )
     add: list[Edge] = Field(default_factory=list)
     remove: list[Edge] = Field(default_factory=list)
 
@@ -149,7 +174,7 @@ class RingTopology(StaticSettings):
 @register("topology")
 class RegularTopology(StaticSettings):
     kind: Literal["regular"] = "regular"
-    degree: int = Field(4, ge=1, description="every node's degree")
+    degree: int = Field(4, ge=1, lt=MAX_NODES, description=f"every node's degree ({_EDGES})")
 
     def graph(self, nodes: int, seed: int) -> nx.Graph:
         from dlactor.topology.graphs import regular
@@ -170,7 +195,9 @@ class CompleteTopology(StaticSettings):
 @register("topology")
 class SmallWorldTopology(StaticSettings):
     kind: Literal["small_world"] = "small_world"
-    k: int = Field(4, ge=2, description="each node's ring neighbours before rewiring")
+    k: int = Field(
+        4, ge=2, lt=MAX_NODES, description=f"each node's ring neighbours before rewiring ({_EDGES})"
+    )
     p: float = Field(0.1, ge=0.0, le=1.0, description="rewiring probability")
 
     def graph(self, nodes: int, seed: int) -> nx.Graph:
@@ -182,7 +209,12 @@ class SmallWorldTopology(StaticSettings):
 @register("topology")
 class ErdosRenyiTopology(StaticSettings):
     kind: Literal["erdos_renyi"] = "erdos_renyi"
-    p: float = Field(0.3, gt=0.0, le=1.0, description="edge probability")
+    p: float = Field(
+        0.3,
+        gt=0.0,
+        le=1.0,
+        description=f"edge probability (expected edges p x nodes x (nodes-1) / 2 <= {MAX_EDGES:,})",
+    )
 
     def graph(self, nodes: int, seed: int) -> nx.Graph:
         from dlactor.topology.graphs import erdos_renyi
@@ -193,13 +225,34 @@ class ErdosRenyiTopology(StaticSettings):
 @register("topology")
 class FileTopology(StaticSettings):
     kind: Literal["file"] = "file"
-    path: Path
+    path: Path = Field(
+        description="graph file, read when the config is: a regular file of at most "
+        "dlactor.topology.graphs.max_file_bytes(nodes) bytes (1 MiB plus twice the edge list "
+        "of the densest graph allowed; 219 MB at 65,536 nodes), whose header must say `nodes`"
+    )
     format: Literal["auto", "edges", "adjacency"] = "auto"
 
     def graph(self, nodes: int, seed: int) -> nx.Graph:
-        from dlactor.topology.graphs import read_graph_file
+        return _read_graph_file(self.path, self.format, nodes, _file_stamp(self.path))
 
-        return read_graph_file(self.path, self.format, n=nodes)
+
+def _file_stamp(path: Path) -> tuple[int, ...]:
+    """A file's identity and version: what makes a cached read of it still good."""
+    try:
+        st = path.stat()
+    except OSError:
+        return ()
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+@lru_cache(maxsize=1)
+def _read_graph_file(
+    path: Path, fmt: Literal["auto", "edges", "adjacency"], nodes: int, stamp: tuple[int, ...]
+) -> nx.Graph:
+    """Read once when the config is validated; the plan gets the same graph, not a re-read."""
+    from dlactor.topology.graphs import read_graph_file
+
+    return read_graph_file(path, fmt, n=nodes)
 
 
 @register("topology")
@@ -208,11 +261,14 @@ class DynamicRegularTopology(TopologySettings):
     (no messages: all nodes draw the same graph)."""
 
     kind: Literal["dynamic_regular"] = "dynamic_regular"
-    degree: int = Field(5, ge=1, description="every node's degree, in every round")
+    degree: int = Field(
+        5, ge=1, lt=MAX_NODES, description=f"every node's degree, in every round ({_EDGES})"
+    )
 
     def graph(self, nodes: int, seed: int) -> nx.Graph:
         from dlactor.topology.dynamic import random_regular_at
 
+        check_size(nodes, nodes * self.degree // 2, f"a {self.degree}-regular graph")
         return random_regular_at(nodes, self.degree, seed, 0)
 
     def build(self, env: NodeEnv) -> Topology:
@@ -259,9 +315,16 @@ class GossipTopologySettings(TopologySettings):
     neighbours a round from its view (dlactor.topology.gossip)."""
 
     kind: Literal["gossip"] = "gossip"
-    degree: int = Field(5, ge=1, description="the most neighbours a node has in a round")
-    view_size: int = Field(16, ge=1, description="entries in each node's Cyclon view")
-    shuffle_length: int = Field(6, ge=1, description="entries exchanged per shuffle")
+    degree: int = Field(
+        5, ge=1, lt=MAX_NODES, description="the most neighbours a node has in a round"
+    )
+    view_size: int = Field(
+        16,
+        ge=1,
+        lt=MAX_NODES,
+        description=f"entries in each node's Cyclon view (nodes x view_size / 2 <= {MAX_EDGES:,})",
+    )
+    shuffle_length: int = Field(6, ge=1, lt=MAX_NODES, description="entries exchanged per shuffle")
 
     @model_validator(mode="after")
     def _fits(self) -> GossipTopologySettings:
@@ -277,6 +340,8 @@ class GossipTopologySettings(TopologySettings):
 
         if not 1 <= self.degree < nodes:
             raise ValueError(f"degree must be in [1, nodes) = [1, {nodes}), got {self.degree}")
+        contacts = min(self.view_size, nodes - 1)
+        check_size(nodes, nodes * contacts // 2, f"bootstrap views of {contacts} contacts")
         graph = nx.Graph()
         graph.add_nodes_from(range(nodes))
         for i in range(nodes):
@@ -377,7 +442,13 @@ class QuantizeSharingSettings(SharingSettings):
 
     kind: Literal["quantize"] = "quantize"
     bits: int = Field(8, ge=1, le=8)
-    bucket_size: int | None = Field(512, ge=1, description="elements per scale (None: one)")
+    bucket_size: int | None = Field(
+        512,
+        ge=1,
+        le=MAX_BUCKET,
+        description="elements per scale, at most 2**20: a tensor is padded to whole buckets "
+        "(None: one bucket per tensor)",
+    )
 
     def build(self, env: NodeEnv) -> Sharing:
         from dlactor.sharing.quantize import QuantizeSharing
@@ -395,7 +466,13 @@ class ChocoSettings(SharingSettings):
     compressor: Literal["topk", "random", "quantize"] = "topk"
     budget: Budget = 0.1
     bits: int = Field(8, ge=1, le=8, description="for compressor = quantize")
-    bucket_size: int | None = Field(512, ge=1, description="for compressor = quantize")
+    bucket_size: int | None = Field(
+        512,
+        ge=1,
+        le=MAX_BUCKET,
+        description="elements per scale, at most 2**20: a tensor is padded to whole buckets "
+        "(None: one bucket per tensor)",
+    )
 
     def check(self, config: RunConfigBase) -> None:
         topology = getattr(config, "topology", None)
@@ -438,8 +515,15 @@ class SGDSettings(TrainingSettings):
     lr: float = Field(0.05, ge=0.0, description="learning rate (0: pure gossip averaging)")
     momentum: float = Field(0.0, ge=0.0, lt=1.0)
     weight_decay: float = Field(0.0, ge=0.0)
-    local_steps: int = Field(10, ge=1, description="minibatch steps per round")
-    batch_size: int = Field(16, ge=1)
+    local_steps: int = Field(
+        10, ge=1, le=MAX_STEPS, description="minibatch steps per round (at most 1,000,000)"
+    )
+    batch_size: int = Field(
+        16,
+        ge=1,
+        le=MAX_BATCH,
+        description="samples per step (at most 65,536; capped at the node's)",
+    )
 
     def build(self, env: NodeEnv) -> Trainer:
         from dlactor.training.sgd import SGDTrainer
@@ -476,14 +560,40 @@ def _features(dataset: Dataset) -> int:
     return int(np.prod(dataset.input_shape))
 
 
+def _check_parameters(count: int, what: str) -> None:
+    """Refuse, before anything is allocated, a model beyond MAX_PARAMETERS."""
+    if count > MAX_PARAMETERS:
+        raise ValueError(
+            f"{what} make {count:,} parameters, more than the {MAX_PARAMETERS:,} a model may "
+            "have (8 GiB of float32 per node)"
+        )
+
+
+def _mlp_parameters(widths: list[int]) -> int:
+    return sum(a * b + b for a, b in pairwise(widths))
+
+
 @register("model")
 class MLPSettings(ModelSettings):
     kind: Literal["mlp"] = "mlp"
-    hidden: list[Annotated[int, Field(ge=1)]] = Field(default_factory=lambda: [64])
+    hidden: list[Annotated[int, Field(ge=1, le=MAX_WIDTH)]] = Field(
+        default_factory=lambda: [64],
+        max_length=1024,
+        description="hidden layer widths: at most 1,024 layers of at most 2**20 units, and "
+        "at most 2**31 parameters in all",
+    )
+
+    @field_validator("hidden")
+    @classmethod
+    def _fits(cls, hidden: list[int]) -> list[int]:
+        _check_parameters(_mlp_parameters(hidden), "the hidden layers alone")
+        return hidden
 
     def build(self, dataset: Dataset, seed: int) -> torch.nn.Module:
         from dlactor.training.models import mlp
 
+        widths = [_features(dataset), *self.hidden, dataset.num_classes]
+        _check_parameters(_mlp_parameters(widths), f"hidden = {self.hidden} on {dataset.name}")
         torch.manual_seed(seed)
         return mlp(_features(dataset), dataset.num_classes, self.hidden)
 
@@ -537,15 +647,30 @@ class CharLSTMSettings(ModelSettings):
     """LEAF's Shakespeare baseline: embedding, stacked LSTM, next-character logits."""
 
     kind: Literal["char_lstm"] = "char_lstm"
-    embed: int = Field(8, ge=1)
-    hidden: int = Field(256, ge=1)
-    layers: int = Field(2, ge=1)
+    embed: int = Field(8, ge=1, le=1 << 16, description="at most 65,536")
+    hidden: int = Field(256, ge=1, le=1 << 16, description="at most 65,536")
+    layers: int = Field(
+        2, ge=1, le=1024, description="at most 1,024; at most 2**31 parameters in all"
+    )
+
+    def parameters(self, vocab: int) -> int:
+        h = self.hidden
+        stack = 4 * h * (self.embed + h) + 8 * h + (self.layers - 1) * (8 * h * h + 8 * h)
+        return vocab * self.embed + stack + h * vocab + vocab
+
+    @model_validator(mode="after")
+    def _fits(self) -> CharLSTMSettings:
+        _check_parameters(self.parameters(2), "embed, hidden and layers")
+        return self
 
     def build(self, dataset: Dataset, seed: int) -> torch.nn.Module:
         from dlactor.training.models import char_lstm
 
         if dataset.vocab <= 0:
             raise ValueError(f"char_lstm needs character inputs; {dataset.name} has none")
+        _check_parameters(
+            self.parameters(dataset.vocab), f"embed, hidden, layers on {dataset.name}"
+        )
         torch.manual_seed(seed)
         return char_lstm(dataset.vocab, self.embed, self.hidden, self.layers)
 
@@ -555,13 +680,14 @@ class MatrixFactorizationSettings(ModelSettings):
     """Rating = <user, item> + biases, for MovieLens."""
 
     kind: Literal["mf"] = "mf"
-    dim: int = Field(20, ge=1)
+    dim: int = Field(20, ge=1, le=1 << 16, description="factors per user and item (<= 65,536)")
 
     def build(self, dataset: Dataset, seed: int) -> torch.nn.Module:
         from dlactor.data.movielens import movielens_sizes
         from dlactor.training.models import matrix_factorization
 
         n_users, n_items = movielens_sizes(dataset)
+        _check_parameters((n_users + n_items) * (self.dim + 1) + 1, f"dim on {dataset.name}")
         torch.manual_seed(seed)
         return matrix_factorization(n_users, n_items, self.dim, item_offset=n_users)
 
@@ -596,7 +722,7 @@ class IIDPartition(PartitionSettings):
 @register("partition")
 class ShardsPartition(PartitionSettings):
     kind: Literal["shards"] = "shards"
-    shards_per_node: int = Field(2, ge=1)
+    shards_per_node: int = Field(2, ge=1, le=1 << 16, description="at most 65,536")
 
     def split(self, dataset: Dataset, nodes: int, seed: int) -> list[np.ndarray]:
         from dlactor.data.partition import shards
@@ -608,7 +734,7 @@ class ShardsPartition(PartitionSettings):
 class DirichletPartition(PartitionSettings):
     kind: Literal["dirichlet"] = "dirichlet"
     alpha: float = Field(0.5, gt=0.0)
-    min_size: int = Field(1, ge=1)
+    min_size: int = Field(1, ge=1, lt=MAX_SAMPLES, description="samples per node, at least")
 
     def split(self, dataset: Dataset, nodes: int, seed: int) -> list[np.ndarray]:
         from dlactor.data.partition import dirichlet
@@ -690,10 +816,12 @@ class ShakespeareSettings(DataSettings):
     """LEAF-style next-character prediction, one group per (play, speaking role)."""
 
     kind: Literal["shakespeare"] = "shakespeare"
-    seq_len: int = Field(80, ge=1)
+    seq_len: int = Field(80, ge=1, le=4096, description="characters of context (<= 4,096)")
     test_fraction: float = Field(0.1, gt=0.0, lt=1.0)
-    min_samples: int = Field(64, ge=1, description="drop roles with fewer samples")
-    max_roles: int | None = Field(None, ge=1, description="keep only the largest N roles")
+    min_samples: int = Field(64, ge=1, lt=MAX_SAMPLES, description="drop roles with fewer samples")
+    max_roles: int | None = Field(
+        None, ge=1, lt=MAX_SAMPLES, description="keep only the largest N roles"
+    )
 
     def load(self, seed: int) -> Dataset:
         from dlactor.data.shakespeare import load_shakespeare
@@ -725,9 +853,14 @@ class MovieLensSettings(DataSettings):
 
 
 class EvaluationSettings(Settings):
-    every: int = Field(5, ge=1, description="evaluate every N rounds (and after the last)")
+    every: int = Field(
+        5, ge=1, le=MAX_ROUNDS, description="evaluate every N rounds (and after the last)"
+    )
     test_samples: int | None = Field(
-        None, ge=1, description="evaluate on a fixed, seeded subset of the test set (default: all)"
+        None,
+        ge=1,
+        lt=MAX_SAMPLES,
+        description="evaluate on a fixed, seeded subset of the test set (default: all)",
     )
     consensus: bool = Field(
         True, description="record the consensus distance of the node models on evaluation rounds"
@@ -739,9 +872,21 @@ class LauncherSettings(Settings):
     backend's nodes need."""
 
     kind: str
-    round_timeout_s: float = Field(120.0, gt=0, description="longest wait for a round's messages")
-    start_timeout_s: float = Field(120.0, gt=0, description="longest wait at the start barrier")
-    torch_threads: int = Field(1, ge=1, description="torch intra-op threads per node")
+    round_timeout_s: float = Field(
+        120.0,
+        gt=0,
+        le=MAX_SECONDS,
+        description="longest wait for a round's messages (finite, at most a day: 86,400)",
+    )
+    start_timeout_s: float = Field(
+        120.0,
+        gt=0,
+        le=MAX_SECONDS,
+        description="longest wait at the start barrier (finite, at most a day: 86,400)",
+    )
+    torch_threads: int = Field(
+        1, ge=1, le=MAX_THREADS, description="torch intra-op threads per node (at most 256)"
+    )
 
 
 class LocalLauncher(LauncherSettings):
@@ -769,7 +914,8 @@ class RayLauncher(LauncherSettings):
     cpus_per_node: float = Field(
         0.25,
         gt=0,
-        description="Ray CPUs reserved per node: 0.25 places up to 4 nodes per core",
+        le=1024,
+        description="Ray CPUs reserved per node: 0.25 places up to 4 nodes per core (<= 1,024)",
     )
     control_host: str | None = Field(
         None, min_length=1, description="address the launcher's control channel listens on"
@@ -793,10 +939,14 @@ Launcher = Annotated[LocalLauncher | RayLauncher, Field(discriminator="kind")]
 
 
 class RunConfigBase(Settings):
-    name: str = Field("run", pattern=r"^[A-Za-z0-9_.-]+$", description="run directory prefix")
-    seed: int = Field(0, ge=0)
-    nodes: int = Field(16, ge=2)
-    rounds: int = Field(40, ge=1)
+    name: str = Field(
+        "run", pattern=r"^[A-Za-z0-9_.-]+$", max_length=128, description="run directory prefix"
+    )
+    seed: int = Field(0, ge=0, le=MAX_SEED, description="a 32-bit seed: 0 to 2**32 - 1")
+    nodes: int = Field(
+        16, ge=2, le=MAX_NODES, description="learning nodes, one process each (at most 65,536)"
+    )
+    rounds: int = Field(40, ge=1, le=MAX_ROUNDS, description="rounds (at most 10,000,000)")
     plugins: list[str] = Field(default_factory=list)
     evaluation: EvaluationSettings = EvaluationSettings()
     launcher: Launcher = LocalLauncher()
@@ -924,7 +1074,9 @@ def validate_config(data: dict[str, Any], base_dir: Path | None = None) -> RunCo
         cfg = model.model_validate(data)
     except ValidationError as exc:
         raise ConfigError(format_validation_error(exc)) from exc
-    return _resolve_paths(cfg, base_dir)  # type: ignore[return-value]
+    cfg = _resolve_paths(cfg, base_dir)
+    _read_files(cfg)
+    return cfg  # type: ignore[return-value]
 
 
 def _resolve_paths(cfg: RunConfigBase, base_dir: Path | None) -> RunConfigBase:
@@ -935,13 +1087,56 @@ def _resolve_paths(cfg: RunConfigBase, base_dir: Path | None) -> RunConfigBase:
     return cfg
 
 
+def _read_files(cfg: RunConfigBase) -> None:
+    """Read the files the config names (a graph file) now, so that their errors name the
+    field; a file's content is never quoted (a path may name any file, secrets included)."""
+    topo = getattr(cfg, "topology", None)
+    if isinstance(topo, FileTopology):
+        try:
+            topo.graph(cfg.nodes, cfg.seed)
+        except (ValueError, OSError) as exc:
+            raise ConfigError(f"invalid config:\n  topology.path: {exc}") from exc
+
+
+def _read_config_text(path: Path) -> str:
+    """The config file's text, if it is a regular UTF-8 file of at most MAX_CONFIG_BYTES."""
+    try:
+        st = path.stat()
+        if not stat.S_ISREG(st.st_mode):
+            raise ConfigError(f"{path}: not a regular file")
+        if st.st_size > MAX_CONFIG_BYTES:
+            raise ConfigError(
+                f"{path}: {st.st_size:,} bytes, more than a config may have ({MAX_CONFIG_BYTES:,})"
+            )
+        with path.open("rb") as handle:
+            raw = handle.read(MAX_CONFIG_BYTES + 1)
+    except FileNotFoundError as exc:
+        raise ConfigError(f"config file not found: {path}") from exc
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read it: {exc.strerror}") from exc
+    if len(raw) > MAX_CONFIG_BYTES:
+        raise ConfigError(f"{path}: more than a config may have ({MAX_CONFIG_BYTES:,} bytes)")
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {exc.start})") from exc
+
+
+def _unquoted(message: str) -> str:
+    """A TOML error without the file's text: quoted keys and characters become '...', short
+    punctuation such as '=' stays."""
+    return re.sub(
+        r"'(?:[^'\\]|\\.)*'|\"(?:[^\"\\]|\\.)*\"",
+        lambda m: m[0] if re.fullmatch(r".[^\w\s]{1,3}.", m[0]) else "'...'",
+        message,
+    )
+
+
 def load_config(path: Path, overrides: list[str] | None = None) -> RunConfig:
     """TOML file + ``--set`` overrides -> a validated config, or ConfigError."""
     try:
-        data = tomllib.loads(path.read_text())
-    except FileNotFoundError as exc:
-        raise ConfigError(f"config file not found: {path}") from exc
+        data = tomllib.loads(_read_config_text(path))
     except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
+        raise ConfigError(f"{path}: not valid TOML: {_unquoted(str(exc))}") from exc
     data = apply_overrides(data, overrides or [])
     return validate_config(data, base_dir=path.resolve().parent)

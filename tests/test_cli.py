@@ -1,5 +1,7 @@
 """The dlactor command: validate and graph, their exit codes and messages."""
 
+import os
+import time
 from pathlib import Path
 
 import pytest
@@ -83,3 +85,81 @@ def test_a_model_that_cannot_be_built_for_the_dataset_exits_2_naming_model(model
     assert result.exit_code == 2, result.output
     assert "model:" in result.output
     assert "digits" in result.output
+
+
+def flat(output: str) -> str:
+    """The output without the line breaks and spaces rich adds when it wraps long lines."""
+    return "".join(output.split())
+
+
+def test_a_graph_file_too_big_for_nodes_exits_2_fast_without_reading_it(tmp_path: Path) -> None:
+    (tmp_path / "big.edges").write_text("16\n" + "0 1\n" * 1_000_000)
+    config = tmp_path / "c.toml"
+    config.write_text('nodes = 16\n[topology]\nkind = "file"\npath = "big.edges"\n')
+
+    start = time.perf_counter()
+    result = runner.invoke(app, ["validate", str(config)])
+
+    assert time.perf_counter() - start < 1.0
+    assert result.exit_code == 2, result.output
+    assert "topology.path:" in result.output
+    assert "big.edges:4,000,003bytesismorethanagraphof16nodesneeds" in flat(result.output)
+
+
+@pytest.mark.parametrize("target", ["/dev/zero", "directory", "fifo"])
+@pytest.mark.timeout(20)
+def test_a_graph_path_that_is_not_a_regular_file_exits_2(tmp_path: Path, target: str) -> None:
+    if target == "directory":
+        (tmp_path / "graph").mkdir()
+    elif target == "fifo":
+        os.mkfifo(tmp_path / "graph")
+    path = target if target.startswith("/") else "graph"
+    config = tmp_path / "c.toml"
+    config.write_text(f'nodes = 16\n[topology]\nkind = "file"\npath = "{path}"\n')
+
+    result = runner.invoke(app, ["validate", str(config)])
+
+    assert result.exit_code == 2, result.output
+    assert "topology.path:" in result.output
+    assert "expectedaregularfile" in flat(result.output)
+
+
+@pytest.mark.parametrize("command", ["validate", "graph", "launch"])
+def test_a_malformed_graph_line_is_named_but_never_quoted(tmp_path: Path, command: str) -> None:
+    (tmp_path / "g.txt").write_text("4\n0 1\n1 SECRET-TOKEN\n2 3\n")
+    config = tmp_path / "c.toml"
+    config.write_text('nodes = 4\n[topology]\nkind = "file"\npath = "g.txt"\n')
+
+    result = runner.invoke(app, [command, str(config), "--out", str(tmp_path / "out")]
+                           if command != "validate" else [command, str(config)])  # fmt: skip
+
+    assert result.exit_code == 2, result.output
+    assert "topology.path:" in result.output
+    assert "g.txt,line3:expectedanintegernodeid" in flat(result.output)
+    assert "SECRET" not in result.output
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("command", ["validate", "launch"])
+@pytest.mark.parametrize(
+    ("override", "named"),
+    [
+        ("nodes=100000000000000000000", "nodes"),
+        ("model.hidden=[1000000000000]", "model.hidden.0"),
+        ("launcher.torch_threads=1000000", "launcher.torch_threads"),
+        ("launcher.round_timeout_s=inf", "launcher.round_timeout_s"),
+        ("rounds=100000000000", "rounds"),
+    ],
+)
+def test_an_absurd_value_exits_2_naming_its_field_before_anything_runs(
+    tmp_path: Path, command: str, override: str, named: str
+) -> None:
+    args = [command, str(ROOT / "configs/quickstart.toml"), "--set", override]
+    if command == "launch":
+        args += ["--out", str(tmp_path / "runs")]
+
+    result = runner.invoke(app, args)
+
+    assert result.exit_code == 2, result.output
+    assert f"  {named}:" in result.output
+    assert not (tmp_path / "runs").exists()
