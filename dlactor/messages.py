@@ -1,11 +1,11 @@
 """The frozen message types: the whole wire vocabulary.
 
-Every frame on every connection carries exactly one of these. Peer-to-peer
-connections carry ``Hello`` first, then ``Share`` frames, and ``Overlay`` frames for
+Every frame on every connection carries exactly one of these. Every connection opens
+with the handshake (``Hello``, ``Challenge``, ``Proof``: see ``dlactor.security.handshake``).
+Then peer-to-peer connections carry ``Share`` frames, and ``Overlay`` frames for
 topologies that talk (a peer sampler, gossip peer sampling). The launcher's control
-connection carries ``Hello``, ``Register``, ``Start``, ``Progress``, ``Done``,
-``Failed`` and ``Stop``. The encoding is in ``dlactor.wire.codec`` and
-``docs/wire.md``.
+connection carries ``Register``, ``Start``, ``Progress``, ``Done``, ``Failed`` and
+``Stop``. The encoding is in ``dlactor.wire.codec`` and ``docs/wire.md``.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import torch
 
 __all__ = [
     "PROTOCOL_VERSION",
+    "Challenge",
     "Done",
     "Failed",
     "Hello",
@@ -25,13 +26,14 @@ __all__ = [
     "Overlay",
     "Payload",
     "Progress",
+    "Proof",
     "Register",
     "Share",
     "Start",
     "Stop",
 ]
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2
 
 #: Values a strategy may put in a payload's ``meta``: msgpack scalars and flat lists of them.
 MetaValue = int | float | str | bytes | bool | None | list[int | float | str | bytes | bool | None]
@@ -47,11 +49,30 @@ class Payload:
 
 @dataclass(frozen=True, slots=True)
 class Hello:
-    """First frame on every connection: proves the sender belongs to this run."""
+    """First frame on every connection: who opens it, whom it is for, and a fresh nonce for
+    the other side to sign."""
 
     run_id: str
-    secret: str
     sender: int
+    target: int
+    nonce: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Challenge:
+    """The answer to a ``Hello``: the responder's own fresh nonce, and its signature over the
+    handshake transcript (which holds both nonces)."""
+
+    sender: int
+    nonce: bytes
+    signature: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Proof:
+    """The initiator's signature over the transcript: the last frame of the handshake."""
+
+    signature: bytes
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,10 +111,12 @@ class Register:
 
 @dataclass(frozen=True, slots=True)
 class Start:
-    """Launcher -> node: everyone registered; here is the address book (the start barrier)."""
+    """Launcher -> node: everyone registered; here is the address book (the start barrier):
+    where each process listens and its public key."""
 
     addresses: Mapping[int, tuple[str, int]]
     t0: float
+    keys: Mapping[int, bytes] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,4 +149,6 @@ class Stop:
     reason: str
 
 
-Message = Hello | Share | Overlay | Register | Start | Progress | Done | Failed | Stop
+Message = (
+    Hello | Challenge | Proof | Share | Overlay | Register | Start | Progress | Done | Failed | Stop
+)

@@ -23,6 +23,7 @@ import torch
 
 from dlactor.messages import (
     PROTOCOL_VERSION,
+    Challenge,
     Done,
     Failed,
     Hello,
@@ -31,6 +32,7 @@ from dlactor.messages import (
     Overlay,
     Payload,
     Progress,
+    Proof,
     Register,
     Share,
     Start,
@@ -42,6 +44,7 @@ from dlactor.wire.framing import DEFAULT_MAX_FRAME, frame_prefix
 __all__ = [
     "ALIGN",
     "DTYPES",
+    "KEY_LEN",
     "MAX_DIM",
     "MAX_HEADER",
     "MAX_NAME",
@@ -51,6 +54,8 @@ __all__ = [
     "MAX_SHORT",
     "MAX_SPAN",
     "MAX_TENSORS",
+    "NONCE_LEN",
+    "SIGNATURE_LEN",
     "decode",
     "encode",
     "encoded_size",
@@ -59,8 +64,9 @@ __all__ = [
 if sys.byteorder != "little":  # pragma: no cover - tensor bytes go on the wire as they are
     raise ImportError("dlactor.wire.codec supports little-endian hosts only")
 
-#: Largest msgpack header, in bytes.
-MAX_HEADER = 1 << 20
+#: Largest msgpack header, in bytes: room for the address book of 65,536 processes (about
+#: 51 bytes each: id, host, port and a 32-byte public key).
+MAX_HEADER = 4 << 20
 #: Most tensors in one Share.
 MAX_TENSORS = 4096
 #: Most dimensions of one tensor.
@@ -77,10 +83,12 @@ MAX_OVERLAY = 1 << 16
 MAX_OP = 32
 #: Largest overlay value (they are degrees, ages and counts).
 MAX_OVERLAY_VALUE = (1 << 63) - 1
-#: Longest run id, secret or host name, in characters.
+#: Longest run id or host name, in characters.
 MAX_SHORT = 256
 #: Every tensor starts at a body offset that is a multiple of this.
 ALIGN = 8
+#: Bytes of a handshake nonce, of an Ed25519 signature and of an Ed25519 public key.
+NONCE_LEN, SIGNATURE_LEN, KEY_LEN = 32, 64, 32
 
 #: The closed set of tensor dtypes, by wire name.
 DTYPES: dict[str, torch.dtype] = {
@@ -122,7 +130,9 @@ Header = dict[Any, Any]
 _KEYS: dict[str, frozenset[str]] = {
     kind: frozenset({"v", "k", *fields})
     for kind, fields in {
-        "hello": ("run", "sec", "s"),
+        "hello": ("run", "s", "to", "n"),
+        "challenge": ("s", "n", "sig"),
+        "proof": ("sig",),
         "share": ("s", "r", "t", "m"),
         "overlay": ("s", "r", "op", "n", "x"),
         "register": ("s", "host", "port"),
@@ -135,6 +145,8 @@ _KEYS: dict[str, frozenset[str]] = {
 }
 _KIND_OF: dict[type, str] = {
     Hello: "hello",
+    Challenge: "challenge",
+    Proof: "proof",
     Share: "share",
     Overlay: "overlay",
     Register: "register",
@@ -251,7 +263,15 @@ def _bytes_of(tensor: torch.Tensor) -> memoryview:
 
 
 def _hello_fields(msg: Hello) -> Header:
-    return {"run": msg.run_id, "sec": msg.secret, "s": msg.sender}
+    return {"run": msg.run_id, "s": msg.sender, "to": msg.target, "n": msg.nonce}
+
+
+def _challenge_fields(msg: Challenge) -> Header:
+    return {"s": msg.sender, "n": msg.nonce, "sig": msg.signature}
+
+
+def _proof_fields(msg: Proof) -> Header:
+    return {"sig": msg.signature}
 
 
 def _overlay_fields(msg: Overlay) -> Header:
@@ -271,7 +291,7 @@ def _start_fields(msg: Start) -> Header:
             raise LocalProtocolError(
                 f"cannot encode start: address of {node!r} is not (host, port)"
             )
-        triples.append([node, where[0], where[1]])
+        triples.append([node, where[0], where[1], msg.keys.get(node, b"")])
     t0 = msg.t0
     if isinstance(t0, int) and not isinstance(t0, bool):
         t0 = float(t0)
@@ -296,6 +316,8 @@ def _stop_fields(msg: Stop) -> Header:
 
 _WRITERS: dict[str, Callable[[Any], Header]] = {
     "hello": _hello_fields,
+    "challenge": _challenge_fields,
+    "proof": _proof_fields,
     "overlay": _overlay_fields,
     "register": _register_fields,
     "start": _start_fields,
@@ -562,9 +584,22 @@ def _tensor_at(body: Body, spec: _Spec, start: int) -> torch.Tensor:
 def _read_hello(header: Header) -> Hello:
     return Hello(
         run_id=_text(header["run"], "run_id", MAX_SHORT),
-        secret=_text(header["sec"], "secret", MAX_SHORT),
         sender=_uint(header["s"], "sender"),
+        target=_uint(header["to"], "target"),
+        nonce=_bin(header["n"], "nonce", NONCE_LEN),
     )
+
+
+def _read_challenge(header: Header) -> Challenge:
+    return Challenge(
+        sender=_uint(header["s"], "sender"),
+        nonce=_bin(header["n"], "nonce", NONCE_LEN),
+        signature=_bin(header["sig"], "signature", SIGNATURE_LEN),
+    )
+
+
+def _read_proof(header: Header) -> Proof:
+    return Proof(signature=_bin(header["sig"], "signature", SIGNATURE_LEN))
 
 
 def _read_overlay(header: Header) -> Overlay:
@@ -602,17 +637,20 @@ def _read_start(header: Header) -> Start:
     if not isinstance(raw, list):
         _bad(f"addresses is a {type(raw).__name__}, not a list")
     addresses: dict[int, tuple[str, int]] = {}
+    keys: dict[int, bytes] = {}
     for entry in raw:
-        if not isinstance(entry, list) or len(entry) != 3:
-            _bad("an address is not [node, host, port]")
+        if not isinstance(entry, list) or len(entry) != 4:
+            _bad("an address is not [node, host, port, public key]")
         node = _uint(entry[0], "node id")
         if node in addresses:
             _bad(f"node {node} has two addresses")
         addresses[node] = (_text(entry[1], "host", MAX_SHORT, min_len=1), _port(entry[2]))
+        if entry[3] != b"":
+            keys[node] = _bin(entry[3], "public key", KEY_LEN)
     t0 = header["t0"]
     if not isinstance(t0, float) or not math.isfinite(t0):
         _bad(f"t0 must be a finite float, got {_show(t0)}")
-    return Start(addresses=addresses, t0=t0)
+    return Start(addresses=addresses, t0=t0, keys=keys)
 
 
 def _read_progress(header: Header) -> Progress:
@@ -636,6 +674,8 @@ def _read_stop(header: Header) -> Stop:
 
 _READERS: dict[str, Callable[[Header], Message]] = {
     "hello": _read_hello,
+    "challenge": _read_challenge,
+    "proof": _read_proof,
     "overlay": _read_overlay,
     "register": _read_register,
     "start": _read_start,
@@ -666,6 +706,12 @@ def _port(value: object) -> int:
 def _text(value: object, what: str, max_len: int, *, min_len: int = 0) -> str:
     if not isinstance(value, str) or not min_len <= len(value) <= max_len:
         _bad(f"{what} must be a str of {min_len}..{max_len} characters, got {_show(value)}")
+    return value
+
+
+def _bin(value: object, what: str, length: int) -> bytes:
+    if not isinstance(value, bytes) or len(value) != length:
+        _bad(f"{what} must be {length} bytes (msgpack bin), got {_show(value)}")
     return value
 
 

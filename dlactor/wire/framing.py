@@ -27,17 +27,23 @@ from dlactor.wire.errors import LocalProtocolError, RemoteProtocolError
 __all__ = [
     "DEFAULT_MAX_FRAME",
     "HANDSHAKE_MAX_FRAME",
+    "HANDSHAKE_SCRATCH",
     "MAX_FRAME_LIMIT",
     "PREFIX_LEN",
     "FrameDecoder",
     "frame_prefix",
 ]
 
-#: Default largest accepted frame body, in bytes.
+#: Default largest accepted frame body, in bytes (a run sets its own, from its model and
+#: sharing strategy: ``Plan.max_frame``).
 DEFAULT_MAX_FRAME: int = 1 << 30
-#: Largest frame body accepted before a connection's hello has been checked: a hello is at
-#: most ~2.1 KiB (two 256-character strings and an integer), so 4 KiB is ample.
-HANDSHAKE_MAX_FRAME: int = 4 << 10
+#: Largest frame body accepted before a connection's handshake has finished: a hello is at
+#: most ~330 bytes (a 256-character run id, two ids, a 32-byte nonce), a challenge or a proof
+#: about 120, so 512 is ample.
+HANDSHAKE_MAX_FRAME: int = 512
+#: The receive buffer of a connection until its handshake has finished: a stranger holds no
+#: more than this (and the decoder's bookkeeping) of a node's memory.
+HANDSHAKE_SCRATCH: int = 1 << 10
 #: The length prefix is a u32: no body can be longer than this.
 MAX_FRAME_LIMIT: int = (1 << 32) - 1
 #: Bytes in the length prefix.
@@ -110,6 +116,20 @@ class FrameDecoder:
         judged by the new one when ``next_frame`` gets to it.
         """
         self._max_frame = _checked_max_frame(max_frame)
+
+    def grow_scratch(self, scratch_size: int) -> None:
+        """Receive small frames into a buffer of ``scratch_size`` bytes from now on (a
+        connection starts small, and grows once its handshake is done). The bytes not parsed
+        yet move along; it never shrinks, and it waits while a large frame is being received
+        in place (that frame is not in the scratch buffer)."""
+        self._check_alive()
+        if scratch_size <= len(self._scratch) or self._body is not None:
+            return
+        held = self._end - self._start
+        scratch = bytearray(scratch_size)
+        scratch[:held] = self._scratch_view[self._start : self._end]
+        self._scratch, self._scratch_view = scratch, memoryview(scratch)
+        self._start, self._end = 0, held
 
     def get_buffer(self) -> memoryview:
         """A writable buffer (at least 1 byte) where the next received bytes should go."""
