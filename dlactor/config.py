@@ -379,6 +379,13 @@ class SharingSettings(Settings):
     def check(self, config: RunConfigBase) -> None:
         """Raise ValueError if this strategy cannot run with the rest of ``config``."""
 
+    def max_payload_bytes(self, model_bytes: int) -> int:
+        """The most bytes of tensors one payload can hold for a model of ``model_bytes``: the
+        largest frame a peer may announce follows from it (``Plan.max_frame``). The built-in
+        strategies' largest is 2.25x the model (8-bit codes plus 8 bytes of scales per
+        parameter, at bucket_size 1); a plugin that sends more says so here."""
+        return 3 * model_bytes + (64 << 10)
+
     def build(self, env: NodeEnv) -> Sharing:
         raise NotImplementedError
 
@@ -867,6 +874,26 @@ class EvaluationSettings(Settings):
     )
 
 
+class SecuritySettings(Settings):
+    """``[security]``: how processes prove who they are and what they accept from each other
+    (docs/security.md has the threat model)."""
+
+    tls: Literal["auto", "on", "off"] = Field(
+        "auto",
+        description='TLS on every connection: "auto" turns it on when nodes listen beyond '
+        "loopback or run under Ray",
+    )
+    allow_nonfinite: bool = Field(
+        False, description="accept NaN or Inf in peers' payloads (for a study that wants them)"
+    )
+    handshake_timeout_s: float = Field(
+        5.0, gt=0, le=300, description="longest a connection may take to prove who it is"
+    )
+    max_pending_handshakes: int = Field(
+        128, ge=1, le=65536, description="connections kept at once whose handshake is unfinished"
+    )
+
+
 class LauncherSettings(Settings):
     """Base of the backends' settings (``[launcher]``, chosen by ``kind``): what every
     backend's nodes need."""
@@ -950,6 +977,7 @@ class RunConfigBase(Settings):
     plugins: list[str] = Field(default_factory=list)
     evaluation: EvaluationSettings = EvaluationSettings()
     launcher: Launcher = LocalLauncher()
+    security: SecuritySettings = SecuritySettings()
 
     @field_validator("launcher", mode="before")
     @classmethod

@@ -11,19 +11,71 @@ processes or sockets::
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import copy
 from collections.abc import Callable, Mapping, Sequence
 from functools import partial
+from typing import Any
 
 import torch
 
 from dlactor.launch.plan import Plan, build_node, build_service
 from dlactor.node.context import Service
 from dlactor.node.node import Node, Record
-from dlactor.transport.base import Address
+from dlactor.security.credentials import Credentials, RunKeys
+from dlactor.security.identity import LAUNCHER
+from dlactor.transport.base import Address, Deliver
 from dlactor.transport.memory import MemoryNetwork
 
-__all__ = ["build_network", "build_services", "run_in_memory", "run_nodes"]
+__all__ = [
+    "build_network",
+    "build_services",
+    "build_tcp_nodes",
+    "credentials",
+    "open_as",
+    "run_in_memory",
+    "run_nodes",
+]
+
+
+def credentials(
+    processes: int, *, run_id: str = "test-run", tls: bool = False, keys: RunKeys | None = None
+) -> list[Credentials]:
+    """Credentials for processes ``0..processes-1`` of one run (and the launcher's, last),
+    for TCP transports built in a test process: every key is kept here, none dropped."""
+    keys = keys or RunKeys.make(range(processes))
+    if tls:
+        keys.enable_tls(run_id)
+    ids = [*range(processes), LAUNCHER]
+    return [keys.credentials(p, run_id, keep_others=True) for p in ids]
+
+
+async def open_as(
+    address: Address, credentials: Credentials, target: int
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """A raw connection to ``address`` on which ``credentials``' process has done the
+    handshake with process ``target``: a test writes whatever frames it likes after it, as
+    a peer that knows the run's keys could."""
+    from dlactor.security.handshake import Initiator
+    from dlactor.transport.tcp import read_handshake_frame
+    from dlactor.wire.codec import encode
+
+    tls = credentials.tls
+    reader, writer = await asyncio.open_connection(
+        *address, ssl=tls.client if tls is not None else None
+    )
+    initiator = Initiator(credentials.run_id, credentials.identity, credentials.ring, target)
+    try:
+        writer.writelines(encode(initiator.hello()))
+        proof = initiator.on_challenge(await read_handshake_frame(reader))
+        writer.writelines(encode(proof))
+        await writer.drain()
+    except BaseException:
+        writer.close()
+        with contextlib.suppress(ConnectionError, OSError):
+            await writer.wait_closed()
+        raise
+    return reader, writer
 
 
 def build_network(
@@ -47,6 +99,23 @@ def build_network(
         for i in range(plan.config.nodes)
     ]
     return net, nodes
+
+
+def build_tcp_nodes(plan: Plan, **transport: Any) -> list[Node]:
+    """One node per id, each on its own TCP transport on 127.0.0.1 with its own credentials
+    from the plan's keys (all kept in this process), and its own copy of the model; start
+    them, then ``run_nodes(nodes, addresses)`` with the addresses ``start`` returned.
+    ``transport`` goes to every ``TcpTransport`` (``frame_timeout``, ``max_frame``...)."""
+    from dlactor.transport.tcp import TcpTransport
+
+    def tcp(node: int) -> Callable[[Deliver], TcpTransport]:
+        creds = plan.keys.credentials(node, plan.run_id, keep_others=True)
+        return lambda deliver: TcpTransport(credentials=creds, deliver=deliver, **transport)
+
+    return [
+        build_node(plan, i, tcp(i), model=copy.deepcopy(plan.model))
+        for i in range(plan.config.nodes)
+    ]
 
 
 def build_services(plan: Plan, net: MemoryNetwork) -> list[Service]:

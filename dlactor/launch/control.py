@@ -1,25 +1,33 @@
-"""The launcher <-> node control channel: the same frames and codec as peer traffic,
-over one small asyncio stream per node."""
+"""The launcher <-> node control channel: the same frames, codec and handshake as peer
+traffic, over one small asyncio stream per node. The node opens it (the initiator) and the
+launcher answers as process ``LAUNCHER``: each proves who it is before anything else."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 
 from dlactor.messages import Message
-from dlactor.wire.codec import decode, encode
-from dlactor.wire.framing import DEFAULT_MAX_FRAME, FrameDecoder
+from dlactor.security.credentials import Credentials
+from dlactor.security.handshake import Initiator, Responder
+from dlactor.security.identity import LAUNCHER
+from dlactor.transport.base import HandshakeFailed
+from dlactor.transport.tcp import HANDSHAKE_TIMEOUT_S, check_peer_certificate
+from dlactor.wire.codec import MAX_HEADER, decode, encode
+from dlactor.wire.errors import ProtocolError, RemoteProtocolError
+from dlactor.wire.framing import HANDSHAKE_MAX_FRAME, PREFIX_LEN, FrameDecoder
 
-__all__ = ["CONTROL_MAX_FRAME", "ControlStream"]
+__all__ = ["FROM_LAUNCHER_MAX_FRAME", "ControlStream", "accept_node"]
 
-CONTROL_MAX_FRAME = DEFAULT_MAX_FRAME  # consensus reports carry whole models
+#: What the launcher sends (the address book, a stop) is a header only.
+FROM_LAUNCHER_MAX_FRAME = PREFIX_LEN + MAX_HEADER
 
 
 class ControlStream:
     """Reads and writes whole messages on a stream; ``receive`` returns None at EOF.
 
-    ``max_frame`` bounds what the other side may announce. The launcher accepts only a
-    hello-sized frame (``HANDSHAKE_MAX_FRAME``) from a connection until it has checked its
-    hello, then calls ``set_max_frame``; a node trusts the launcher it dialled.
+    ``max_frame`` bounds what the other side may announce. Both ends start at
+    ``HANDSHAKE_MAX_FRAME`` and raise it (``set_max_frame``) once the handshake is done.
     """
 
     def __init__(
@@ -27,19 +35,53 @@ class ControlStream:
         reader: asyncio.StreamReader,
         writer: asyncio.StreamWriter,
         *,
-        max_frame: int = CONTROL_MAX_FRAME,
+        max_frame: int = HANDSHAKE_MAX_FRAME,
     ) -> None:
         self._reader, self._writer = reader, writer
-        self._decoder = FrameDecoder(max_frame=max_frame)
+        self._decoder = FrameDecoder(max_frame=max_frame, scratch_size=1 << 10)
+
+    @property
+    def transport(self) -> asyncio.BaseTransport:
+        return self._writer.transport
 
     @classmethod
-    async def connect(cls, host: str, port: int) -> ControlStream:
-        reader, writer = await asyncio.open_connection(host, port)
-        return cls(reader, writer)
+    async def connect(
+        cls,
+        host: str,
+        port: int,
+        credentials: Credentials,
+        *,
+        timeout: float = HANDSHAKE_TIMEOUT_S,
+    ) -> ControlStream:
+        """A node's stream to the launcher, the launcher's identity proven (HandshakeFailed
+        otherwise)."""
+        tls = credentials.tls
+        reader, writer = await asyncio.open_connection(
+            host,
+            port,
+            ssl=tls.client if tls is not None else None,
+            ssl_handshake_timeout=timeout if tls is not None else None,
+        )
+        stream = cls(reader, writer)
+        creds = credentials
+        initiator = Initiator(creds.run_id, creds.identity, creds.ring, LAUNCHER)
+        try:
+            async with asyncio.timeout(timeout):
+                check_peer_certificate(writer.transport, creds, LAUNCHER)
+                await stream.send(initiator.hello())
+                await stream.send(initiator.on_challenge(await stream.expect()))
+        except (ProtocolError, TimeoutError, ConnectionError) as exc:
+            writer.close()
+            with contextlib.suppress(ConnectionError, OSError):
+                await writer.wait_closed()
+            raise HandshakeFailed(LAUNCHER, exc) from exc
+        stream.set_max_frame(FROM_LAUNCHER_MAX_FRAME)
+        return stream
 
     def set_max_frame(self, max_frame: int) -> None:
         """The limit for every frame not received yet (see ``FrameDecoder.set_max_frame``)."""
         self._decoder.set_max_frame(max_frame)
+        self._decoder.grow_scratch(1 << 16)
 
     async def receive(self) -> Message | None:
         """The next message, or None when the other side closed. ProtocolError on garbage."""
@@ -50,13 +92,36 @@ class ControlStream:
             self._decoder.receive_data(data)
         return decode(body)
 
+    async def expect(self) -> Message:
+        """The next message; ConnectionError if the stream ends first."""
+        msg = await self.receive()
+        if msg is None:
+            raise ConnectionError("the connection closed during the handshake")
+        return msg
+
     async def send(self, msg: Message) -> None:
-        self._writer.writelines(encode(msg, max_frame=CONTROL_MAX_FRAME))
+        self.post(msg)
         await self._writer.drain()
 
     def post(self, msg: Message) -> None:
-        """Queue a small message without waiting (for synchronous callbacks)."""
-        self._writer.writelines(encode(msg, max_frame=CONTROL_MAX_FRAME))
+        """Queue a message without waiting (for synchronous callbacks)."""
+        self._writer.writelines(encode(msg))
 
     def close(self) -> None:
         self._writer.close()
+
+
+async def accept_node(stream: ControlStream, credentials: Credentials) -> int:
+    """The launcher's side of a control connection's handshake: the node's proven id.
+    RemoteProtocolError (or ConnectionError) if it does not prove one."""
+    creds = credentials
+    responder = Responder(creds.run_id, creds.identity, creds.ring)
+    challenge = responder.on_hello(await stream.expect())
+    claimed = responder.claimed
+    assert claimed is not None
+    check_peer_certificate(stream.transport, creds, claimed)
+    await stream.send(challenge)
+    node = responder.on_proof(await stream.expect())
+    if node == LAUNCHER:
+        raise RemoteProtocolError("a process claimed to be the launcher")
+    return node

@@ -31,6 +31,7 @@ from dlactor.launch.plan import Plan
 from dlactor.launch.supervisor import STOP_GRACE_S, ForkedNodes, Outcome, Supervisor
 from dlactor.launch.worker import node_process_main, run_event_loop
 from dlactor.metrics.memory import release_freed_memory
+from dlactor.security.identity import LAUNCHER
 from dlactor.transport.base import Address
 
 __all__ = ["launch_local"]
@@ -89,7 +90,10 @@ def launch_local(plan: Plan, run_dir: Path, *, show_progress: bool = True) -> Ou
     try:
         _fork_nodes(plan, listener, run_dir, procs)
         nodes = ForkedNodes(procs)
-        supervisor = Supervisor(plan, nodes, listener, run_dir, show_progress=show_progress)
+        credentials = plan.keys.credentials(LAUNCHER, plan.run_id)  # the nodes' are gone here
+        supervisor = Supervisor(
+            plan, nodes, listener, run_dir, show_progress=show_progress, credentials=credentials
+        )
         outcome = run_event_loop(supervisor.run())
     except KeyboardInterrupt:
         outcome = Outcome(status="interrupted", reason="interrupted (Ctrl-C)")
@@ -103,7 +107,8 @@ def _fork_nodes(
     plan: Plan, listener: socket.socket, run_dir: Path, procs: list[BaseProcess]
 ) -> None:
     """Fork one process per node, appending each to ``procs`` as soon as it runs, so that
-    a failure halfway leaves the caller every child to reap.
+    a failure halfway leaves the caller every child to reap. Each node's private key is
+    dropped here once that node is forked: a node forked later never inherits it.
 
     SIGINT is blocked while forking: a child inherits the mask, so the Ctrl-C that a
     terminal sends to the whole process group cannot reach it before it has set SIGINT to
@@ -124,6 +129,7 @@ def _fork_nodes(
     try:
         for node in range(plan.processes):
             procs.append(_start_node(ctx, plan, node, control, listener, run_dir))
+            plan.keys.forget(node)  # its private key is the child's alone now
     finally:
         gc.unfreeze()
         signal.pthread_sigmask(signal.SIG_SETMASK, mask)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import secrets
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -12,27 +13,35 @@ import networkx as nx
 import numpy as np
 import torch
 
-from dlactor.config import ConfigError, RunConfig
+from dlactor.config import ConfigError, LocalLauncher, RunConfig
 from dlactor.data.base import Dataset
 from dlactor.node.context import NodeEnv, Service, ServiceEnv
 from dlactor.node.node import Node, Record
+from dlactor.security.credentials import RunKeys
 from dlactor.training.models import count_parameters, parameter_bytes
 from dlactor.transport.base import Deliver, Transport
+from dlactor.wire.codec import MAX_HEADER
+from dlactor.wire.framing import PREFIX_LEN
 
-__all__ = ["Plan", "build_node", "build_service", "make_plan"]
+__all__ = ["Plan", "build_node", "build_service", "make_plan", "uses_tls"]
 
 
 @dataclass(frozen=True)
 class Plan:
-    """The run's shared, read-only state: graph, data, partitions, initial model, credentials."""
+    """The run's shared, read-only state: graph, data, partitions, initial model, keys.
+
+    ``keys`` holds every process's key pair when the launcher makes them (the local backend:
+    each forked node keeps its own and drops the rest), or only the launcher's and the
+    public ring (Ray: each node makes its own).
+    """
 
     config: RunConfig
     graph: nx.Graph
     dataset: Dataset
     parts: list[np.ndarray]
     model: torch.nn.Module
+    keys: RunKeys
     run_id: str = field(default_factory=lambda: secrets.token_hex(8))
-    secret: str = field(default_factory=lambda: secrets.token_hex(16))
 
     @property
     def services(self) -> int:
@@ -58,6 +67,32 @@ class Plan:
     def model_bytes(self) -> int:
         return parameter_bytes(self.model)
 
+    @property
+    def max_frame(self) -> int:
+        """The largest frame a process of this run accepts from another that has proven who
+        it is: a payload as big as the sharing strategy can make for this model, or a header
+        as big as the wire allows (overlay messages, the address book), with room for both."""
+        payload = self.config.sharing.max_payload_bytes(self.model_bytes)
+        return PREFIX_LEN + MAX_HEADER + payload
+
+
+def uses_tls(config: RunConfig) -> bool:
+    """``security.tls``, with "auto" resolved: on under Ray, and when nodes listen on an
+    address other than loopback."""
+    if config.security.tls != "auto":
+        return config.security.tls == "on"
+    launcher = config.launcher
+    return not isinstance(launcher, LocalLauncher) or not _is_loopback(launcher.host)
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
 
 def make_plan(config: RunConfig) -> Plan:
     """Build the graph, load and partition the data, build the initial model.
@@ -82,7 +117,18 @@ def make_plan(config: RunConfig) -> Plan:
     with _field("model"):
         model = _build_model(config, dataset)
     _warm_up(model)
-    return Plan(config=config, graph=graph, dataset=dataset, parts=parts, model=model)
+    plan = Plan(config, graph, dataset, parts, model, _make_keys(config))
+    if uses_tls(config):
+        plan.keys.enable_tls(plan.run_id)
+    return plan
+
+
+def _make_keys(config: RunConfig) -> RunKeys:
+    """Every process's key pair for forked nodes; under Ray, only the launcher's (each node
+    makes its own, and the backend adds the public keys)."""
+    if isinstance(config.launcher, LocalLauncher):
+        return RunKeys.make(range(config.nodes + config.topology.services))
+    return RunKeys.make()
 
 
 def _subsample_test(dataset: Dataset, config: RunConfig) -> Dataset:
@@ -167,9 +213,9 @@ def build_node(
     if cfg.sharing.compression != "none":
         from dlactor.sharing.lossless import Lossless
 
-        # The largest built-in payload is 2.25x the model (8-bit codes plus 8 bytes of
-        # scales per parameter, at bucket_size 1): 3x bounds what a peer may make us inflate.
-        sharing = Lossless(sharing, cfg.sharing.compression, 3 * plan.model_bytes + (64 << 10))
+        # what a peer may make us inflate: as much as the strategy could send uncompressed
+        bound = cfg.sharing.max_payload_bytes(plan.model_bytes)
+        sharing = Lossless(sharing, cfg.sharing.compression, bound)
     return Node(
         node=node,
         transport=transport,
@@ -181,4 +227,6 @@ def build_node(
         eval_every=cfg.evaluation.every,
         round_timeout=cfg.launcher.round_timeout_s,
         on_round=on_round,
+        nodes=cfg.nodes,
+        allow_nonfinite=cfg.security.allow_nonfinite,
     )

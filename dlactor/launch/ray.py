@@ -50,6 +50,7 @@ from dlactor.data.base import Dataset
 from dlactor.launch.plan import Plan
 from dlactor.launch.supervisor import STOP_GRACE_S, Outcome, Supervisor, describe_exit
 from dlactor.launch.worker import node_process_main, run_event_loop
+from dlactor.security.identity import LAUNCHER, Identity
 from dlactor.transport.base import Address
 
 __all__ = ["PackedPlan", "RayBackend", "RayNode", "RayNodes", "results_dir"]
@@ -80,6 +81,7 @@ class PackedPlan:
     @classmethod
     def pack(cls, plan: Plan) -> PackedPlan:
         fields = {f.name: getattr(plan, f.name) for f in dataclasses.fields(plan)}
+        fields["keys"] = plan.keys.public_only()  # no private key travels
         data = {f.name: getattr(plan.dataset, f.name) for f in dataclasses.fields(plan.dataset)}
         tensors = frozenset(k for k, v in data.items() if isinstance(v, torch.Tensor))
         for name in tensors:
@@ -121,6 +123,13 @@ class RayNode:
 
     def __init__(self) -> None:
         self._results: Path | None = None
+        self._identity: Identity | None = None
+
+    def identity(self, node: int) -> bytes:
+        """Make this node's key pair, here: the private key never leaves this process. The
+        public key goes to the launcher, which puts it in the run's key ring."""
+        self._identity = Identity.generate(node)
+        return self._identity.public
 
     def where(self) -> tuple[int, str]:
         """This worker's pid and its Ray node's IP address."""
@@ -132,6 +141,9 @@ class RayNode:
         """Run node ``node`` to its end; its exit code (``dlactor.launch.worker.EXIT_*``).
         It listens on ``listen`` (host None: this Ray node's IP address; port 0: any)."""
         plan = packed.unpack()
+        if self._identity is None or self._identity.process != node:
+            raise RuntimeError(f"node {node}'s actor has no identity: call identity() first")
+        credentials = plan.keys.credentials_for(self._identity, plan.run_id)
         here = results_dir(run_dir, plan.run_id)
         if here != run_dir:
             self._results = here / "nodes" / f"{node}.jsonl"
@@ -139,7 +151,9 @@ class RayNode:
         host = host or ray.util.get_node_ip_address()
         # No parent to die with: Ray ends an actor whose driver goes away, and the node
         # stops when the launcher's control connection closes.
-        return node_process_main(plan, node, control, here, host=host, port=port, parent=None)
+        return node_process_main(
+            plan, node, control, here, host=host, port=port, parent=None, credentials=credentials
+        )
 
     def results(self) -> str | None:
         """The results this node spooled on its machine (then removed there), or None if it
@@ -167,29 +181,35 @@ class RayNodes:
         self.runs: list[concurrent.futures.Future[int]] = []
         self.wheres: list[concurrent.futures.Future[tuple[int, str]]] = []
 
-    def start(
-        self,
-        packed: Any,
-        settings: RayLauncher,
-        nodes: int,
-        control: Address,
-        run_dir: Path,
-        host: str | None,
-    ) -> None:
+    def create(self, settings: RayLauncher, nodes: int) -> dict[int, bytes]:
         """Start one actor per node, keeping each as soon as it exists (so that a failure
-        halfway leaves ``finish`` every actor to kill)."""
+        halfway leaves ``finish`` every actor to kill); each makes its key pair. Their
+        public keys, by node (RuntimeError if they do not all answer within
+        ``start_timeout_s``)."""
         actor = ray.remote(RayNode).options(
             num_cpus=settings.cpus_per_node,
             scheduling_strategy="SPREAD",
             max_restarts=0,
             max_task_retries=0,
         )
-        base = settings.node_port_base
+        keys = []
         for node in range(nodes):
-            listen = (host, 0 if base is None else base + node)
             handle: Any = actor.remote()  # ActorHandle[RayNode]: Ray types no .remote on methods
             self.handles.append(handle)
             self.wheres.append(handle.where.remote().future())
+            keys.append(handle.identity.remote(node).future())
+        _, missing = concurrent.futures.wait(keys, timeout=settings.start_timeout_s)
+        if missing or any(key.exception() is not None for key in keys):
+            raise RuntimeError(f"{len(missing)} Ray actors did not make their keys in time")
+        return {node: key.result() for node, key in enumerate(keys)}
+
+    def start(
+        self, packed: Any, settings: RayLauncher, control: Address, run_dir: Path, host: str | None
+    ) -> None:
+        """Run every node created (``create``) on the plan."""
+        base = settings.node_port_base
+        for node, handle in enumerate(self.handles):
+            listen = (host, 0 if base is None else base + node)
             self.runs.append(handle.run.remote(packed, node, control, run_dir, listen).future())
 
     def ended(self, node: int) -> str | None:
@@ -235,7 +255,10 @@ class RayNodes:
         asked = {
             node: self.handles[node].results.remote().future()
             for node, (_, ip) in self.placement().items()
-            if ip != self.here and self.runs[node].done() and self.runs[node].exception() is None
+            if ip != self.here
+            and node < len(self.runs)
+            and self.runs[node].done()
+            and self.runs[node].exception() is None
         }
         concurrent.futures.wait(asked.values(), timeout=FETCH_TIMEOUT_S)
         for node, answer in asked.items():
@@ -303,10 +326,19 @@ class RayBackend:
         outcome: Outcome | None = None
         try:
             _ship_plugin_code()
+            try:
+                plan.keys.add_public(nodes.create(self.settings, plan.processes))
+            except RuntimeError as exc:
+                return Outcome(status="failed", reason=f"start barrier: {exc}")
+            if plan.keys.tls:
+                plan.keys.enable_tls(plan.run_id)  # certificates for the nodes' own keys
             packed = ray.put(PackedPlan.pack(plan))
             control = listener.getsockname()[:2]
-            nodes.start(packed, self.settings, plan.processes, control, run_dir, self.node_host)
-            supervisor = Supervisor(plan, nodes, listener, run_dir, show_progress=show_progress)
+            nodes.start(packed, self.settings, control, run_dir, self.node_host)
+            credentials = plan.keys.credentials(LAUNCHER, plan.run_id)
+            supervisor = Supervisor(
+                plan, nodes, listener, run_dir, show_progress=show_progress, credentials=credentials
+            )
             outcome = run_event_loop(supervisor.run())
         except KeyboardInterrupt:
             outcome = Outcome(status="interrupted", reason="interrupted (Ctrl-C)")

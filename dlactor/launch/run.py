@@ -131,6 +131,7 @@ def _manifest(plan: Plan, config_text: str) -> dict[str, Any]:
         "nodes": cfg.nodes,
         "rounds": cfg.rounds,
         "backend": cfg.launcher.kind,
+        "tls": plan.keys.tls,
         "model_params": plan.model_params,
         "model_bytes": plan.model_bytes,
         "edges": plan.graph.number_of_edges(),

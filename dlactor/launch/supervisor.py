@@ -25,19 +25,18 @@ from multiprocessing.process import BaseProcess
 from pathlib import Path
 from typing import Protocol
 
-from dlactor.launch.control import CONTROL_MAX_FRAME, ControlStream
+from dlactor.launch.control import ControlStream, accept_node
 from dlactor.launch.plan import Plan
 from dlactor.launch.progress import RunProgress
 from dlactor.launch.worker import EXIT_DONE
-from dlactor.messages import Done, Failed, Message, Payload, Progress, Register, Share, Start, Stop
+from dlactor.messages import Done, Failed, Payload, Progress, Register, Share, Start, Stop
 from dlactor.metrics.consensus import ConsensusMeter
 from dlactor.metrics.memory import MemorySampler
 from dlactor.metrics.recorder import JsonlRecorder
+from dlactor.security.credentials import Credentials
 from dlactor.sharing.ops import check_layout, flat_layout
 from dlactor.transport.base import Address
-from dlactor.transport.tcp import check_hello
 from dlactor.wire.errors import ProtocolError, RemoteProtocolError
-from dlactor.wire.framing import HANDSHAKE_MAX_FRAME
 
 __all__ = ["ForkedNodes", "NodeProcesses", "Outcome", "Supervisor", "describe_exit"]
 
@@ -112,8 +111,10 @@ class Supervisor:
         run_dir: Path,
         *,
         show_progress: bool,
+        credentials: Credentials,
     ) -> None:
         self.plan, self.nodes, self.listener = plan, nodes, listener
+        self.credentials = credentials
         self.consensus = ConsensusMeter(plan.config.nodes)
         self._consensus_path = run_dir / "consensus.jsonl"
         # Opened by run(), so that a supervisor that never runs leaves no file open.
@@ -135,7 +136,13 @@ class Supervisor:
     async def run(self) -> Outcome:
         loop = asyncio.get_running_loop()
         loop.add_signal_handler(signal.SIGINT, self.fail, "interrupted", "interrupted (Ctrl-C)", "")
-        server = await asyncio.start_server(self.serve_control, sock=self.listener)
+        tls = self.credentials.tls
+        server = await asyncio.start_server(
+            self.serve_control,
+            sock=self.listener,
+            ssl=tls.server if tls is not None else None,
+            ssl_handshake_timeout=self._handshake_timeout if tls is not None else None,
+        )
         self.consensus_log = JsonlRecorder(self._consensus_path)
         try:
             with self.progress:
@@ -168,17 +175,20 @@ class Supervisor:
         if self._finished.is_set():
             return
         self.outcome.t_start_barrier = time.time()
-        start = Start(addresses=dict(self.addresses), t0=self.outcome.t_start_barrier)
+        ring = self.credentials.ring
+        keys = {process: ring[process] for process in self.addresses}
+        start = Start(dict(self.addresses), self.outcome.t_start_barrier, keys)
         for stream in self.streams.values():
             stream.post(start)
 
     async def serve_control(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
     ) -> None:
-        """One node's control connection, from its hello to EOF. Until the hello is checked
-        the connection may announce only a hello-sized frame; a protocol error, or a message
-        that does not fit, drops the connection (never the launcher)."""
-        stream = ControlStream(reader, writer, max_frame=HANDSHAKE_MAX_FRAME)
+        """One node's control connection, from its handshake to EOF. Until the node has
+        proven who it is (within the handshake timeout) the connection may announce only
+        handshake-sized frames; a protocol error, or a message that does not fit, drops the
+        connection (never the launcher)."""
+        stream = ControlStream(reader, writer)
         try:
             node = await self._accept(stream)
             while (msg := await stream.receive()) is not None:
@@ -186,17 +196,26 @@ class Supervisor:
                     raise RemoteProtocolError(f"node {node} sent a message as another node")
                 self._on_message(msg)
             self.closed.add(node)
-        except (ProtocolError, ConnectionError) as exc:
+        except (ProtocolError, ConnectionError, TimeoutError) as exc:
             writer.close()
             if not self._finished.is_set():
                 print(f"dlactor: dropped a control connection: {exc}", file=sys.stderr)
 
+    @property
+    def _handshake_timeout(self) -> float:
+        return self.plan.config.security.handshake_timeout_s
+
     async def _accept(self, stream: ControlStream) -> int:
-        """Check the hello; only then may the node send frames as big as a model."""
-        hello = check_hello(await _first(stream), self.plan.run_id, self.plan.secret)
-        stream.set_max_frame(CONTROL_MAX_FRAME)
-        self.streams[hello.sender] = stream
-        return hello.sender
+        """The handshake; only then may the node send frames as big as its model."""
+        async with asyncio.timeout(self._handshake_timeout):
+            node = await accept_node(stream, self.credentials)
+        if node >= self.n:
+            raise RemoteProtocolError(f"process {node} is not a process of this run")
+        if node in self.streams:
+            raise RemoteProtocolError(f"process {node} connected a second time")
+        stream.set_max_frame(self.plan.max_frame)
+        self.streams[node] = stream
+        return node
 
     def _on_message(self, msg: object) -> None:
         match msg:
@@ -306,13 +325,6 @@ async def _first_of(*events: asyncio.Event) -> None:
         for w in waits:
             w.cancel()
         await asyncio.gather(*waits, return_exceptions=True)
-
-
-async def _first(stream: ControlStream) -> Message:
-    msg = await stream.receive()
-    if msg is None:
-        raise ConnectionError("closed before saying hello")
-    return msg
 
 
 def describe_exit(code: int) -> str:

@@ -22,11 +22,12 @@ import torch
 
 from dlactor.launch.control import ControlStream
 from dlactor.launch.plan import Plan, build_node, build_service
-from dlactor.messages import Done, Failed, Hello, Payload, Progress, Register, Share, Start
+from dlactor.messages import Done, Failed, Payload, Progress, Register, Share, Start
 from dlactor.metrics.memory import set_malloc_thresholds
 from dlactor.metrics.recorder import JsonlRecorder
 from dlactor.node.context import Service
 from dlactor.node.node import Node, Record
+from dlactor.security.credentials import Credentials
 from dlactor.sharing.ops import flatten
 from dlactor.transport.base import Address, Deliver
 from dlactor.transport.tcp import TcpTransport
@@ -56,9 +57,14 @@ def node_process_main(
     host: str,
     port: int = 0,
     parent: int | None = None,
+    credentials: Credentials | None = None,
 ) -> int:
     """Body of a node process; returns its exit code. The node listens on ``host:port``
     (port 0: any free one) and writes its results under ``run_dir``.
+
+    ``credentials`` are the node's own when it made its key (Ray). Without them, the node's
+    key is in the plan (a forked node): it keeps that one and drops every other private key
+    it inherited from the launcher, first thing.
 
     ``parent`` is the pid of the launcher that forked this process (local backend): the
     kernel is asked to kill this process when the launcher dies, and if it is already gone,
@@ -67,11 +73,13 @@ def node_process_main(
     connection closing stops the node.
     """
     _ignore_ctrl_c()
+    if credentials is None:
+        credentials = plan.keys.credentials(node, plan.run_id)
     if parent is not None and not _die_with_parent(parent):
         return EXIT_STOPPED
     _limit_threads(plan.config.launcher.torch_threads)
     set_malloc_thresholds()  # big frame bodies reuse freed heap instead of a fresh mmap each
-    return run_event_loop(_node_main(plan, node, control, run_dir, (host, port)))
+    return run_event_loop(_node_main(plan, credentials, control, run_dir, (host, port)))
 
 
 def _ignore_ctrl_c() -> None:
@@ -109,29 +117,36 @@ def _die_with_parent(parent: int | None) -> bool:
     return parent is None or os.getppid() == parent
 
 
-def _tcp(plan: Plan, node: int, listen: Address) -> Callable[[Deliver], TcpTransport]:
+def _tcp(
+    plan: Plan, credentials: Credentials, listen: Address
+) -> Callable[[Deliver], TcpTransport]:
+    security = plan.config.security
+
     def transport(deliver: Deliver) -> TcpTransport:
         host, port = listen
         return TcpTransport(
-            node=node,
-            run_id=plan.run_id,
-            secret=plan.secret,
+            credentials=credentials,
             deliver=deliver,
             host=host,
             port=port,
+            max_frame=plan.max_frame,
+            handshake_timeout=security.handshake_timeout_s,
+            frame_timeout=plan.config.launcher.round_timeout_s,
+            max_pending=security.max_pending_handshakes,
         )
 
     return transport
 
 
 async def _node_main(
-    plan: Plan, node: int, control: Address, run_dir: Path, listen: Address
+    plan: Plan, credentials: Credentials, control: Address, run_dir: Path, listen: Address
 ) -> int:
-    ctl = await ControlStream.connect(*control)
-    await ctl.send(Hello(plan.run_id, plan.secret, node))
-    transport = _tcp(plan, node, listen)
+    node = credentials.identity.process
+    timeout = plan.config.security.handshake_timeout_s
+    ctl = await ControlStream.connect(*control, credentials, timeout=timeout)
+    transport = _tcp(plan, credentials, listen)
     if node >= plan.config.nodes:  # a topology's service process (the peer sampler)
-        return await _serve(ctl, node, lambda: build_service(plan, node, transport))
+        return await _serve(ctl, node, credentials, lambda: build_service(plan, node, transport))
     recorder = JsonlRecorder(run_dir / "nodes" / f"{node}.jsonl")
 
     def on_round(record: Record) -> None:
@@ -144,18 +159,25 @@ async def _node_main(
             ctl.post(Share(node, record["round"], params))
 
     try:
-        return await _serve(ctl, node, lambda: build_node(plan, node, transport, on_round=on_round))
+        return await _serve(
+            ctl, node, credentials, lambda: build_node(plan, node, transport, on_round=on_round)
+        )
     finally:
         recorder.close()
 
 
-async def _serve(ctl: ControlStream, process: int, build: Callable[[], Node | Service]) -> int:
+async def _serve(
+    ctl: ControlStream,
+    process: int,
+    credentials: Credentials,
+    build: Callable[[], Node | Service],
+) -> int:
     """Build the process's actor and run its lifecycle; a failure is reported with its
     traceback. The actor and the control connection are closed however it ends."""
     actor: Node | Service | None = None
     try:
         actor = build()
-        return await _lifecycle(actor, ctl)
+        return await _lifecycle(actor, ctl, credentials)
     except Exception:
         await ctl.send(Failed(process, _clip(traceback.format_exc())))
         return EXIT_FAILED
@@ -170,12 +192,13 @@ def _clip(text: str, limit: int = 64 << 10) -> str:
     return text if len(text) <= limit else "[...]\n" + text[-limit:]
 
 
-async def _lifecycle(actor: Node | Service, ctl: ControlStream) -> int:
+async def _lifecycle(actor: Node | Service, ctl: ControlStream, credentials: Credentials) -> int:
     host, port = await actor.start()
     await ctl.send(Register(actor.node, host, port))
     start = await ctl.receive()
     if not isinstance(start, Start):
         return EXIT_STOPPED  # Stop, or the launcher went away, before the barrier
+    credentials.learn(start.keys)  # the address book's keys: from the launcher, proven
     actor.connect(start.addresses, start.t0)
     if not await _run_unless_stopped(actor, ctl):
         return EXIT_STOPPED

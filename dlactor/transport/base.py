@@ -7,10 +7,12 @@ from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
 from dlactor.messages import Message
+from dlactor.security.identity import LAUNCHER
 
 __all__ = [
     "Address",
     "Deliver",
+    "HandshakeFailed",
     "HandshakeSeen",
     "PeerUnreachable",
     "SendTimeout",
@@ -35,6 +37,15 @@ class PeerUnreachable(ConnectionError):
     def __init__(self, peer: int, cause: BaseException) -> None:
         self.peer = peer
         super().__init__(f"node {peer} is unreachable: {type(cause).__name__}: {cause}")
+
+
+class HandshakeFailed(ConnectionError):
+    """The process at a peer's address did not prove it is that peer (or not in time)."""
+
+    def __init__(self, peer: int, cause: BaseException) -> None:
+        self.peer = peer
+        who = "the launcher" if peer == LAUNCHER else f"node {peer}"
+        super().__init__(f"handshake with {who} failed: {cause or type(cause).__name__}")
 
 
 class UnknownPeer(LookupError):

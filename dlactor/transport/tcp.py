@@ -1,22 +1,30 @@
-"""TCP transport: asyncio streams out, a zero-copy BufferedProtocol in.
+"""TCP transport: asyncio streams out, a zero-copy BufferedProtocol in, and the handshake.
 
-Outgoing: one connection per peer, opened lazily on the first send and reused;
-its first frame is our ``Hello``. Frames go out with ``writelines`` of the codec's
-buffers (tensor memory is not copied under uvloop) followed by ``drain`` so a slow
-peer slows us down instead of growing our buffers. ``close_peer`` (a dynamic topology
-dropped the peer) closes it gracefully without waiting: what was written is still flushed,
-then the FIN follows it, and the peer reads every byte before it sees the end. Nothing is
-ever written on an incoming connection, so no socket is closed with unread bytes in it
-(the kernel would answer those with a reset, and a reset can destroy data the peer has
-not read yet).
+Outgoing: one connection per peer, opened lazily on the first send and reused. It opens
+with the handshake (``dlactor.security.handshake``): our hello, the peer's challenge (its
+proof that it is the node we dialled), our proof; only then does anything else go out.
+Frames go out with ``writelines`` of the codec's buffers (tensor memory is not copied under
+uvloop) followed by ``drain`` so a slow peer slows us down instead of growing our buffers.
+``close_peer`` (a dynamic topology dropped the peer) closes it gracefully without waiting:
+what was written is still flushed, then the FIN follows it, and the peer reads every byte
+before it sees the end. After its challenge, nothing is written on an incoming connection,
+so no socket is closed with unread bytes in it (the kernel would answer those with a reset,
+and a reset can destroy data the peer has not read yet).
 
-Incoming: the kernel writes straight into the :class:`FrameDecoder`'s buffers
-(big frames land in their final buffer; tensors are views over it). A connection is read
-until the peer closes it, then forgotten. The first
-frame must be a ``Hello`` with this run's id and secret, and until it has been
-accepted a frame may be at most ``HANDSHAKE_MAX_FRAME`` bytes: a stranger cannot make
-us allocate more. Any protocol error drops that connection, logs it, and counts it in
-``stats.dropped_connections``; the node carries on.
+Incoming: the kernel writes straight into the :class:`FrameDecoder`'s buffers (big frames
+land in their final buffer; tensors are views over it). A connection is read until the peer
+closes it, then forgotten. Until its handshake has finished, a connection is a stranger:
+it may announce frames of at most ``HANDSHAKE_MAX_FRAME`` bytes, holds a receive buffer of
+``HANDSHAKE_SCRATCH`` bytes, must finish within ``handshake_timeout`` seconds, and at most
+``max_pending`` strangers are kept (a new one pushes out the oldest, so a flood of idle
+connections cannot keep a real peer out). After it, a frame that has begun must be complete
+within ``frame_timeout`` seconds (a peer sending a byte a second is dropped). Any protocol
+error drops that connection, logs it, and counts it in ``stats.dropped_connections``; the
+node carries on.
+
+With TLS (``Credentials.tls``), every connection is TLS 1.3 with certificates of the run's
+CA on both sides, and each side checks that the other's certificate holds the key of the
+process it expects (``dlactor.security.tls``); the handshake then runs inside it.
 
 Stopping never waits on a peer: each outgoing connection (those still flushing after
 ``close_peer`` included) gets ``close_timeout`` seconds to flush, then is aborted, and a
@@ -27,16 +35,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hmac
 import logging
 import socket
+import time
 from collections.abc import Coroutine, Iterable, Mapping, Sequence
 from typing import Any, cast
 
-from dlactor.messages import Hello, Message
+from dlactor.messages import Challenge, Hello, Message, Proof
+from dlactor.security.credentials import Credentials
+from dlactor.security.handshake import Initiator, Responder
+from dlactor.security.tls import peer_public_key
 from dlactor.transport.base import (
     Address,
     Deliver,
+    HandshakeFailed,
     HandshakeSeen,
     PeerUnreachable,
     SendTimeout,
@@ -44,11 +56,17 @@ from dlactor.transport.base import (
     TransportClosed,
     UnknownPeer,
 )
-from dlactor.wire.codec import decode, encode
+from dlactor.wire.codec import decode, encode, encoded_size
 from dlactor.wire.errors import ProtocolError, RemoteProtocolError
-from dlactor.wire.framing import DEFAULT_MAX_FRAME, HANDSHAKE_MAX_FRAME, FrameDecoder
+from dlactor.wire.framing import (
+    DEFAULT_MAX_FRAME,
+    HANDSHAKE_MAX_FRAME,
+    HANDSHAKE_SCRATCH,
+    PREFIX_LEN,
+    FrameDecoder,
+)
 
-__all__ = ["TcpTransport", "check_hello"]
+__all__ = ["TcpTransport", "check_peer_certificate", "read_handshake_frame"]
 
 log = logging.getLogger("dlactor.transport")
 
@@ -56,32 +74,84 @@ Buffers = Sequence[bytes | memoryview]
 
 #: Seconds an outgoing connection may take to flush when closed before it is aborted.
 CLOSE_TIMEOUT_S = 2.0
+#: Seconds a connection may take to finish its handshake (TLS's included).
+HANDSHAKE_TIMEOUT_S = 5.0
+#: Seconds a frame may take to arrive once its first bytes have.
+FRAME_TIMEOUT_S = 120.0
+#: Connections kept at once whose handshake has not finished.
+MAX_PENDING = 128
+#: The receive buffer of an authenticated connection (small frames collect in it).
+SCRATCH = 1 << 16
+
+_HANDSHAKE_KINDS = (Hello, Challenge, Proof)
 
 
-def check_hello(msg: Message, run_id: str, secret: str) -> Hello:
-    """The first frame of a connection, or RemoteProtocolError saying what is wrong with it."""
-    if not isinstance(msg, Hello):
-        raise RemoteProtocolError(f"expected a hello first, got {type(msg).__name__}")
-    if msg.run_id != run_id:
-        raise RemoteProtocolError(f"hello for run {msg.run_id!r}, this is run {run_id!r}")
-    if not hmac.compare_digest(msg.secret.encode(), secret.encode()):
-        raise RemoteProtocolError(f"hello from node {msg.sender} with a wrong secret")
-    return msg
+def check_peer_certificate(
+    transport: asyncio.BaseTransport, credentials: Credentials, peer: int
+) -> None:
+    """With TLS, RemoteProtocolError unless the peer's certificate holds ``peer``'s key."""
+    if credentials.tls is None:
+        return
+    if peer_public_key(transport.get_extra_info("ssl_object")) != credentials.ring.get(peer):
+        raise RemoteProtocolError(f"the TLS certificate is not process {peer}'s")
+
+
+async def read_handshake_frame(reader: asyncio.StreamReader) -> Message:
+    """One handshake-sized frame from ``reader`` (RemoteProtocolError if it is bigger, or
+    the stream ends first)."""
+    try:
+        prefix = await reader.readexactly(PREFIX_LEN)
+        length = int.from_bytes(prefix, "big")
+        if not 0 < length <= HANDSHAKE_MAX_FRAME:
+            raise RemoteProtocolError(f"a handshake frame of {length} bytes")
+        return decode(bytearray(await reader.readexactly(length)))
+    except asyncio.IncompleteReadError as exc:
+        raise RemoteProtocolError("the connection closed during the handshake") from exc
+
+
+class LogBudget:
+    """At most ``burst`` warnings per ``window`` seconds; what it held back is counted and
+    said in one line when the next window opens."""
+
+    def __init__(self, logger: logging.Logger, *, burst: int = 10, window: float = 10.0):
+        self.logger, self.burst, self.window = logger, burst, window
+        self._opened, self._said, self._held = float("-inf"), 0, 0
+
+    def warning(self, message: str, *args: object) -> None:
+        now = time.monotonic()
+        if now - self._opened >= self.window:
+            if self._held:
+                self.logger.warning("... %d more like it in %g s, not logged", self._held,
+                                    self.window)  # fmt: skip
+            self._opened, self._said, self._held = now, 0, 0
+        if self._said < self.burst:
+            self._said += 1
+            self.logger.warning(message, *args)
+        else:
+            self._held += 1
 
 
 class _Inbound(asyncio.BufferedProtocol):
-    """One accepted connection: frames in, hello checked, messages delivered."""
+    """One accepted connection: the handshake answered, then frames in, messages delivered."""
 
     def __init__(self, owner: TcpTransport) -> None:
         self._owner = owner
-        # Until the hello is accepted, only a hello-sized frame may be announced.
-        self._decoder = FrameDecoder(max_frame=HANDSHAKE_MAX_FRAME)
+        self._decoder = FrameDecoder(max_frame=HANDSHAKE_MAX_FRAME, scratch_size=HANDSHAKE_SCRATCH)
         self._transport: asyncio.Transport | None = None
+        self._responder: Responder | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._handshake_bytes = 0
         self.peer: int | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
         self._owner._inbound.add(self)
+        self._owner._admit(self)
+        self._timer = self._later(self._owner.handshake_timeout, "did not finish its handshake")
+
+    def _later(self, delay: float, why: str) -> asyncio.TimerHandle:
+        error = RemoteProtocolError(f"{why} within {delay:g} s")
+        return asyncio.get_running_loop().call_later(delay, self.drop, error)
 
     def get_buffer(self, sizehint: int) -> memoryview:
         return self._decoder.get_buffer()
@@ -89,48 +159,97 @@ class _Inbound(asyncio.BufferedProtocol):
     def buffer_updated(self, nbytes: int) -> None:
         try:
             self._decoder.buffer_updated(nbytes)
+            framed = False
             while (body := self._decoder.next_frame()) is not None:
-                self._handle(decode(body), 4 + len(body))
+                self._handle(decode(body), PREFIX_LEN + len(body))
+                framed = True
+            if self.peer is not None:
+                self._watch_frame(framed)
         except ProtocolError as exc:
             self.drop(exc)
 
+    def _watch_frame(self, framed: bool) -> None:
+        """Time the frame in progress: its deadline starts with its first bytes, or when the
+        frame before it completed."""
+        if framed and self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if not self._decoder.buffered_bytes:
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
+        elif self._timer is None:
+            self._timer = self._later(self._owner.frame_timeout, "sent less than a frame")
+
     def _handle(self, msg: Message, nbytes: int) -> None:
         owner = self._owner
+        owner.stats.bytes_recv += nbytes
+        owner.stats.msgs_recv += 1
         if self.peer is None:
-            self._accept(msg, nbytes)
-        elif isinstance(msg, Hello):
-            raise RemoteProtocolError(f"node {self.peer} sent a second hello")
+            self._handshake(msg, nbytes)
+        elif isinstance(msg, _HANDSHAKE_KINDS):
+            raise RemoteProtocolError(f"node {self.peer} sent a {type(msg).__name__} again")
         elif getattr(msg, "sender", self.peer) != self.peer:
             raise RemoteProtocolError(f"node {self.peer} sent a message as node {msg.sender}")  # type: ignore[union-attr]
         else:
             owner.deliver(msg, nbytes)
-        owner.stats.bytes_recv += nbytes
-        owner.stats.msgs_recv += 1
 
-    def _accept(self, msg: Message, nbytes: int) -> None:
-        """Check the hello; only then may the peer send frames of the configured size."""
+    def _handshake(self, msg: Message, nbytes: int) -> None:
+        """Hello: check, answer with our challenge. Proof: the peer is who it said."""
         owner = self._owner
-        self.peer = check_hello(msg, owner.run_id, owner.secret).sender
+        self._handshake_bytes += nbytes
+        if self._responder is None:
+            creds = owner.credentials
+            self._responder = Responder(creds.run_id, creds.identity, creds.ring)
+            challenge = self._responder.on_hello(msg)
+            check_peer_certificate(self._transport, creds, msg.sender)  # type: ignore[arg-type, union-attr]
+            self._write(challenge)
+            return
+        self.peer = self._responder.on_proof(msg)
+        self._responder = None
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        owner._pending.pop(self, None)
         self._decoder.set_max_frame(owner.max_frame)
+        self._decoder.grow_scratch(SCRATCH)
         if owner.on_handshake is not None:
-            owner.on_handshake(nbytes)
+            owner.on_handshake(self._handshake_bytes)
+
+    def _write(self, msg: Message) -> None:
+        buffers = encode(msg)
+        if self._transport is not None:
+            self._transport.writelines(buffers)
+        self._owner.stats.bytes_sent += encoded_size(buffers)
+        self._owner.stats.msgs_sent += 1
 
     def drop(self, exc: Exception) -> None:
-        log.warning("node %d: dropped connection from %s: %s", self._owner.node, self._who, exc)
+        self._warn("node %d: dropped connection from %s: %s", self._owner.node, self._who, exc)
         self._owner.stats.dropped_connections += 1
         if self._transport is not None:
             self._transport.abort()
 
+    def _warn(self, message: str, *args: object) -> None:
+        """Log a peer's misdeed; a stranger's only within the transport's log budget (a
+        flood of strangers must not flood the log)."""
+        if self.peer is not None:
+            log.warning(message, *args)
+        else:
+            self._owner._stranger_log.warning(message, *args)
+
     @property
     def _who(self) -> str:
-        return f"node {self.peer}" if self.peer is not None else "an unidentified peer"
+        if self.peer is not None:
+            return f"node {self.peer}"
+        claimed = self._responder.claimed if self._responder is not None else None
+        return "an unidentified peer" if claimed is None else f"a peer claiming to be {claimed}"
 
     def eof_received(self) -> bool:
         """The peer closed its side after its last frame (returning False closes ours). A
         frame cut short is logged: its message is lost, and the round waiting for it will
         time out naming the peer."""
         if self._decoder.buffered_bytes:
-            log.warning(
+            self._warn(
                 "node %d: %s closed its connection %d bytes into a frame",
                 self._owner.node,
                 self._who,
@@ -140,6 +259,10 @@ class _Inbound(asyncio.BufferedProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._owner._inbound.discard(self)
+        self._owner._pending.pop(self, None)
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         self._transport = None  # nothing of the connection outlives it
 
 
@@ -149,20 +272,24 @@ class TcpTransport:
     def __init__(
         self,
         *,
-        node: int,
-        run_id: str,
-        secret: str,
+        credentials: Credentials,
         deliver: Deliver,
         host: str = "127.0.0.1",
         port: int = 0,
         max_frame: int = DEFAULT_MAX_FRAME,
         close_timeout: float = CLOSE_TIMEOUT_S,
+        handshake_timeout: float = HANDSHAKE_TIMEOUT_S,
+        frame_timeout: float = FRAME_TIMEOUT_S,
+        max_pending: int = MAX_PENDING,
     ) -> None:
-        self.node, self.run_id, self.secret = node, run_id, secret
+        self.credentials = credentials
+        self.node = credentials.identity.process
         self.deliver = deliver
         self.on_handshake: HandshakeSeen | None = None
         self.max_frame = max_frame
         self.close_timeout = close_timeout
+        self.handshake_timeout, self.frame_timeout = handshake_timeout, frame_timeout
+        self.max_pending = max_pending
         self.stats = TrafficStats()
         self._host, self._port = host, port
         self._peers: dict[int, Address] = {}
@@ -171,14 +298,22 @@ class TcpTransport:
         self._closing: dict[asyncio.Task[None], asyncio.StreamWriter] = {}
         self._connecting: dict[int, asyncio.Lock] = {}
         self._inbound: set[_Inbound] = set()
+        self._pending: dict[_Inbound, None] = {}  # strangers, oldest first
+        self._stranger_log = LogBudget(log)
         self._server: asyncio.Server | None = None
         self._closed = False
         self.address: Address | None = None
 
     async def start(self) -> Address:
         loop = asyncio.get_running_loop()
+        tls = self.credentials.tls
         self._server = await loop.create_server(
-            lambda: _Inbound(self), self._host, self._port, backlog=1024
+            lambda: _Inbound(self),
+            self._host,
+            self._port,
+            backlog=1024,
+            ssl=tls.server if tls is not None else None,
+            ssl_handshake_timeout=self.handshake_timeout if tls is not None else None,
         )
         host, port = self._server.sockets[0].getsockname()[:2]
         self.address = (str(host), int(port))
@@ -186,6 +321,14 @@ class TcpTransport:
 
     def set_peers(self, addresses: Mapping[int, Address]) -> None:
         self._peers = dict(addresses)
+
+    def _admit(self, conn: _Inbound) -> None:
+        """A new stranger: if ``max_pending`` are waiting already, the oldest is dropped."""
+        if len(self._pending) >= self.max_pending:
+            oldest = next(iter(self._pending))
+            del self._pending[oldest]
+            oldest.drop(RemoteProtocolError("pushed out by newer connections in handshake"))
+        self._pending[conn] = None
 
     @property
     def open_connections(self) -> int:
@@ -242,25 +385,48 @@ class TcpTransport:
                 return self._out[peer]
             if peer not in self._peers:
                 raise UnknownPeer(self.node, peer)
-            _, writer = await asyncio.open_connection(*self._peers[peer])
+            tls = self.credentials.tls
+            reader, writer = await asyncio.open_connection(
+                *self._peers[peer],
+                ssl=tls.client if tls is not None else None,
+                ssl_handshake_timeout=self.handshake_timeout if tls is not None else None,
+            )
             if self._closed:  # stopped while we were connecting
                 await _abort(writer)
                 raise TransportClosed(self.node)
             try:
-                self._say_hello(writer)
-            except OSError:
+                await self._handshake(peer, reader, writer)
+            except BaseException:
                 await _abort(writer)
                 raise
             self._out[peer] = writer
             return writer
 
-    def _say_hello(self, writer: asyncio.StreamWriter) -> None:
+    async def _handshake(
+        self, peer: int, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        """Prove who we are to ``peer``, and have it prove it is ``peer``: HandshakeFailed
+        (a ConnectionError) if it does not within ``handshake_timeout``."""
         sock = writer.get_extra_info("socket")
         if sock is not None:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        hello = encode(Hello(self.run_id, self.secret, self.node))
-        writer.writelines(hello)
-        self.stats.bytes_sent += sum(len(b) for b in hello)
+        creds = self.credentials
+        initiator = Initiator(creds.run_id, creds.identity, creds.ring, peer)
+        try:
+            check_peer_certificate(writer.transport, creds, peer)
+            self._write(writer, initiator.hello())
+            async with asyncio.timeout(self.handshake_timeout):
+                challenge = await read_handshake_frame(reader)
+            self.stats.bytes_recv += encoded_size(encode(challenge))
+            self.stats.msgs_recv += 1
+            self._write(writer, initiator.on_challenge(challenge))
+        except (ProtocolError, TimeoutError) as exc:
+            raise HandshakeFailed(peer, exc) from exc
+
+    def _write(self, writer: asyncio.StreamWriter, msg: Message) -> None:
+        buffers = encode(msg)
+        writer.writelines(buffers)
+        self.stats.bytes_sent += encoded_size(buffers)
         self.stats.msgs_sent += 1
 
     async def _discard(self, peer: int, writer: asyncio.StreamWriter | None) -> None:
@@ -303,6 +469,7 @@ class TcpTransport:
             for conn in list(self._inbound):
                 if conn._transport is not None:
                     conn._transport.abort()
+                conn.connection_lost(None)  # its timers too, even if the loop has no time left
             await self._server.wait_closed()
             self._server = None
 

@@ -111,7 +111,9 @@ def test_a_packed_plan_carries_the_dataset_as_arrays_that_the_nodes_tensors_view
     assert torch.equal(back.dataset.y_test, plan.dataset.y_test)
     x = packed.dataset["x_train"]
     assert back.dataset.x_train.data_ptr() == x.__array_interface__["data"][0]  # no copy
-    assert back.run_id == plan.run_id and back.secret == plan.secret
+    assert back.run_id == plan.run_id and dict(back.keys.ring) == dict(plan.keys.ring)
+    with pytest.raises(LookupError, match="no private key"):  # public keys only travel
+        back.keys.credentials(0, back.run_id)
     assert [p.tolist() for p in back.parts] == [p.tolist() for p in plan.parts]
     assert back.config == plan.config
 
