@@ -5,6 +5,15 @@ carries, whenever it arrives, so a node's ``bytes_recv`` for round r is exactly 
 neighbours sent it for round r even when they are not in lockstep. Anything that belongs to
 no round (a connection's handshake, a late message for a finished round) is counted in the
 round the node is in when it arrives.
+
+It holds only what a round can use, so a peer cannot make a node buffer more than two
+payloads of its own: for the current round, one from each of the round's expected senders
+(the others are dropped and logged once the round's neighbours are known); for a later
+round, one per sender. An honest neighbour is never further ahead than that: having sent
+its share for round r, it waits for this node's share for r, which this node sends only in
+round r. A second share ahead from the same sender is a protocol error (the transport drops
+that connection); a share for a round past the run's last, or from a process that is not a
+learning node, is dropped and logged.
 """
 
 from __future__ import annotations
@@ -44,11 +53,17 @@ class Received:
 class Mailbox:
     """``put`` from the transport's callback; ``wait_round`` from the round loop."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, senders: int | None = None, rounds: int | None = None) -> None:
+        """``senders``: the learning nodes' count (ids ``0..senders-1``); ``rounds``: the
+        run's (None: no bound)."""
         self._rounds: dict[int, dict[int, Payload]] = {}
         self._received: dict[int, Received] = {}
         self._floor = 0  # the current round: rounds below it are finished
         self._arrived = asyncio.Event()
+        self._senders, self._last = senders, rounds
+        self._expected: dict[int, frozenset[int]] = {}  # round -> its senders, once known
+        self._ahead: dict[int, int] = {}  # sender -> the round after ours it sent a share for
+        self.dropped = 0
 
     @property
     def current_round(self) -> int:
@@ -61,12 +76,47 @@ class Mailbox:
             log.debug("late message from node %d for finished round %d", msg.sender, msg.round)
             self.count(nbytes)
             return
+        why = self._unwanted(msg)
+        if why:
+            log.warning("dropped a share from node %d for round %d: %s", msg.sender, msg.round, why)
+            self.dropped += 1
+            self.count(nbytes)
+            return
         box = self._rounds.setdefault(msg.round, {})
         if msg.sender in box:
             raise RemoteProtocolError(f"node {msg.sender} sent round {msg.round} twice")
+        if msg.round > self._floor:
+            ahead = self._ahead.get(msg.sender)
+            if ahead is not None and ahead != msg.round:
+                raise RemoteProtocolError(
+                    f"node {msg.sender} sent shares for rounds {ahead} and {msg.round}, "
+                    f"both ahead of round {self._floor}"
+                )
+            self._ahead[msg.sender] = msg.round
         box[msg.sender] = msg.payload
         self._count(msg.round, nbytes)
         self._arrived.set()
+
+    def _unwanted(self, msg: Share) -> str:
+        """Why ``msg`` is of no use to any round (empty if it is)."""
+        if self._senders is not None and msg.sender >= self._senders:
+            return "not a learning node"
+        if self._last is not None and msg.round >= self._last:
+            return f"the run has {self._last} rounds"
+        expected = self._expected.get(msg.round)
+        if expected is not None and msg.sender not in expected:
+            return "not a neighbour in that round"
+        return ""
+
+    def expect(self, round: int, peers: Iterable[int]) -> None:
+        """The senders of ``round``: shares buffered from others are dropped (and logged),
+        and so are any that arrive later."""
+        expected = self._expected[round] = frozenset(peers)
+        box = self._rounds.get(round, {})
+        for sender in [s for s in box if s not in expected]:
+            log.warning("dropped a share from node %d for round %d: not a neighbour", sender, round)
+            del box[sender]
+            self.dropped += 1
 
     def count(self, nbytes: int) -> None:
         """Count a frame that belongs to no round (a handshake) in the current round."""
@@ -96,6 +146,7 @@ class Mailbox:
         everything buffered for it and earlier rounds.
         """
         expected = frozenset(peers)
+        self.expect(round, expected)
         loop = asyncio.get_running_loop()
         if deadline is None:
             deadline = loop.time() + timeout
@@ -119,3 +170,6 @@ class Mailbox:
         self._floor = max(self._floor, round + 1)
         for r in [r for r in self._rounds if r <= round]:
             del self._rounds[r]
+        for r in [r for r in self._expected if r <= round]:
+            del self._expected[r]
+        self._ahead = {s: r for s, r in self._ahead.items() if r > self._floor}

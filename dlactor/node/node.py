@@ -21,6 +21,8 @@ from dlactor.messages import Message, Overlay, Payload, Share
 from dlactor.node.context import RoundContext
 from dlactor.node.mailbox import Mailbox
 from dlactor.sharing.base import ChecksPayloads, Sharing
+from dlactor.sharing.lossless import Lossless
+from dlactor.sharing.ops import all_finite, check_finite
 from dlactor.topology.base import Topology, UsesOverlay
 from dlactor.training.base import Trainer
 from dlactor.transport.base import (
@@ -34,7 +36,7 @@ from dlactor.transport.base import (
 from dlactor.wire.codec import encode, encoded_size
 from dlactor.wire.errors import RemoteProtocolError
 
-__all__ = ["Link", "Node", "Record", "SendStalled"]
+__all__ = ["Link", "ModelDiverged", "Node", "Record", "SendStalled"]
 
 Record = dict[str, Any]
 
@@ -121,6 +123,18 @@ class SendStalled(TimeoutError):
         )
 
 
+class ModelDiverged(ArithmeticError):
+    """This node's own model holds NaN or Inf after training: it stops the run rather than
+    send it to its neighbours (``security.allow_nonfinite`` lets it go on)."""
+
+    def __init__(self, node: int, round: int) -> None:
+        self.node, self.round = node, round
+        super().__init__(
+            f"node {node}'s model holds NaN or Inf after training in round {round} "
+            "(training diverged: a lower training.lr may help)"
+        )
+
+
 class Node:
     """One learning node: its strategies, its transport, its mailbox and its round loop."""
 
@@ -137,9 +151,12 @@ class Node:
         eval_every: int,
         round_timeout: float,
         on_round: Callable[[Record], None] | None = None,
+        nodes: int | None = None,
+        allow_nonfinite: bool = False,
     ) -> None:
         self.node = node
-        self.mailbox = Mailbox()
+        self.mailbox = Mailbox(senders=nodes, rounds=rounds)
+        self.allow_nonfinite = allow_nonfinite
         self.transport = transport(self.deliver)
         self.transport.on_handshake = self.mailbox.count
         self.topology, self.sharing, self.trainer = topology, sharing, trainer
@@ -159,8 +176,9 @@ class Node:
         that talks; nothing else belongs here.
 
         A payload is checked against this node's model as it arrives (when the sharing
-        strategy can check): a RemoteProtocolError here makes the transport drop and log that
-        connection, and the node carries on.
+        strategy can check), and for NaN and Inf (unless ``allow_nonfinite``): a
+        RemoteProtocolError here makes the transport drop and log that connection, and the
+        node carries on.
         """
         if isinstance(msg, Overlay) and isinstance(self.topology, UsesOverlay):
             self.topology.on_overlay(msg)
@@ -173,10 +191,14 @@ class Node:
         self.mailbox.put(msg, nbytes)
 
     def _check_payload(self, sender: int, payload: Payload) -> None:
-        if not isinstance(self.sharing, ChecksPayloads):
-            return
         try:
-            self.sharing.check(self.model, payload)
+            if isinstance(self.sharing, ChecksPayloads):
+                self.sharing.check(self.model, payload)
+            if not self.allow_nonfinite:
+                plain = payload
+                if isinstance(self.sharing, Lossless):
+                    plain = self.sharing.unpacked(payload)
+                check_finite(plain)
         except RemoteProtocolError as exc:
             raise RemoteProtocolError(f"node {sender} sent an unusable payload: {exc}") from exc
 
@@ -205,6 +227,8 @@ class Node:
         overlay_before = self.link.counters()
         t_start = time.perf_counter()
         stats = await self.trainer.train(ctx)
+        if not self.allow_nonfinite and not all_finite(self.model.parameters()):
+            raise ModelDiverged(self.node, r)
         t_train = time.perf_counter() - t_start
         ctx.peers = await self.topology.neighbors(self.node, r)
         self._close_former_peers(ctx.peers)

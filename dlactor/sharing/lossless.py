@@ -123,10 +123,11 @@ class Lossless:
 
     async def aggregate(self, ctx: RoundContext, received: Mapping[int, Payload]) -> None:
         ctx.sent = self._sent  # what the strategy itself made this round
-        plain = {j: self._unpacked(p) for j, p in received.items()}
+        plain = {j: self.unpacked(p) for j, p in received.items()}
         self._checked.clear()
         await self.inner.aggregate(ctx, plain)
 
-    def _unpacked(self, payload: Payload) -> Payload:
+    def unpacked(self, payload: Payload) -> Payload:
+        """``payload`` as the strategy made it (what ``check`` unpacked, when it did)."""
         inner = self._checked.take(payload)
         return inner if inner is not None else unpack(payload, self.codec, self.max_size)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Iterable, Mapping
 
 import torch
@@ -12,6 +13,8 @@ from dlactor.wire.errors import RemoteProtocolError
 
 __all__ = [
     "Layout",
+    "all_finite",
+    "check_finite",
     "check_layout",
     "flat_layout",
     "flatten",
@@ -22,6 +25,24 @@ __all__ = [
 
 #: What a payload's tensors must be: name -> (dtype, shape).
 Layout = Mapping[str, tuple[torch.dtype, tuple[int, ...]]]
+
+
+def all_finite(tensors: Iterable[torch.Tensor]) -> bool:
+    """True if no floating-point tensor among ``tensors`` holds a NaN or an infinity."""
+    with torch.no_grad():
+        return all(bool(torch.isfinite(t).all()) for t in tensors if t.is_floating_point())
+
+
+def check_finite(payload: Payload) -> None:
+    """RemoteProtocolError if a payload's tensors or meta numbers hold NaN or Inf: one such
+    model, averaged in, spreads to every node of the run within a few rounds."""
+    for name, tensor in payload.tensors.items():
+        if not all_finite([tensor]):
+            raise RemoteProtocolError(f"tensor {name!r} holds NaN or Inf")
+    for key, value in payload.meta.items():
+        values = value if isinstance(value, list) else [value]
+        if any(isinstance(v, float) and not math.isfinite(v) for v in values):
+            raise RemoteProtocolError(f"meta[{key!r}] holds NaN or Inf")
 
 
 def flatten(params: Iterable[torch.Tensor]) -> torch.Tensor:

@@ -1,0 +1,185 @@
+"""What a stranger or a peer can make a node hold, and what a NaN can do, on real TCP."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+import pytest
+import torch
+
+from dlactor.messages import Payload, Share
+from dlactor.node.node import Node
+from dlactor.sharing.ops import all_finite
+from dlactor.testing import build_tcp_nodes, credentials, open_as, run_nodes
+from dlactor.transport.tcp import TcpTransport
+from dlactor.wire.codec import encode
+from dlactor.wire.framing import frame_prefix
+from tests.conftest import small_plan
+
+CREDS = credentials(3)
+
+
+async def receiver(**kw: float) -> TcpTransport:
+    transport = TcpTransport(credentials=CREDS[1], deliver=lambda m, n: None, **kw)  # type: ignore[arg-type]
+    await transport.start()
+    return transport
+
+
+async def closed_within(reader: asyncio.StreamReader, seconds: float) -> float:
+    """How long until the other side closed the connection (it must within ``seconds``)."""
+    t0 = time.monotonic()
+    async with asyncio.timeout(seconds):
+        while await reader.read(1 << 16):
+            pass
+    return time.monotonic() - t0
+
+
+async def trickle(writer: asyncio.StreamWriter, data: bytes, every: float) -> None:
+    """Write ``data`` a byte at a time, as a slow sender; stops when the peer is gone."""
+    for byte in data:
+        if writer.is_closing():
+            return
+        writer.write(bytes([byte]))
+        await asyncio.sleep(every)
+
+
+async def test_a_stranger_that_trickles_its_hello_is_closed_after_the_handshake_timeout(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    node = await receiver(handshake_timeout=0.5)
+    assert node.address is not None
+    reader, writer = await asyncio.open_connection(*node.address)
+    with caplog.at_level(logging.WARNING, logger="dlactor.transport"):
+        sending = asyncio.ensure_future(trickle(writer, b"\x00\x00\x00\x40" + bytes(64), 0.05))
+        took = await closed_within(reader, 3.0)
+    sending.cancel()
+    writer.close()
+    assert 0.4 < took < 2.0
+    assert "did not finish its handshake within 0.5 s" in caplog.text
+    assert node.open_connections == 0
+    await node.stop()
+
+
+async def test_a_peer_that_sends_a_byte_at_a_time_after_its_handshake_is_dropped(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    node = await receiver(frame_timeout=1.0)
+    assert node.address is not None
+    frame = b"".join(bytes(b) for b in encode(Share(0, 0, Payload({"x": torch.zeros(64)}))))
+    reader, writer = await open_as(node.address, CREDS[0], 1)
+    with caplog.at_level(logging.WARNING, logger="dlactor.transport"):
+        sending = asyncio.ensure_future(trickle(writer, frame, 0.05))
+        took = await closed_within(reader, 5.0)
+    sending.cancel()
+    writer.close()
+    assert took < 3.0
+    assert "node 0" in caplog.text and "sent less than a frame within 1 s" in caplog.text
+    await node.stop()
+
+
+async def test_a_peer_that_keeps_sending_whole_frames_slowly_is_not_dropped() -> None:
+    got: list[object] = []
+    node = TcpTransport(credentials=CREDS[1], deliver=lambda m, n: got.append(m), frame_timeout=0.5)
+    address = await node.start()
+    _, writer = await open_as(address, CREDS[0], 1)
+    for r in range(4):  # idle between frames for longer than the frame timeout
+        writer.write(b"".join(bytes(b) for b in encode(Share(0, r, Payload()))))
+        await asyncio.sleep(0.7)
+    assert len(got) == 4 and node.stats.dropped_connections == 0
+    writer.close()
+    await node.stop()
+
+
+async def test_strangers_beyond_max_pending_push_out_the_oldest_and_a_real_peer_gets_in(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    got: list[object] = []
+    node = TcpTransport(credentials=CREDS[1], deliver=lambda m, n: got.append(m), max_pending=8)
+    address = await node.start()
+    with caplog.at_level(logging.WARNING, logger="dlactor.transport"):
+        idle = [await asyncio.open_connection(*address) for _ in range(40)]
+        await asyncio.sleep(0.1)
+    assert len(node._pending) == 8
+    assert node.stats.dropped_connections == 32
+    assert len(caplog.records) == 10, "a flood of strangers does not flood the log"
+
+    _, writer = await open_as(address, CREDS[0], 1)  # a real peer, in the middle of the flood
+    writer.write(b"".join(bytes(b) for b in encode(Share(0, 0, Payload()))))
+    async with asyncio.timeout(5):
+        while not got:
+            await asyncio.sleep(0.01)
+    for _, w in idle:
+        w.close()
+    writer.close()
+    await node.stop()
+
+
+async def test_a_frame_larger_than_the_run_allows_is_refused_after_the_handshake(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    plan = small_plan()
+    assert plan.max_frame < 8 << 20, "the limit follows the model, not 1 GiB"
+    node = await receiver(max_frame=plan.max_frame)
+    assert node.address is not None
+    reader, writer = await open_as(node.address, CREDS[0], 1)
+    with caplog.at_level(logging.WARNING, logger="dlactor.transport"):
+        writer.write(frame_prefix(plan.max_frame + 1))
+        await closed_within(reader, 5.0)
+    writer.close()
+    assert f"exceeds the limit {plan.max_frame}" in caplog.text
+    await node.stop()
+
+
+class NaNInjector:
+    """An insider holding node 3's key: sends NaN models for rounds to come."""
+
+    def __init__(self, node: Node) -> None:
+        self.node = node
+
+    async def attack(self, address: tuple[str, int], rounds: range) -> None:
+        creds = self.node.transport.credentials  # type: ignore[attr-defined]
+        _, writer = await open_as(address, creds, 0)
+        poison = Payload({"params": torch.full((self.node_params(),), float("nan"))})
+        for r in rounds:
+            writer.write(b"".join(bytes(b) for b in encode(Share(3, r, poison))))
+        await writer.drain()
+        await asyncio.sleep(0.2)
+        writer.close()
+
+    def node_params(self) -> int:
+        return sum(p.numel() for p in self.node.model.parameters())
+
+
+async def test_a_nan_payload_is_dropped_and_the_run_ends_with_every_node_finite(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    plan = small_plan("nodes=4", "topology.kind=complete", "rounds=6")
+    nodes = build_tcp_nodes(plan)
+    addresses = {node.node: await node.start() for node in nodes}
+    with caplog.at_level(logging.WARNING, logger="dlactor.transport"):
+        await NaNInjector(nodes[3]).attack(addresses[0], range(0, 6))
+        await run_nodes(nodes, addresses)
+    assert "node 3 sent an unusable payload: tensor 'params' holds NaN or Inf" in caplog.text
+    assert nodes[0].transport.stats.dropped_connections >= 1
+    assert all(all_finite(node.model.parameters()) for node in nodes)
+
+
+async def test_with_allow_nonfinite_a_nan_payload_is_taken_as_a_study_asks() -> None:
+    plan = small_plan(
+        "nodes=4", "topology.kind=complete", "rounds=1", "security.allow_nonfinite=true"
+    )
+    nodes = build_tcp_nodes(plan)
+    addresses = {node.node: await node.start() for node in nodes}
+    with torch.no_grad():
+        next(nodes[3].model.parameters()).fill_(float("nan"))
+    nodes[3].trainer.train = _no_training  # type: ignore[method-assign]
+    await run_nodes(nodes, addresses)
+    assert not all_finite(nodes[0].model.parameters())
+
+
+async def _no_training(ctx: object) -> object:
+    from dlactor.node.context import TrainStats
+
+    return TrainStats(loss=float("nan"), steps=0, samples=0)
