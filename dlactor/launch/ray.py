@@ -50,6 +50,7 @@ from dlactor.data.base import Dataset
 from dlactor.launch.plan import Plan
 from dlactor.launch.supervisor import STOP_GRACE_S, Outcome, Supervisor, describe_exit
 from dlactor.launch.worker import node_process_main, run_event_loop
+from dlactor.metrics.jsonio import write_atomic
 from dlactor.security.identity import LAUNCHER, Identity
 from dlactor.transport.base import Address
 
@@ -264,7 +265,7 @@ class RayNodes:
         for node, answer in asked.items():
             text = answer.result() if answer.done() and answer.exception() is None else None
             if text is not None:
-                (run_dir / "nodes" / f"{node}.jsonl").write_text(text, encoding="utf-8")
+                write_atomic(run_dir / "nodes" / f"{node}.jsonl", text)  # whole lines or none
 
 
 def describe_ray_error(exc: BaseException) -> str:

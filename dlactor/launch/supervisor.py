@@ -249,7 +249,12 @@ class Supervisor:
         distance = self.consensus.add(r, payload.tensors["params"])
         if distance is not None and self.consensus_log is not None:
             nodes = self.plan.config.nodes
-            self.consensus_log.write({"round": r, "consensus_distance": distance, "nodes": nodes})
+            try:
+                self.consensus_log.write(
+                    {"round": r, "consensus_distance": distance, "nodes": nodes}
+                )
+            except OSError as exc:  # a full disk: the run fails saying so, not a node later
+                self.fail("failed", f"the launcher could not record the consensus distance: {exc}")
 
     def _on_failed(self, node: int, tb: str) -> None:
         if self.outcome.status != "ok" or self._finished.is_set():
