@@ -417,8 +417,11 @@ class TcpTransport:
             self._write(writer, initiator.hello())
             async with asyncio.timeout(self.handshake_timeout):
                 challenge = await read_handshake_frame(reader)
-            self.stats.bytes_recv += encoded_size(encode(challenge))
+            nbytes = encoded_size(encode(challenge))
+            self.stats.bytes_recv += nbytes
             self.stats.msgs_recv += 1
+            if self.on_handshake is not None:
+                self.on_handshake(nbytes)
             self._write(writer, initiator.on_challenge(challenge))
         except (ProtocolError, TimeoutError) as exc:
             raise HandshakeFailed(peer, exc) from exc
