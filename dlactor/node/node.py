@@ -237,15 +237,14 @@ class Node:
         ctx.sent = share.payload
         received = await self._exchange(share, ctx.peers)
         await self.sharing.aggregate(ctx, received)
-        sent = self.transport.stats.minus(before)
         got = self.mailbox.take_received(r)
         record: Record = {
             "node": self.node,
             "round": r,
             "train_loss": stats.loss,
-            "bytes_sent": sent.bytes_sent,
+            "bytes_sent": 0,  # below, once the round is over
             "bytes_recv": got.nbytes,
-            "msgs_sent": sent.msgs_sent,
+            "msgs_sent": 0,
             "msgs_recv": got.msgs,
             "degree": len(ctx.peers),
             **self._overlay_record(overlay_before),
@@ -257,6 +256,10 @@ class Node:
         }
         if self._evaluates(r):
             record.update(await self._evaluate(ctx))
+        # After evaluating: a challenge this node wrote meanwhile (to a peer connecting to
+        # it) belongs to this round, not to none.
+        sent = self.transport.stats.minus(before)
+        record["bytes_sent"], record["msgs_sent"] = sent.bytes_sent, sent.msgs_sent
         return record
 
     def _overlay_record(self, before: tuple[int, int, int, int]) -> Record:

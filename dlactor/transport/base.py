@@ -45,7 +45,7 @@ class HandshakeFailed(ConnectionError):
     def __init__(self, peer: int, cause: BaseException) -> None:
         self.peer = peer
         who = "the launcher" if peer == LAUNCHER else f"node {peer}"
-        super().__init__(f"handshake with {who} failed: {cause or type(cause).__name__}")
+        super().__init__(f"handshake with {who} failed: {str(cause) or type(cause).__name__}")
 
 
 class UnknownPeer(LookupError):

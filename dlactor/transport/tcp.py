@@ -213,8 +213,9 @@ class _Inbound(asyncio.BufferedProtocol):
         owner._pending.pop(self, None)
         self._decoder.set_max_frame(owner.max_frame)
         self._decoder.grow_scratch(SCRATCH)
-        if owner.on_handshake is not None:
-            owner.on_handshake(self._handshake_bytes)
+        if owner.on_handshake is not None:  # hello and proof, each a message
+            owner.on_handshake(self._handshake_bytes - nbytes)
+            owner.on_handshake(nbytes)
 
     def _write(self, msg: Message) -> None:
         buffers = encode(msg)
@@ -399,6 +400,9 @@ class TcpTransport:
             except BaseException:
                 await _abort(writer)
                 raise
+            if self._closed:  # stopped during the handshake
+                await _abort(writer)
+                raise TransportClosed(self.node)
             self._out[peer] = writer
             return writer
 

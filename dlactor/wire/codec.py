@@ -51,6 +51,7 @@ __all__ = [
     "MAX_NDIM",
     "MAX_OP",
     "MAX_OVERLAY",
+    "MAX_RUN_ID",
     "MAX_SHORT",
     "MAX_SPAN",
     "MAX_TENSORS",
@@ -83,8 +84,11 @@ MAX_OVERLAY = 1 << 16
 MAX_OP = 32
 #: Largest overlay value (they are degrees, ages and counts).
 MAX_OVERLAY_VALUE = (1 << 63) - 1
-#: Longest run id or host name, in characters.
+#: Longest host name, traceback line or other short text, in characters.
 MAX_SHORT = 256
+#: Longest run id in a hello, in characters: 64 of them, even 4 bytes each in UTF-8, keep
+#: a hello within the handshake's 512-byte frame limit.
+MAX_RUN_ID = 64
 #: Every tensor starts at a body offset that is a multiple of this.
 ALIGN = 8
 #: Bytes of a handshake nonce, of an Ed25519 signature and of an Ed25519 public key.
@@ -285,6 +289,8 @@ def _register_fields(msg: Register) -> Header:
 def _start_fields(msg: Start) -> Header:
     if not isinstance(msg.addresses, Mapping):
         raise LocalProtocolError("cannot encode start: addresses is not a mapping")
+    if not set(msg.keys) <= set(msg.addresses):
+        raise LocalProtocolError("cannot encode start: a key for a node without an address")
     triples = []
     for node, where in msg.addresses.items():
         if not isinstance(where, tuple | list) or len(where) != 2:
@@ -583,7 +589,7 @@ def _tensor_at(body: Body, spec: _Spec, start: int) -> torch.Tensor:
 
 def _read_hello(header: Header) -> Hello:
     return Hello(
-        run_id=_text(header["run"], "run_id", MAX_SHORT),
+        run_id=_text(header["run"], "run_id", MAX_RUN_ID),
         sender=_uint(header["s"], "sender"),
         target=_uint(header["to"], "target"),
         nonce=_bin(header["n"], "nonce", NONCE_LEN),
