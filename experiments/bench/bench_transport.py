@@ -7,14 +7,18 @@ of the last warm-up message to the delivery of the last message, on the receiver
 monotonic clock, so connection set-up and slow start are left out.
 
 - dlactor: a `TcpTransport` sender (`send` = `writelines` + `drain`, uvloop) and a
-  `TcpTransport` receiver (its `BufferedProtocol` + `FrameDecoder` + `decode`,
-  hello checked, every message delivered to a callback). Both processes first set glibc's
-  malloc thresholds as a node process does (`set_malloc_thresholds`).
+  `TcpTransport` receiver (its `BufferedProtocol` + `FrameDecoder` + `decode`, the
+  connection's handshake answered, every message delivered to a callback). Both processes
+  first set glibc's malloc thresholds as a node process does (`set_malloc_thresholds`).
 - bare ceiling: a blocking `socket.sendall` loop of the same frame bytes, in pieces of at
-  most 1 MiB (after a hello frame, so that it can also feed a dlactor receiver; one
-  `sendall` of a whole 32 MB frame was half as fast), and an asyncio `BufferedProtocol`
-  (uvloop) receiving into one preallocated, reused buffer (one frame, at least 64 KiB like
-  `FrameDecoder`'s scratch buffer), counting bytes; no parsing at all.
+  most 1 MiB (after the connection's handshake, so that it can also feed a dlactor
+  receiver; one `sendall` of a whole 32 MB frame was half as fast), and an asyncio
+  `BufferedProtocol` (uvloop) receiving into one preallocated, reused buffer (one frame, at
+  least 64 KiB like `FrameDecoder`'s scratch buffer), counting bytes; no parsing at all once
+  it has answered the handshake (so that it can also be fed by a dlactor sender).
+
+Both sides are processes 0 (sender) and 1 (receiver) of one run, with keys made before the
+processes are forked; the handshake is part of the set-up, outside the timed span.
 """
 
 from __future__ import annotations
@@ -37,18 +41,23 @@ import torch
 import uvloop
 from report import Section, Table, Verdict
 
-from dlactor.messages import Hello, Message, Payload, Share
+from dlactor.messages import Message, Payload, Share
 from dlactor.metrics.memory import MMAP_THRESHOLD, set_malloc_thresholds
+from dlactor.security.handshake import Initiator, Responder
+from dlactor.testing import credentials
 from dlactor.transport.tcp import TcpTransport
-from dlactor.wire import encode, encoded_size
+from dlactor.wire import decode, encode, encoded_size
+from dlactor.wire.framing import PREFIX_LEN
 
-RUN_ID, SECRET = "bench", "0123456789abcdef"
+RUN_ID = "bench"
+#: The sender's and the receiver's credentials (processes 0 and 1; the forked processes
+#: inherit them).
+SENDER, RECEIVER = credentials(2, run_id=RUN_ID)[:2]
 CASE_TIMEOUT_S = 90.0
 TARGET_SHARE = 0.70
 TARGET_FROM = 4 << 20  # the target applies at 4 MB and above
 KIB, MIB = 1 << 10, 1 << 20
 SEND_CHUNK = 1 * MIB  # the bare sender's sendall size for frames larger than this
-HELLO = b"".join(encode(Hello(run_id=RUN_ID, secret=SECRET, sender=0)))
 
 
 @dataclass(frozen=True)
@@ -99,17 +108,43 @@ class _Clock:
 
 
 class _Sink(asyncio.BufferedProtocol):
-    """The bare ceiling's receiver: every byte into one preallocated buffer, counted."""
+    """The bare ceiling's receiver: answers the handshake as the receiver, then every byte
+    into one preallocated buffer, counted (the bytes after the proof only)."""
 
     def __init__(self, clock: _Clock, size: int) -> None:
         self.clock = clock
         self.buffer = memoryview(bytearray(size))
+        self.transport: asyncio.Transport | None = None
+        self.responder: Responder | None = Responder(RUN_ID, RECEIVER.identity, RECEIVER.ring)
+        self.pending = bytearray()  # handshake bytes not parsed yet
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
 
     def get_buffer(self, sizehint: int) -> memoryview:
         return self.buffer
 
     def buffer_updated(self, nbytes: int) -> None:
+        if self.responder is not None:
+            self.pending += self.buffer[:nbytes]
+            nbytes = self._handshake()
         self.clock.add(nbytes)
+
+    def _handshake(self) -> int:
+        """Answer the hello, check the proof; the bytes received after the proof."""
+        while self.responder is not None and len(self.pending) >= PREFIX_LEN:
+            end = PREFIX_LEN + int.from_bytes(self.pending[:PREFIX_LEN], "big")
+            if len(self.pending) < end:
+                return 0
+            msg = decode(self.pending[PREFIX_LEN:end])
+            del self.pending[:end]
+            if self.responder.claimed is None:
+                assert self.transport is not None
+                self.transport.writelines(encode(self.responder.on_hello(msg)))
+            else:
+                self.responder.on_proof(msg)
+                self.responder = None
+        return len(self.pending) if self.responder is None else 0
 
 
 def _receiver(
@@ -138,9 +173,7 @@ def _node_malloc() -> None:
 
 async def _dlactor_receive(case: Case, conn: Connection) -> tuple[float, float]:
     clock = _Clock(case.warmup, case.total)
-    transport = TcpTransport(
-        node=1, run_id=RUN_ID, secret=SECRET, deliver=lambda msg, nbytes: clock.add(1)
-    )
+    transport = TcpTransport(credentials=RECEIVER, deliver=lambda msg, nbytes: clock.add(1))
     conn.send(("address", await transport.start()))
     try:
         return await asyncio.wait_for(clock.done, CASE_TIMEOUT_S)
@@ -152,8 +185,7 @@ async def _bare_receive(
     case: Case, conn: Connection, sink_bytes: int | None = None
 ) -> tuple[float, float]:
     """Count bytes into one reused buffer: one frame (at least 64 KiB), or ``sink_bytes``."""
-    hello = len(HELLO)  # a dlactor sender starts with one
-    clock = _Clock(hello + case.warmup * case.wire_bytes, hello + case.total * case.wire_bytes)
+    clock = _Clock(case.warmup * case.wire_bytes, case.total * case.wire_bytes)
     size = sink_bytes or max(case.wire_bytes, 64 * KIB)
     loop = asyncio.get_running_loop()
     server = await loop.create_server(lambda: _Sink(clock, size), "127.0.0.1", 0)
@@ -169,7 +201,7 @@ def _ignore(msg: Message, nbytes: int) -> None:
 
 
 async def _dlactor_send(case: Case, address: tuple[str, int]) -> None:
-    transport = TcpTransport(node=0, run_id=RUN_ID, secret=SECRET, deliver=_ignore)
+    transport = TcpTransport(credentials=SENDER, deliver=_ignore)
     transport.set_peers({1: address})
     msg = case.share()
     for _ in range(case.total):
@@ -188,10 +220,29 @@ def bare_sender(case: Case, address: tuple[str, int]) -> None:
     pieces = [frame[i : i + SEND_CHUNK] for i in range(0, len(frame), SEND_CHUNK)]
     with socket.create_connection(address) as sock:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        sock.sendall(HELLO)  # so that a dlactor receiver accepts the connection
+        _bare_handshake(sock)  # so that a dlactor receiver accepts the connection
         for _ in range(case.total):
             for piece in pieces:
                 sock.sendall(piece)
+
+
+def _bare_handshake(sock: socket.socket) -> None:
+    """The sender's side of the handshake, on a blocking socket."""
+    initiator = Initiator(RUN_ID, SENDER.identity, SENDER.ring, 1)
+    sock.sendall(b"".join(encode(initiator.hello())))
+    length = int.from_bytes(_recv_exactly(sock, PREFIX_LEN), "big")
+    challenge = decode(bytearray(_recv_exactly(sock, length)))
+    sock.sendall(b"".join(encode(initiator.on_challenge(challenge))))
+
+
+def _recv_exactly(sock: socket.socket, n: int) -> bytes:
+    data = bytearray()
+    while len(data) < n:
+        chunk = sock.recv(n - len(data))
+        if not chunk:
+            raise ConnectionError("the receiver closed the connection during the handshake")
+        data += chunk
+    return bytes(data)
 
 
 #: name: (receiver, sender). The mixed pairs show which side limits dlactor; the last one

@@ -22,6 +22,9 @@ from typer.testing import CliRunner
 from dlactor.cli import app
 from dlactor.launch import local, worker
 from dlactor.messages import Done, Message, Register, Start, Stop
+from dlactor.security.credentials import Credentials
+from dlactor.security.identity import Identity
+from dlactor.testing import credentials
 from tests.conftest import small_plan
 
 ROOT = Path(__file__).parents[2]
@@ -211,20 +214,52 @@ def leftover_tasks() -> set[asyncio.Task[Any]]:
 START = Start(addresses={}, t0=0.0)
 
 
+def node_credentials() -> Credentials:
+    """Node 0's credentials, in a run of one node."""
+    return credentials(1)[0]
+
+
 async def test_a_finished_node_reports_done_and_leaves_no_task_behind() -> None:
     ctl = StandInControl(START)
 
-    code = await worker._lifecycle(StandInNode(lambda: asyncio.sleep(0)), ctl)  # type: ignore[arg-type]
+    code = await worker._lifecycle(
+        StandInNode(lambda: asyncio.sleep(0)),  # type: ignore[arg-type]
+        ctl,  # type: ignore[arg-type]
+        node_credentials(),
+    )
 
     assert code == worker.EXIT_DONE
     assert [type(m) for m in ctl.sent] == [Register, Done]
     assert leftover_tasks() == set()
 
 
+async def test_a_node_learns_the_public_keys_of_the_address_book_at_the_start_barrier() -> None:
+    """A process that made its own key (Ray) is in no ring but the launcher's: its key comes
+    with the address book, over the control channel the launcher proved itself on."""
+    joiner = Identity.generate(5)
+    start = Start(addresses={5: ("127.0.0.1", 1)}, t0=0.0, keys={5: joiner.public})
+    creds = node_credentials()
+    assert 5 not in creds.ring
+
+    code = await worker._lifecycle(
+        StandInNode(lambda: asyncio.sleep(0)),  # type: ignore[arg-type]
+        StandInControl(start),  # type: ignore[arg-type]
+        creds,
+    )
+
+    assert code == worker.EXIT_DONE
+    assert creds.ring[5] == joiner.public
+    assert creds.ring.verify(5, joiner.sign(b"x"), b"x")
+
+
 async def test_a_stop_cancels_the_rounds_and_leaves_no_task_behind() -> None:
     ctl = StandInControl(START, Stop("ctrl-c"))
 
-    code = await worker._lifecycle(StandInNode(lambda: asyncio.sleep(60)), ctl)  # type: ignore[arg-type]
+    code = await worker._lifecycle(
+        StandInNode(lambda: asyncio.sleep(60)),  # type: ignore[arg-type]
+        ctl,  # type: ignore[arg-type]
+        node_credentials(),
+    )
 
     assert code == worker.EXIT_STOPPED
     assert leftover_tasks() == set()
@@ -235,7 +270,11 @@ async def test_a_failing_round_raises_its_own_exception_not_a_group() -> None:
         raise RuntimeError("boom")
 
     with pytest.raises(RuntimeError, match="boom") as info:
-        await worker._lifecycle(StandInNode(boom), StandInControl(START))  # type: ignore[arg-type]
+        await worker._lifecycle(
+            StandInNode(boom),  # type: ignore[arg-type]
+            StandInControl(START),  # type: ignore[arg-type]
+            node_credentials(),
+        )
 
     assert traceback.format_exception(info.value)[-1] == "RuntimeError: boom\n"
     assert leftover_tasks() == set()

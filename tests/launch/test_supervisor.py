@@ -7,18 +7,21 @@ import asyncio
 import os
 import socket
 import tracemalloc
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import pytest
 import torch
 
 from dlactor.launch import supervisor as supervisor_module
+from dlactor.launch.control import ControlStream
 from dlactor.launch.plan import Plan
 from dlactor.launch.supervisor import ForkedNodes, Supervisor
-from dlactor.messages import Failed, Hello, Message, Payload, Progress, Share
+from dlactor.messages import Done, Failed, Hello, Message, Payload, Progress, Share
+from dlactor.security.credentials import Credentials
+from dlactor.security.identity import LAUNCHER, Identity
 from dlactor.sharing.ops import flatten
-from dlactor.wire.codec import encode
+from dlactor.wire.codec import NONCE_LEN, encode
 from dlactor.wire.framing import HANDSHAKE_MAX_FRAME, frame_prefix
 from tests.conftest import small_plan
 
@@ -43,11 +46,18 @@ def wire(msg: Message) -> bytes:
     return b"".join(bytes(b) for b in encode(msg))
 
 
+def creds(plan: Plan, process: int) -> Credentials:
+    """``process``'s credentials (the launcher's: ``LAUNCHER``), every other key kept."""
+    return plan.keys.credentials(process, plan.run_id, keep_others=True)
+
+
 def supervisor(plan: Plan, run_dir: Path) -> Supervisor:
     procs = [StandIn(1 << 22 | i) for i in range(plan.config.nodes)]  # no such pids
     listener = socket.create_server(("127.0.0.1", 0))
     nodes = ForkedNodes(procs)  # type: ignore[arg-type]
-    return Supervisor(plan, nodes, listener, run_dir, show_progress=False)
+    return Supervisor(
+        plan, nodes, listener, run_dir, show_progress=False, credentials=creds(plan, LAUNCHER)
+    )
 
 
 @pytest.fixture
@@ -77,6 +87,11 @@ async def exchange(addr: tuple[str, int], data: bytes) -> bytes:
         writer.close()
 
 
+async def connect(addr: tuple[str, int], plan: Plan, node: int) -> ControlStream:
+    """``node``'s control stream, its handshake with the launcher done."""
+    return await ControlStream.connect(*addr, creds(plan, node), timeout=5)
+
+
 async def test_a_control_frame_over_the_hello_limit_before_hello_is_dropped_unallocated(
     control: tuple[Plan, Supervisor, tuple[str, int]], capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -93,19 +108,66 @@ async def test_a_control_frame_over_the_hello_limit_before_hello_is_dropped_unal
     assert sup.streams == {}
 
 
-async def test_after_its_hello_a_node_may_send_frames_bigger_than_a_hello(
+async def test_after_its_handshake_a_node_may_send_frames_bigger_than_a_handshake(
     control: tuple[Plan, Supervisor, tuple[str, int]],
 ) -> None:
     plan, sup, addr = control
     tb = "x" * (4 * HANDSHAKE_MAX_FRAME) + "\nRuntimeError: boom\n"
-    _, writer = await asyncio.open_connection(*addr)
-    writer.write(wire(Hello(plan.run_id, plan.secret, 0)) + wire(Failed(0, tb)))
+    stream = await connect(addr, plan, 0)
+    await stream.send(Failed(0, tb))
 
     async with asyncio.timeout(5):
         await sup._finished.wait()
 
     assert sup.outcome.status == "failed" and sup.outcome.traceback == tb
-    writer.close()
+    stream.close()
+
+
+@pytest.mark.parametrize(
+    ("case", "hello"),
+    [
+        ("for another run", lambda plan: Hello("other-run", 0, LAUNCHER, bytes(NONCE_LEN))),
+        ("to a node, not the launcher", lambda plan: Hello(plan.run_id, 0, 1, bytes(NONCE_LEN))),
+        ("from outside the run", lambda plan: Hello(plan.run_id, 99, LAUNCHER, bytes(NONCE_LEN))),
+        ("as the launcher", lambda plan: Hello(plan.run_id, LAUNCHER, LAUNCHER, bytes(NONCE_LEN))),
+    ],
+)
+async def test_a_hello_the_launcher_cannot_accept_is_dropped_unanswered(
+    case: str,
+    hello: Callable[[Plan], Hello],
+    control: tuple[Plan, Supervisor, tuple[str, int]],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    plan, sup, addr = control
+
+    assert await exchange(addr, wire(hello(plan))) == b""  # no challenge: nothing at all
+
+    assert "dropped a control connection" in capsys.readouterr().err
+    assert sup.streams == {}
+
+
+async def test_a_node_that_cannot_prove_its_id_or_connects_twice_is_dropped(
+    control: tuple[Plan, Supervisor, tuple[str, int]],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    plan, sup, addr = control
+    # knows the run and every public key, but not node 2's private key
+    impostor = Credentials(plan.run_id, Identity.generate(2), creds(plan, 2).ring)
+    stream = await ControlStream.connect(*addr, impostor, timeout=5)
+    assert await stream.receive() is None  # its proof failed
+    stream.close()
+    assert "dropped a control connection: process 2 failed to prove" in capsys.readouterr().err
+
+    first = await connect(addr, plan, 2)
+    second = await connect(addr, plan, 2)
+    assert await second.receive() is None
+    assert "process 2 connected a second time" in capsys.readouterr().err
+    await first.send(Done(2))  # the first connection still serves
+    async with asyncio.timeout(5):
+        while 2 not in sup.done:
+            await asyncio.sleep(0.01)
+    for closing in (first, second):
+        closing.close()
 
 
 @pytest.mark.parametrize(
@@ -125,17 +187,23 @@ async def test_a_control_message_that_does_not_fit_drops_that_connection_not_the
 ) -> None:
     plan, sup, addr = control
 
-    assert await exchange(addr, wire(Hello(plan.run_id, plan.secret, 0)) + wire(msg)) == b""
+    stream = await connect(addr, plan, 0)
+    await stream.send(msg)
+    async with asyncio.timeout(5):
+        assert await stream.receive() is None  # dropped
+    stream.close()
 
     assert "dropped a control connection: node 0" in capsys.readouterr().err
     assert sup.outcome.status == "ok"
     good = Share(1, 1, Payload({"params": flatten(plan.model.parameters())}))
-    _, writer = await asyncio.open_connection(*addr)
-    writer.write(wire(Hello(plan.run_id, plan.secret, 1)) + wire(good))
+    stream = await connect(addr, plan, 1)
+    await stream.send(good)
+    await stream.send(Done(1))  # seen only if the share before it was taken
     async with asyncio.timeout(5):
-        while 1 not in sup.streams:
+        while 1 not in sup.done:
             await asyncio.sleep(0.01)
-    writer.close()
+    assert "dropped" not in capsys.readouterr().err
+    stream.close()
 
 
 async def test_a_node_that_reported_failed_is_not_blamed_again_for_exiting(
@@ -149,13 +217,12 @@ async def test_a_node_that_reported_failed_is_not_blamed_again_for_exiting(
     await asyncio.sleep(0.05)
     addr = sup.listener.getsockname()[:2]
 
-    _, writer = await asyncio.open_connection(*addr)
-    writer.write(wire(Hello(plan.run_id, plan.secret, 2)) + wire(Failed(2, KNOCK_ON_TB)))
-    await writer.drain()
+    stream = await connect(addr, plan, 2)
+    await stream.send(Failed(2, KNOCK_ON_TB))
     async with asyncio.timeout(5):
         while 2 not in sup.reported:
             await asyncio.sleep(0.01)
-    writer.close()  # the node closes its control connection and exits, code 1
+    stream.close()  # the node closes its control connection and exits, code 1
     sup.nodes.procs[2].exitcode = 1  # type: ignore[attr-defined]
     async with asyncio.timeout(5):
         outcome = await running
@@ -191,8 +258,9 @@ async def test_a_node_process_that_ends_unreported_fails_the_run_in_its_backends
     monkeypatch.setattr(supervisor_module, "STOP_GRACE_S", 0.1)
     plan = small_plan()
     nodes = Placed(plan.config.nodes)
+    listener = socket.create_server(("127.0.0.1", 0))
     sup = Supervisor(
-        plan, nodes, socket.create_server(("127.0.0.1", 0)), tmp_path, show_progress=False
+        plan, nodes, listener, tmp_path, show_progress=False, credentials=creds(plan, LAUNCHER)
     )
     running = asyncio.ensure_future(sup.run())
     await asyncio.sleep(0.05)

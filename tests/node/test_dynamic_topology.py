@@ -54,7 +54,8 @@ def dynamic(plan: Plan) -> RandomRegularDynamic:
 
 def tcp_nodes(plan: Plan, models: list[torch.nn.Module]) -> list[Node]:
     def tcp(node: int, deliver: Deliver) -> TcpTransport:
-        return TcpTransport(node=node, run_id=plan.run_id, secret=plan.secret, deliver=deliver)
+        creds = plan.keys.credentials(node, plan.run_id, keep_others=True)
+        return TcpTransport(credentials=creds, deliver=deliver)
 
     nodes = [build_node(plan, i, partial(tcp, i), model=models[i]) for i in range(NODES)]
     for node in nodes:

@@ -9,14 +9,16 @@ import pytest
 import torch
 
 from dlactor.launch.plan import Plan, build_node
-from dlactor.messages import Hello, Payload, Share
+from dlactor.messages import Payload, Share
 from dlactor.node.context import EvalStats, RoundContext, TrainStats
 from dlactor.node.mailbox import RoundTimeout
 from dlactor.node.node import Node, SendStalled
+from dlactor.security.credentials import Credentials
+from dlactor.security.handshake import Responder
 from dlactor.sharing.ops import flatten
-from dlactor.testing import build_network
+from dlactor.testing import build_network, open_as
 from dlactor.transport.base import Deliver
-from dlactor.transport.tcp import TcpTransport
+from dlactor.transport.tcp import TcpTransport, read_handshake_frame
 from dlactor.wire.codec import encode
 from tests.conftest import small_plan
 
@@ -42,7 +44,7 @@ async def test_a_node_is_built_without_a_socket_and_listens_only_once_started() 
     plan = small_plan()
 
     def tcp(deliver: Deliver) -> TcpTransport:
-        return TcpTransport(node=0, run_id=plan.run_id, secret=plan.secret, deliver=deliver)
+        return TcpTransport(credentials=creds(plan, 0), deliver=deliver)
 
     node = build_node(plan, 0, tcp)
     assert isinstance(node.transport, TcpTransport)
@@ -89,11 +91,14 @@ class HugeSharing:
         pass
 
 
+def creds(plan: Plan, process: int) -> Credentials:
+    """``process``'s credentials, every other key kept (several processes in one test)."""
+    return plan.keys.credentials(process, plan.run_id, keep_others=True)
+
+
 def tcp_node(plan: Plan, node: int = 0) -> Node:
     def tcp(deliver: Deliver) -> TcpTransport:
-        return TcpTransport(
-            node=node, run_id=plan.run_id, secret=plan.secret, deliver=deliver, close_timeout=0.2
-        )
+        return TcpTransport(credentials=creds(plan, node), deliver=deliver, close_timeout=0.2)
 
     return build_node(plan, node, tcp)
 
@@ -103,7 +108,12 @@ async def test_a_neighbour_that_stops_reading_fails_the_round_naming_it_in_time(
     held: list[asyncio.StreamWriter] = []
 
     async def never_read(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """Answers the handshake as node 1, then reads nothing more."""
         held.append(writer)
+        me = creds(plan, 1)
+        responder = Responder(plan.run_id, me.identity, me.ring)
+        writer.writelines(encode(responder.on_hello(await read_handshake_frame(reader))))
+        responder.on_proof(await read_handshake_frame(reader))
 
     stalled = await asyncio.start_server(never_read, "127.0.0.1", 0)
     node = tcp_node(plan)
@@ -123,7 +133,7 @@ async def test_a_neighbour_that_stops_reading_fails_the_round_naming_it_in_time(
     await stalled.wait_closed()
 
 
-def wire(msg: Hello | Share) -> bytes:
+def wire(msg: Share) -> bytes:
     return b"".join(bytes(b) for b in encode(msg))
 
 
@@ -134,6 +144,8 @@ def wire(msg: Hello | Share) -> bytes:
         ("wrong shape", {"params": torch.zeros(1209)}),
         ("wrong dtype", {"params": torch.zeros(1210, dtype=torch.float64)}),
         ("extra tensor", {"params": torch.zeros(1210), "x": torch.zeros(1)}),
+        ("NaN", {"params": torch.zeros(1210).index_fill(0, torch.tensor([7]), float("nan"))}),
+        ("Inf", {"params": torch.zeros(1210).index_fill(0, torch.tensor([7]), float("-inf"))}),
     ],
 )
 async def test_a_payload_that_does_not_fit_the_model_drops_that_peer_and_the_node_carries_on(
@@ -143,11 +155,10 @@ async def test_a_payload_that_does_not_fit_the_model_drops_that_peer_and_the_nod
     assert plan.model_params == 1210
     node = tcp_node(plan)
     addr = await node.start()
-    reader, writer = await asyncio.open_connection(*addr)
+    reader, writer = await open_as(addr, creds(plan, 1), 0)  # node 1, proven
 
     with caplog.at_level(logging.WARNING, logger="dlactor.transport"):
-        hello, bad = Hello(plan.run_id, plan.secret, 1), Share(1, 0, Payload(tensors))
-        writer.write(wire(hello) + wire(bad))
+        writer.write(wire(Share(1, 0, Payload(tensors))))
         async with asyncio.timeout(5):
             assert await reader.read() == b""  # dropped on arrival
 

@@ -1,11 +1,14 @@
 """A round's bytes_recv/msgs_recv are exactly what the neighbours sent this node for that
-round, also when the nodes are not in lockstep and over TCP (handshakes included)."""
+round, also when the nodes are not in lockstep and over TCP (handshakes included: a
+connection's hello and proof from the node that opened it, its challenge from the other)."""
 
 from __future__ import annotations
 
 import asyncio
 import copy
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+
+import pytest
 
 from dlactor.launch.plan import Plan, build_node
 from dlactor.node.context import EvalStats, RoundContext, TrainStats
@@ -47,11 +50,14 @@ async def run_all(nodes: list[Node], addresses: dict | None = None) -> None:
     await run_nodes(nodes, addresses)
 
 
-def assert_received_is_what_neighbours_sent(plan: Plan, records: dict[int, list[Record]]) -> None:
+def assert_received_is_what_neighbours_sent(
+    plan: Plan, records: dict[int, list[Record]], rounds: Iterable[int] | None = None
+) -> None:
     """Full sharing sends the same frame to every neighbour, so what j sent i in round r is
-    j's bytes_sent / degree (its hello to i included in the round it connected)."""
+    j's bytes_sent / degree (in the round they connected: j's hello and proof to i, and j's
+    challenge to i's hello, included)."""
     for i in range(plan.config.nodes):
-        for r in range(plan.config.rounds):
+        for r in range(plan.config.rounds) if rounds is None else rounds:
             sent_to_i = [records[j][r] for j in plan.graph[i]]
             assert all(rec["bytes_sent"] % rec["degree"] == 0 for rec in sent_to_i)
             expected_bytes = sum(rec["bytes_sent"] // rec["degree"] for rec in sent_to_i)
@@ -86,23 +92,42 @@ async def test_bytes_recv_is_per_message_round_on_the_in_memory_network() -> Non
     assert_received_is_what_neighbours_sent(plan, records)
 
 
-async def test_bytes_recv_is_per_message_round_over_tcp_with_handshakes() -> None:
+@pytest.fixture(scope="module")
+def tcp_run() -> tuple[Plan, dict[int, list[Record]]]:
+    """One run over TCP (every node connects to its neighbours in round 0), for the tests
+    below to look at."""
     plan = small_plan("nodes=6", "topology.degree=3", "rounds=4")
     records, collect = collector()
 
     def tcp(node: int) -> Callable[[Deliver], TcpTransport]:
-        return lambda deliver: TcpTransport(
-            node=node, run_id=plan.run_id, secret=plan.secret, deliver=deliver
-        )
+        creds = plan.keys.credentials(node, plan.run_id, keep_others=True)
+        return lambda deliver: TcpTransport(credentials=creds, deliver=deliver)
 
-    nodes = [
-        build_node(plan, i, tcp(i), model=copy.deepcopy(plan.model), on_round=collect)
-        for i in range(plan.config.nodes)
-    ]
-    addresses = {node.node: await node.start() for node in nodes}
+    async def run() -> None:
+        nodes = [
+            build_node(plan, i, tcp(i), model=copy.deepcopy(plan.model), on_round=collect)
+            for i in range(plan.config.nodes)
+        ]
+        addresses = {node.node: await node.start() for node in nodes}
+        await run_all(nodes, addresses)
 
-    await run_all(nodes, addresses)
+    asyncio.run(run())
+    return plan, records
 
+
+def test_bytes_recv_is_per_message_round_over_tcp(
+    tcp_run: tuple[Plan, dict[int, list[Record]]],
+) -> None:
+    plan, records = tcp_run
     assert_out_of_lockstep(plan, records)
-    assert_received_is_what_neighbours_sent(plan, records)
-    assert all(records[i][0]["msgs_recv"] == 2 * 3 for i in records)  # hello + share each
+    assert_received_is_what_neighbours_sent(plan, records, range(1, plan.config.rounds))
+
+
+def test_over_tcp_the_handshakes_count_in_the_round_they_happen_on_both_sides(
+    tcp_run: tuple[Plan, dict[int, list[Record]]],
+) -> None:
+    plan, records = tcp_run
+    assert_received_is_what_neighbours_sent(plan, records, [0])
+    # from each of its 3 neighbours: its share, and the hello, the proof and the challenge
+    # of the two connections between them
+    assert all(records[i][0]["msgs_recv"] == 3 * 4 for i in records)

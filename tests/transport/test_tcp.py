@@ -1,6 +1,7 @@
 """The TCP transport on 127.0.0.1: delivery, accounting, and what it does with bad peers."""
 
 import asyncio
+import contextlib
 import gc
 import logging
 import time
@@ -11,14 +12,27 @@ from collections.abc import Callable
 import psutil
 import pytest
 import torch
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from dlactor.messages import Hello, Message, Payload, Share
-from dlactor.transport.base import SendTimeout, TransportClosed
-from dlactor.transport.tcp import TcpTransport
-from dlactor.wire.codec import encode
+from dlactor.messages import Challenge, Hello, Message, Payload, Proof, Share
+from dlactor.security.credentials import Credentials
+from dlactor.security.handshake import Initiator, Responder
+from dlactor.security.identity import Identity
+from dlactor.testing import credentials, open_as
+from dlactor.transport.base import (
+    HandshakeFailed,
+    PeerUnreachable,
+    SendTimeout,
+    TransportClosed,
+)
+from dlactor.transport.tcp import TcpTransport, read_handshake_frame
+from dlactor.wire.codec import NONCE_LEN, SIGNATURE_LEN, encode
 from dlactor.wire.framing import HANDSHAKE_MAX_FRAME, frame_prefix
 
-RUN, SECRET = "run-1", "s3cret"
+RUN = "run-1"
+#: Processes 0..7 of the run (and the launcher's, last): every key is kept in this process.
+CREDS = credentials(8, run_id=RUN)
+NONCE = bytes(NONCE_LEN)
 
 
 class Inbox:
@@ -38,7 +52,7 @@ class Inbox:
 
 
 def transport(node: int, inbox: Inbox, **kw: object) -> TcpTransport:
-    return TcpTransport(node=node, run_id=RUN, secret=SECRET, deliver=inbox, **kw)  # type: ignore[arg-type]
+    return TcpTransport(credentials=CREDS[node], deliver=inbox, **kw)  # type: ignore[arg-type]
 
 
 def share(sender: int, round: int, n: int = 1000) -> Share:
@@ -56,31 +70,64 @@ async def pair() -> tuple[TcpTransport, TcpTransport, Inbox]:
 
 
 async def raw_client(addr: tuple[str, int], *chunks: bytes) -> bytes:
-    """Connect, write ``chunks``, return what comes back before the server closes."""
+    """Connect, write ``chunks``, return what comes back before the server closes.
+
+    A server that drops us with some of our bytes unread closes with a reset (the kernel's
+    answer to unread data), one that had read them all with a FIN: either ends what we got.
+    """
     reader, writer = await asyncio.open_connection(*addr)
-    for chunk in chunks:
-        writer.write(chunk)
-    await writer.drain()
-    async with asyncio.timeout(5):
-        data = await reader.read()  # b"" once the server drops us
-    writer.close()
-    return data
+    data = bytearray()
+    try:
+        for chunk in chunks:
+            writer.write(chunk)
+        await writer.drain()
+        async with asyncio.timeout(5):
+            while block := await reader.read(1 << 16):
+                data += block
+    except ConnectionResetError:
+        pass
+    finally:
+        writer.close()
+    return bytes(data)
 
 
 def wire(msg: Message) -> bytes:
     return b"".join(bytes(b) for b in encode(msg))
 
 
-class StalledPeer:
-    """Accepts connections and never reads them: the socket buffers fill and sends block."""
+def size(msg: Message) -> int:
+    return len(wire(msg))
 
-    def __init__(self) -> None:
+
+#: Wire sizes of the handshake between two single-digit processes (nonces and signatures
+#: have fixed lengths, so these are every handshake's).
+HELLO = size(Hello(RUN, 0, 1, NONCE))
+CHALLENGE = size(Challenge(1, NONCE, bytes(SIGNATURE_LEN)))
+PROOF = size(Proof(bytes(SIGNATURE_LEN)))
+
+
+async def answer_handshake(
+    creds: Credentials, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+) -> int:
+    """Answer a connection's handshake as ``creds``' process; the initiator's proven id."""
+    responder = Responder(creds.run_id, creds.identity, creds.ring)
+    writer.write(wire(responder.on_hello(await read_handshake_frame(reader))))
+    return responder.on_proof(await read_handshake_frame(reader))
+
+
+class StalledPeer:
+    """Answers the handshake as ``creds``' process (the one the sender dialled), then never
+    reads again: the socket buffers fill and sends block."""
+
+    def __init__(self, creds: Credentials) -> None:
+        self.creds = creds
         self.writers: list[asyncio.StreamWriter] = []
         self.server: asyncio.Server | None = None
 
     async def start(self) -> tuple[str, int]:
         async def hold(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
             self.writers.append(writer)
+            await answer_handshake(self.creds, reader, writer)
 
         self.server = await asyncio.start_server(hold, "127.0.0.1", 0)
         return self.server.sockets[0].getsockname()[:2]
@@ -120,11 +167,13 @@ async def test_messages_arrive_in_order_with_their_wire_size() -> None:
     await inbox.wait_for(3)
     assert [m.round for m, _ in inbox.messages] == [0, 1, 2]  # type: ignore[union-attr]
     assert torch.equal(inbox.messages[0][0].payload.tensors["params"], torch.arange(1000.0))  # type: ignore[union-attr]
-    frame = sum(len(b) for b in encode(share(0, 0)))
-    hello = sum(len(b) for b in encode(Hello(RUN, SECRET, 0)))
-    assert sender.stats.bytes_sent == 3 * frame + hello
+    frame = size(share(0, 0))
+    # the connection's handshake is counted too: hello and proof one way, challenge the other
+    assert sender.stats.bytes_sent == 3 * frame + HELLO + PROOF
     assert receiver.stats.bytes_recv == sender.stats.bytes_sent
-    assert sender.stats.msgs_sent == 4 and receiver.stats.msgs_recv == 4
+    assert sender.stats.bytes_recv == receiver.stats.bytes_sent == CHALLENGE
+    assert sender.stats.msgs_sent == 5 and receiver.stats.msgs_recv == 5
+    assert sender.stats.msgs_recv == receiver.stats.msgs_sent == 1
     await sender.stop()
     await receiver.stop()
 
@@ -207,8 +256,8 @@ async def test_a_peer_that_closes_in_the_middle_of_a_frame_is_logged(
     frame = wire(share(5, 0))
 
     with caplog.at_level(logging.WARNING, logger="dlactor.transport"):
-        _, writer = await asyncio.open_connection(*addr)
-        writer.write(wire(Hello(RUN, SECRET, 5)) + frame[:1000])
+        _, writer = await open_as(addr, CREDS[5], 1)
+        writer.write(frame[:1000])
         writer.close()
         await writer.wait_closed()
         await wait_until(lambda: receiver.open_connections == 0)
@@ -221,7 +270,7 @@ async def test_a_peer_that_closes_in_the_middle_of_a_frame_is_logged(
 async def test_stop_aborts_a_closed_connection_still_flushing_to_a_peer_that_stopped_reading() -> (
     None
 ):
-    peer = StalledPeer()
+    peer = StalledPeer(CREDS[1])
     port = (await peer.start())[1]
     sender = transport(0, Inbox(), close_timeout=0.2)
     sender.set_peers({1: ("127.0.0.1", port)})
@@ -280,9 +329,12 @@ async def test_send_waits_for_a_slow_reader_instead_of_buffering_without_bound()
     [
         ("garbage", [b"\x00\x00\x00\x08GARBAGE!"]),
         ("oversize length", [b"\xff\xff\xff\xff"]),
-        ("share before hello", [b"".join(bytes(b) for b in encode(share(5, 0)))]),
-        ("wrong secret", [b"".join(bytes(b) for b in encode(Hello(RUN, "guess", 5)))]),
-        ("wrong run", [b"".join(bytes(b) for b in encode(Hello("other-run", SECRET, 5)))]),
+        ("share before hello", [wire(share(5, 0, n=4))]),
+        ("proof before hello", [wire(Proof(bytes(SIGNATURE_LEN)))]),
+        ("wrong run", [wire(Hello("other-run", 5, 1, NONCE))]),
+        ("hello to another process", [wire(Hello(RUN, 5, 2, NONCE))]),
+        ("hello from a process outside the run", [wire(Hello(RUN, 99, 1, NONCE))]),
+        ("hello from the receiver's own id", [wire(Hello(RUN, 1, 1, NONCE))]),
         ("empty frame", [b"\x00\x00\x00\x00"]),
         ("64 MiB frame before hello", [frame_prefix(64 << 20) + b"\x00" * 1000]),
         ("hello-sized limit before hello", [frame_prefix(HANDSHAKE_MAX_FRAME + 1) + b"\x00" * 8]),
@@ -305,13 +357,39 @@ async def test_a_bad_peer_is_dropped_and_logged_while_the_node_carries_on(
     await receiver.stop()
 
 
-async def test_a_peer_that_lies_about_its_id_after_hello_is_dropped() -> None:
+async def test_a_peer_that_claims_an_id_whose_key_it_lacks_fails_its_proof_and_is_dropped(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """It knows the run and every public key, but not process 5's private key: it gets a
+    challenge, its proof fails, and the share it sends after it is never delivered."""
     sender, receiver, inbox = await pair()
     assert receiver.address is not None
-    addr = receiver.address
-    hello = b"".join(bytes(b) for b in encode(Hello(RUN, SECRET, 5)))
-    forged = b"".join(bytes(b) for b in encode(share(6, 0)))
-    assert await raw_client(addr, hello, forged) == b""
+    ring = CREDS[0].ring
+    impostor = Credentials(RUN, Identity(5, Ed25519PrivateKey.generate()), ring)
+    with caplog.at_level(logging.WARNING, logger="dlactor.transport"):
+        reader, writer = await open_as(receiver.address, impostor, 1)
+        writer.write(wire(share(5, 0)))
+        async with asyncio.timeout(5):
+            with contextlib.suppress(ConnectionResetError):
+                assert await reader.read() == b""
+        writer.close()
+    assert receiver.stats.dropped_connections == 1
+    assert "process 5 failed to prove its identity" in caplog.text
+    assert inbox.messages == []
+    await sender.send(1, share(0, 0))  # the node still works for honest peers
+    await inbox.wait_for(1)
+    await sender.stop()
+    await receiver.stop()
+
+
+async def test_a_peer_that_lies_about_its_id_after_its_handshake_is_dropped() -> None:
+    sender, receiver, inbox = await pair()
+    assert receiver.address is not None
+    reader, writer = await open_as(receiver.address, CREDS[5], 1)
+    writer.write(wire(share(6, 0)))
+    async with asyncio.timeout(5):
+        assert await reader.read() == b""
+    writer.close()
     assert receiver.stats.dropped_connections == 1
     assert inbox.messages == []
     await sender.stop()
@@ -339,13 +417,16 @@ async def test_a_frame_length_over_the_handshake_limit_before_hello_is_refused_u
     await receiver.stop()
 
 
-async def test_after_the_hello_a_big_frame_in_the_same_write_is_accepted() -> None:
+async def test_after_the_proof_a_big_frame_in_the_same_write_is_accepted() -> None:
     inbox = Inbox()
     receiver = transport(1, inbox)
     addr = await receiver.start()
     big = share(5, 0, n=50_000)  # 200 kB, far over the handshake limit
-    _, writer = await asyncio.open_connection(*addr)
-    writer.write(wire(Hello(RUN, SECRET, 5)) + wire(big))  # one write, likely one read
+    reader, writer = await asyncio.open_connection(*addr)
+    initiator = Initiator(RUN, CREDS[5].identity, CREDS[5].ring, 1)
+    writer.write(wire(initiator.hello()))
+    proof = initiator.on_challenge(await read_handshake_frame(reader))
+    writer.write(wire(proof) + wire(big))  # one write, likely one read
     await writer.drain()
 
     await inbox.wait_for(1)
@@ -356,7 +437,7 @@ async def test_after_the_hello_a_big_frame_in_the_same_write_is_accepted() -> No
 
 
 async def test_stop_returns_promptly_and_closes_every_socket_when_a_peer_stopped_reading() -> None:
-    peer = StalledPeer()
+    peer = StalledPeer(CREDS[1])
     port = (await peer.start())[1]
     sender = transport(0, Inbox(), close_timeout=0.2)
     sender.set_peers({1: ("127.0.0.1", port)})
@@ -394,17 +475,159 @@ async def test_a_connection_completed_after_stop_is_closed_not_kept() -> None:
 
 
 async def test_send_all_with_a_timeout_names_the_peers_that_did_not_take_the_message() -> None:
-    peer = StalledPeer()
+    peer = StalledPeer(CREDS[1])
     stalled = await peer.start()
     inbox = Inbox()
     receiver = transport(2, inbox)
     sender = transport(0, Inbox(), close_timeout=0.2)
     sender.set_peers({1: stalled, 2: await receiver.start()})
 
-    with pytest.raises(SendTimeout, match=r"node\(s\) \[1\] did not take the message within 0.5 s"):
-        await sender.send_all([1, 2], share(0, 0, n=8 << 20), timeout=0.5)
+    # 32 MB never fit in the stalled peer's socket buffers, however long we wait; the timeout
+    # leaves the peer that reads time to take them on a loaded machine
+    with pytest.raises(SendTimeout, match=r"node\(s\) \[1\] did not take the message within 3 s"):
+        await sender.send_all([1, 2], share(0, 0, n=8 << 20), timeout=3.0)
 
     await inbox.wait_for(1, timeout=20)  # the peer that reads got it
     await sender.stop()
     await receiver.stop()
     await peer.stop()
+
+
+async def test_a_connection_whose_handshake_completes_after_stop_is_closed_not_kept() -> None:
+    """Stopped while the peer has not answered our hello yet: when its challenge comes, the
+    connection is aborted and the send raises TransportClosed, as for a connect that
+    completes after stop."""
+    got_hello, answer = asyncio.Event(), asyncio.Event()
+    writers: list[asyncio.StreamWriter] = []
+
+    async def slow(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writers.append(writer)
+        creds = CREDS[1]
+        responder = Responder(creds.run_id, creds.identity, creds.ring)
+        challenge = responder.on_hello(await read_handshake_frame(reader))
+        got_hello.set()
+        await answer.wait()
+        writer.write(wire(challenge))
+        with contextlib.suppress(ConnectionError):
+            await reader.read()
+
+    server = await asyncio.start_server(slow, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    sender = transport(0, Inbox())
+    sender.set_peers({1: ("127.0.0.1", port)})
+    sending = asyncio.ensure_future(sender.send(1, share(0, 0)))
+    async with asyncio.timeout(5):
+        await got_hello.wait()
+
+    await sender.stop()
+    answer.set()
+
+    try:
+        with pytest.raises(TransportClosed):
+            await sending
+        assert sender.open_connections == 0
+        await wait_until(lambda: sockets_to(port) == [])
+    finally:
+        await sender.stop()  # whatever the send left open
+        for writer in writers:
+            writer.transport.abort()
+        server.close()
+        await server.wait_closed()
+
+
+async def test_a_stranger_that_does_not_finish_its_handshake_in_time_is_dropped(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    inbox = Inbox()
+    receiver = transport(1, inbox, handshake_timeout=0.3)
+    addr = await receiver.start()
+    initiator = Initiator(RUN, CREDS[5].identity, CREDS[5].ring, 1)
+    with caplog.at_level(logging.WARNING, logger="dlactor.transport"):
+        silent = asyncio.ensure_future(raw_client(addr))  # says nothing at all
+        reader, writer = await asyncio.open_connection(*addr)
+        writer.write(wire(initiator.hello()))  # says hello, never proves anything
+        await read_handshake_frame(reader)
+        async with asyncio.timeout(5):
+            assert await silent == b""
+            assert await reader.read() == b""
+        writer.close()
+    assert receiver.stats.dropped_connections == 2
+    assert caplog.text.count("did not finish its handshake within 0.3 s") == 2
+    assert "a peer claiming to be 5" in caplog.text
+    await wait_until(lambda: receiver.open_connections == 0)
+    sender = transport(0, Inbox())
+    sender.set_peers({1: addr})
+    await sender.send(1, share(0, 0))  # honest peers are still served
+    await inbox.wait_for(1)
+    await sender.stop()
+    await receiver.stop()
+
+
+async def test_strangers_over_max_pending_push_out_the_oldest_and_a_peer_still_gets_in() -> None:
+    inbox = Inbox()
+    receiver = transport(1, inbox, max_pending=3)
+    addr = await receiver.start()
+    idle = [await asyncio.open_connection(*addr) for _ in range(5)]
+    await wait_until(lambda: receiver.open_connections == 3)
+    assert receiver.stats.dropped_connections == 2
+    for reader, _ in idle[:2]:  # the oldest two were dropped
+        async with asyncio.timeout(5):
+            assert await reader.read() == b""
+
+    sender = transport(0, Inbox())
+    sender.set_peers({1: addr})
+    await sender.send(1, share(0, 0))  # pushes out one more idle stranger, not itself
+    await inbox.wait_for(1)
+    assert receiver.stats.dropped_connections == 3
+    assert len(receiver._pending) == 2  # the honest peer is no longer a stranger
+    for _, writer in idle:
+        writer.close()
+    await sender.stop()
+    await receiver.stop()
+
+
+async def test_a_peer_that_never_answers_our_hello_fails_the_send_in_handshake_timeout() -> None:
+    writers: list[asyncio.StreamWriter] = []
+
+    async def mute(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writers.append(writer)
+
+    server = await asyncio.start_server(mute, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    sender = transport(0, Inbox(), handshake_timeout=0.3)
+    sender.set_peers({1: ("127.0.0.1", port)})
+    t0 = time.monotonic()
+    with pytest.raises(PeerUnreachable, match="handshake with node 1 failed") as failed:
+        await sender.send(1, share(0, 0))
+    assert time.monotonic() - t0 < 2
+    assert isinstance(failed.value.__cause__, HandshakeFailed)
+    assert isinstance(failed.value.__cause__.__cause__, TimeoutError)
+    assert sender.open_connections == 0
+    await wait_until(lambda: sockets_to(port) == [])
+    await sender.stop()
+    for writer in writers:
+        writer.transport.abort()
+    server.close()
+    await server.wait_closed()
+
+
+async def test_a_frame_begun_by_a_peer_must_complete_within_frame_timeout(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    inbox = Inbox()
+    receiver = transport(1, inbox, frame_timeout=0.3)
+    addr = await receiver.start()
+    frame = wire(share(5, 0))
+    reader, writer = await open_as(addr, CREDS[5], 1)
+    writer.write(frame)  # a whole frame: delivered, and no deadline after it
+    await inbox.wait_for(1)
+    await asyncio.sleep(0.5)
+    with caplog.at_level(logging.WARNING, logger="dlactor.transport"):
+        writer.write(frame[:100])  # the start of another, and nothing more
+        async with asyncio.timeout(5):
+            assert await reader.read() == b""
+    writer.close()
+    assert "dropped connection from node 5: sent less than a frame within 0.3 s" in caplog.text
+    assert receiver.stats.dropped_connections == 1
+    assert len(inbox.messages) == 1
+    await receiver.stop()

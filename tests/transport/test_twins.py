@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from dlactor.messages import Message, Payload, Share
+from dlactor.testing import credentials
 from dlactor.transport.base import (
     PeerUnreachable,
     Transport,
@@ -40,11 +41,12 @@ def picky(inbox: Received) -> Callable[[Message, int], None]:
 async def make(request: pytest.FixtureRequest) -> AsyncIterator[Make]:
     made: list[Transport] = []
     network = MemoryNetwork(codec=request.param != "memory-nocodec")
+    creds = credentials(8, run_id="r")  # node 7 has keys but never an address
 
     def make_one(node: int, inbox: Received) -> Transport:
         t: Transport
         if request.param == "tcp":
-            t = TcpTransport(node=node, run_id="r", secret="s", deliver=picky(inbox))
+            t = TcpTransport(credentials=creds[node], deliver=picky(inbox))
         else:
             t = network.transport(node, picky(inbox))
         made.append(t)

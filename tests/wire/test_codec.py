@@ -15,18 +15,32 @@ import torch
 import dlactor.wire as wire
 from dlactor.messages import (
     PROTOCOL_VERSION,
+    Challenge,
     Done,
     Failed,
     Hello,
     Message,
     Payload,
     Progress,
+    Proof,
     Register,
     Share,
     Start,
     Stop,
 )
-from dlactor.wire.codec import DTYPES, MAX_HEADER, MAX_TENSORS, decode, encode, encoded_size
+from dlactor.security.identity import LAUNCHER
+from dlactor.wire.codec import (
+    DTYPES,
+    KEY_LEN,
+    MAX_HEADER,
+    MAX_RUN_ID,
+    MAX_TENSORS,
+    NONCE_LEN,
+    SIGNATURE_LEN,
+    decode,
+    encode,
+    encoded_size,
+)
 from dlactor.wire.errors import LocalProtocolError, ProtocolError, RemoteProtocolError
 from dlactor.wire.framing import FrameDecoder
 
@@ -86,10 +100,24 @@ def raw_share(*entries: list[Any]) -> bytearray:
 
 # ---------------------------------------------------------------- round trips
 
+NONCE = bytes(range(NONCE_LEN))
+SIGNATURE = bytes(range(100, 100 + SIGNATURE_LEN))
+KEY = bytes(range(200, 200 + KEY_LEN))
+
 CONTROL_MESSAGES = [
-    Hello(run_id="run-20240101", secret="ab" * 16, sender=0),
+    Hello(run_id="run-20240101", sender=0, target=3, nonce=NONCE),
+    Hello(run_id="r" * MAX_RUN_ID, sender=2**32 - 2, target=LAUNCHER, nonce=bytes(NONCE_LEN)),
+    Challenge(sender=3, nonce=NONCE, signature=SIGNATURE),
+    Challenge(sender=LAUNCHER, nonce=b"\xff" * NONCE_LEN, signature=bytes(SIGNATURE_LEN)),
+    Proof(signature=SIGNATURE),
     Register(sender=7, host="10.0.0.3", port=40123),
     Start(addresses={0: ("127.0.0.1", 5000), 3: ("node-3.local", 65535)}, t0=1712345678.25),
+    Start(
+        addresses={0: ("127.0.0.1", 5000), 3: ("node-3.local", 65535)},
+        t0=1.5,
+        keys={0: KEY, 3: bytes(KEY_LEN)},
+    ),
+    Start(addresses={0: ("h", 1), 1: ("h", 2)}, t0=1.5, keys={1: KEY}),  # node 0: no key
     Start(addresses={}, t0=0.0),
     Progress(sender=5, round=0),
     Done(sender=2**40),
@@ -101,6 +129,24 @@ CONTROL_MESSAGES = [
 @pytest.mark.parametrize("msg", CONTROL_MESSAGES, ids=lambda m: type(m).__name__)
 def test_every_control_message_round_trips_equal(msg: Message) -> None:
     assert round_trip(msg) == msg
+
+
+def test_a_handshake_frame_is_the_same_size_whatever_its_nonce_and_signature() -> None:
+    """Nonces and signatures are fixed-length bin: a handshake's size depends on the ids
+    and the run id only (what the transports' byte accounting relies on)."""
+    sizes = {
+        (
+            len(to_wire(Hello("run", 1, 2, nonce))),
+            len(to_wire(Challenge(2, nonce, sig))),
+            len(to_wire(Proof(sig))),
+        )
+        for nonce, sig in [
+            (bytes(NONCE_LEN), bytes(SIGNATURE_LEN)),
+            (NONCE, SIGNATURE),
+            (b"\xff" * NONCE_LEN, b"\xff" * SIGNATURE_LEN),
+        ]
+    }
+    assert len(sizes) == 1
 
 
 def test_start_with_an_int_t0_decodes_with_a_float_t0() -> None:
@@ -211,9 +257,35 @@ def test_share_preserves_tensor_order_and_names() -> None:
 
 
 def test_progress_encodes_to_the_documented_bytes() -> None:
-    expected = "000000190000001584a17601a16ba870726f6772657373a17301a17202"
+    expected = "000000190000001584a17602a16ba870726f6772657373a17301a17202"
 
     assert to_wire(Progress(sender=1, round=2)).hex() == expected
+
+
+def test_hello_encodes_to_the_documented_bytes() -> None:
+    expected = (
+        "00000044"  # body length 68
+        "00000040"  # header length 64
+        "86a17602a16ba568656c6c6f a372756ea465787031 a17302 a2746f05 a16ec420"
+    ).replace(" ", "") + bytes(range(32)).hex()
+
+    assert to_wire(Hello(run_id="exp1", sender=2, target=5, nonce=bytes(range(32)))).hex() == (
+        expected
+    )
+
+
+def test_start_encodes_to_the_documented_bytes() -> None:
+    expected = (
+        "00000052"  # body length 82
+        "0000004e"  # header length 78
+        "84a17602a16ba57374617274"
+        "a461646472 91 94 00 a831302e302e302e31 cd1b58 c420"  # "addr": [[0, "10.0.0.1", 7000,
+        + "00" * 32  # its key: 32 zero bytes
+        + "a27430 cb3ff8000000000000"  # "t0": 1.5
+    ).replace(" ", "")
+
+    msg = Start(addresses={0: ("10.0.0.1", 7000)}, t0=1.5, keys={0: bytes(32)})
+    assert to_wire(msg).hex() == expected
 
 
 def test_share_encodes_to_the_documented_bytes() -> None:
@@ -225,7 +297,7 @@ def test_share_encodes_to_the_documented_bytes() -> None:
     expected = (
         "00000030"  # body length 48
         "00000022"  # header length 34
-        "86a17601a16ba57368617265a17301a17202a17491 94a177a3663332 9102 08a16d80"
+        "86a17602a16ba57368617265a17301a17202a17491 94a177a3663332 9102 08a16d80"
         "0000"  # pad: tensor 0 starts at body offset 40
         "0000803f000000c0"  # [1.0, -2.0] as little-endian f32
     ).replace(" ", "")
@@ -365,14 +437,28 @@ def test_encoding_bad_meta_is_a_local_protocol_error(meta: dict[Any, Any]) -> No
         Progress(sender=True, round=0),
         Progress(sender=0, round=1.0),  # type: ignore[arg-type]
         Done(sender=2**64),
-        Hello(run_id="r" * 257, secret="s", sender=0),
-        Hello(run_id="r", secret=None, sender=0),  # type: ignore[arg-type]
+        Hello(run_id="r" * (MAX_RUN_ID + 1), sender=0, target=1, nonce=NONCE),
+        Hello(run_id="r", sender=-1, target=1, nonce=NONCE),
+        Hello(run_id="r", sender=0, target=2**64, nonce=NONCE),
+        Hello(run_id="r", sender=0, target=1, nonce=NONCE[:-1]),
+        Hello(run_id="r", sender=0, target=1, nonce=NONCE + b"\0"),
+        Hello(run_id="r", sender=0, target=1, nonce=NONCE.hex()),  # type: ignore[arg-type]
+        Hello(run_id="r", sender=0, target=1, nonce=bytearray(NONCE)),  # type: ignore[arg-type]
+        Hello(run_id="r", sender=0, target=1, nonce=None),  # type: ignore[arg-type]
+        Challenge(sender=1, nonce=NONCE, signature=SIGNATURE[:-1]),
+        Challenge(sender=1, nonce=b"", signature=SIGNATURE),
+        Challenge(sender=True, nonce=NONCE, signature=SIGNATURE),
+        Proof(signature=SIGNATURE + b"\0"),
+        Proof(signature=b""),
+        Proof(signature=None),  # type: ignore[arg-type]
         Register(sender=0, host="", port=80),
         Register(sender=0, host="h", port=0),
         Register(sender=0, host="h", port=65536),
         Start(addresses={-1: ("h", 1)}, t0=0.0),
         Start(addresses={1: ("h",)}, t0=0.0),  # type: ignore[dict-item]
         Start(addresses={1: ("h", 1)}, t0=float("nan")),
+        Start(addresses={1: ("h", 1)}, t0=0.0, keys={1: KEY[:-1]}),
+        Start(addresses={1: ("h", 1)}, t0=0.0, keys={1: KEY.hex()}),  # type: ignore[dict-item]
         Stop(reason=b"bytes"),  # type: ignore[arg-type]
         Share(sender=0, round=0, payload={}),  # type: ignore[arg-type]
         Share(sender=0, round=0, payload=Payload(tensors={3: torch.ones(1)})),  # type: ignore[dict-item]
@@ -409,6 +495,19 @@ def valid_share_body(tensors: dict[str, torch.Tensor]) -> bytearray:
     return body_of(share(tensors))
 
 
+def control(kind: str, **fields: Any) -> dict[str, Any]:
+    """A header of this kind, at this protocol's version, with exactly these fields."""
+    return {"v": PROTOCOL_VERSION, "k": kind, **fields}
+
+
+def hello(**overrides: Any) -> dict[str, Any]:
+    return control("hello", run="r", s=0, to=1, n=NONCE) | overrides
+
+
+def challenge(**overrides: Any) -> dict[str, Any]:
+    return control("challenge", s=1, n=NONCE, sig=SIGNATURE) | overrides
+
+
 def spec(name: Any, dtype: Any, shape: Any, nbytes: Any) -> list[Any]:
     return [name, dtype, shape, nbytes]
 
@@ -423,7 +522,8 @@ BAD_BODIES = {
     "two objects in the header": bytearray(b"\x00\x00\x00\x02\x80\x80"),
     "header not a map": raw_body([1, 2]),  # type: ignore[arg-type]
     "header with int keys": raw_body({1: 1}),
-    "version 2": raw_body(share_header(v=2)),
+    "version 1 (the previous protocol)": raw_body(share_header(v=1)),
+    "version 3": raw_body(share_header(v=PROTOCOL_VERSION + 1)),
     "version True": raw_body(share_header(v=True)),
     "version missing": raw_body({k: v for k, v in share_header().items() if k != "v"}),
     "unknown kind": raw_body(share_header(k="gossip")),
@@ -452,23 +552,65 @@ BAD_BODIES = {
     "meta bytes key": raw_body(share_header(m={b"k": 1})),
     "meta nested list": raw_body(share_header(m={"k": [[1]]})),
     "meta map value": raw_body(share_header(m={"k": {}})),
-    "hello secret not a str": raw_body({"v": 1, "k": "hello", "run": "r", "sec": 1, "s": 0}),
-    "register port 0": raw_body({"v": 1, "k": "register", "s": 0, "host": "h", "port": 0}),
-    "start duplicate node": raw_body(
-        {"v": 1, "k": "start", "addr": [[1, "h", 1], [1, "g", 2]], "t0": 0.0}
+    "hello of protocol 1 (with a secret)": raw_body(
+        control("hello", run="r", sec="s" * 32, s=0) | {"v": 1}
     ),
-    "start address pair": raw_body({"v": 1, "k": "start", "addr": [[1, "h"]], "t0": 0.0}),
-    "start as map": raw_body({"v": 1, "k": "start", "addr": {"1": ["h", 1]}, "t0": 0.0}),
-    "start int t0": raw_body({"v": 1, "k": "start", "addr": [], "t0": 0}),
-    "start infinite t0": raw_body({"v": 1, "k": "start", "addr": [], "t0": float("inf")}),
-    "stop reason bytes": raw_body({"v": 1, "k": "stop", "why": b"x"}),
-    "ext type value": raw_body({"v": 1, "k": "stop", "why": msgpack.ExtType(1, b"x")}),
-    "bytes after a control message": raw_body({"v": 1, "k": "done", "s": 0}, b"\0"),
+    "hello with a secret": raw_body(control("hello", run="r", sec="s" * 32, s=0)),
+    "hello without a target": raw_body(control("hello", run="r", s=0, n=NONCE)),
+    "hello target negative": raw_body(hello(to=-1)),
+    "hello target bool": raw_body(hello(to=True)),
+    "hello run id too long": raw_body(hello(run="r" * 257)),
+    "hello nonce a str": raw_body(hello(n="x" * NONCE_LEN)),
+    "hello nonce short": raw_body(hello(n=NONCE[:-1])),
+    "hello nonce long": raw_body(hello(n=NONCE + b"\0")),
+    "hello nonce empty": raw_body(hello(n=b"")),
+    "hello nonce an int": raw_body(hello(n=0)),
+    "hello nonce a list": raw_body(hello(n=list(NONCE))),
+    "challenge signature short": raw_body(challenge(sig=SIGNATURE[:-1])),
+    "challenge signature long": raw_body(challenge(sig=SIGNATURE + b"\0")),
+    "challenge signature a str": raw_body(challenge(sig="x" * SIGNATURE_LEN)),
+    "challenge nonce short": raw_body(challenge(n=NONCE[:-1])),
+    "challenge nonce nil": raw_body(challenge(n=None)),
+    "challenge sender negative": raw_body(challenge(s=-1)),
+    "challenge without a nonce": raw_body(control("challenge", s=1, sig=SIGNATURE)),
+    "proof signature short": raw_body(control("proof", sig=SIGNATURE[:-1])),
+    "proof signature a str": raw_body(control("proof", sig="x" * SIGNATURE_LEN)),
+    "proof with a sender": raw_body(control("proof", sig=SIGNATURE, s=0)),
+    "proof empty": raw_body(control("proof")),
+    "bytes after a proof": raw_body(control("proof", sig=SIGNATURE), b"\0"),
+    "register port 0": raw_body(control("register", s=0, host="h", port=0)),
+    "start duplicate node": raw_body(
+        control("start", addr=[[1, "h", 1, b""], [1, "g", 2, b""]], t0=0.0)
+    ),
+    "start address pair": raw_body(control("start", addr=[[1, "h"]], t0=0.0)),
+    "start address of protocol 1": raw_body(control("start", addr=[[1, "h", 1]], t0=0.0)),
+    "start address with 5 fields": raw_body(control("start", addr=[[1, "h", 1, KEY, b""]], t0=0.0)),
+    "start key short": raw_body(control("start", addr=[[1, "h", 1, KEY[:-1]]], t0=0.0)),
+    "start key long": raw_body(control("start", addr=[[1, "h", 1, KEY + b"\0"]], t0=0.0)),
+    "start key a str": raw_body(control("start", addr=[[1, "h", 1, "k" * KEY_LEN]], t0=0.0)),
+    "start key empty str": raw_body(control("start", addr=[[1, "h", 1, ""]], t0=0.0)),
+    "start key nil": raw_body(control("start", addr=[[1, "h", 1, None]], t0=0.0)),
+    "start as map": raw_body(control("start", addr={"1": ["h", 1, b""]}, t0=0.0)),
+    "start int t0": raw_body(control("start", addr=[], t0=0)),
+    "start infinite t0": raw_body(control("start", addr=[], t0=float("inf"))),
+    "stop reason bytes": raw_body(control("stop", why=b"x")),
+    "ext type value": raw_body(control("stop", why=msgpack.ExtType(1, b"x"))),
+    "bytes after a control message": raw_body(control("done", s=0), b"\0"),
 }
 
 
+def test_hand_built_control_bodies_decode_when_nothing_is_wrong() -> None:
+    """The helpers the bad bodies above are built with make valid bodies as they are: each
+    bad body is bad for the one reason its name says."""
+    assert decode(raw_body(hello())) == Hello("r", 0, 1, NONCE)
+    assert decode(raw_body(challenge())) == Challenge(1, NONCE, SIGNATURE)
+    assert decode(raw_body(control("proof", sig=SIGNATURE))) == Proof(SIGNATURE)
+    assert decode(raw_body(control("start", addr=[[1, "h", 1, KEY], [2, "g", 2, b""]], t0=0.0)))
+    assert decode(raw_body(control("done", s=0))) == Done(0)
+
+
 def test_a_float32_t0_from_another_implementation_is_accepted() -> None:
-    header = {"v": 1, "k": "start", "addr": [[0, "h", 1]], "t0": 1.5}
+    header = {"v": PROTOCOL_VERSION, "k": "start", "addr": [[0, "h", 1, b""]], "t0": 1.5}
     packed = msgpack.packb(header, use_single_float=True)
     assert b"\xca" in packed  # msgpack float 32
 

@@ -11,10 +11,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from dlactor.messages import Challenge, Hello, Message, Proof
+from dlactor.wire.codec import MAX_RUN_ID, NONCE_LEN, SIGNATURE_LEN, encode, encoded_size
 from dlactor.wire.errors import LocalProtocolError, RemoteProtocolError
 from dlactor.wire.framing import (
     DEFAULT_MAX_FRAME,
     HANDSHAKE_MAX_FRAME,
+    HANDSHAKE_SCRATCH,
+    PREFIX_LEN,
     FrameDecoder,
     frame_prefix,
 )
@@ -335,7 +339,7 @@ def test_a_lowered_limit_refuses_a_huge_length_without_allocating_its_body() -> 
         buf = decoder.get_buffer()
         buf[:4] = frame_prefix(64 << 20)  # claims 64 MiB before any hello
         decoder.buffer_updated(4)
-        with pytest.raises(RemoteProtocolError, match="exceeds the limit 4096"):
+        with pytest.raises(RemoteProtocolError, match=f"exceeds the limit {HANDSHAKE_MAX_FRAME}"):
             decoder.next_frame()
         _, peak = tracemalloc.get_traced_memory()
     finally:
@@ -380,6 +384,59 @@ def test_a_frame_over_the_handshake_limit_right_after_the_hello_is_refused_if_no
 
     with pytest.raises(RemoteProtocolError, match="exceeds"):
         decoder.next_frame()
+
+
+LARGEST_HANDSHAKE = [  # the longest run id, the largest ids
+    pytest.param(Hello("r" * MAX_RUN_ID, 2**64 - 1, 2**64 - 1, b"\xff" * NONCE_LEN), id="hello"),
+    pytest.param(
+        Hello("\U0010ffff" * MAX_RUN_ID, 2**64 - 1, 2**64 - 1, b"\xff" * NONCE_LEN),
+        id="hello-non-ascii-run-id",
+    ),
+    pytest.param(
+        Challenge(2**64 - 1, b"\xff" * NONCE_LEN, b"\xff" * SIGNATURE_LEN), id="challenge"
+    ),
+    pytest.param(Proof(b"\xff" * SIGNATURE_LEN), id="proof"),
+]
+
+
+@pytest.mark.parametrize("msg", LARGEST_HANDSHAKE)
+def test_every_handshake_frame_fits_the_handshake_limit_and_scratch(msg: Message) -> None:
+    """What a stranger may send: any hello, challenge or proof we could encode is accepted
+    whole before the handshake is done."""
+    size = encoded_size(encode(msg))
+    decoder = FrameDecoder(max_frame=HANDSHAKE_MAX_FRAME, scratch_size=HANDSHAKE_SCRATCH)
+    if size - PREFIX_LEN > HANDSHAKE_MAX_FRAME:
+        pytest.fail(f"a {type(msg).__name__} of {size} bytes is over the handshake limit")
+    decoder.receive_data(b"".join(encode(msg)))
+    assert decoder.next_frame() is not None
+
+
+def test_grow_scratch_keeps_the_bytes_not_parsed_yet() -> None:
+    decoder = FrameDecoder(max_frame=HANDSHAKE_MAX_FRAME, scratch_size=HANDSHAKE_SCRATCH)
+    data = frame(HELLO) + frame(b"p" * 60) + frame(b"x" * 3000)
+    decoder.receive_data(data[: len(frame(HELLO)) + 30])  # the hello, half the proof
+    assert decoder.next_frame() == HELLO
+    decoder.grow_scratch(1 << 16)
+    decoder.set_max_frame(DEFAULT_MAX_FRAME)
+
+    decoder.receive_data(data[len(frame(HELLO)) + 30 :])
+
+    assert drain(decoder) == [b"p" * 60, b"x" * 3000]
+    assert decoder.buffered_bytes == 0
+
+
+def test_grow_scratch_never_shrinks_and_waits_while_a_large_frame_is_received() -> None:
+    decoder = FrameDecoder(scratch_size=64)
+    decoder.grow_scratch(16)
+    assert len(decoder.get_buffer()) == 64  # not shrunk
+    big = frame(b"B" * 1000)
+    decoder.receive_data(big[:100])  # a large frame: received in its own buffer
+    assert decoder.next_frame() is None
+
+    decoder.grow_scratch(1 << 16)  # later: the large frame is not in the scratch buffer
+    decoder.receive_data(big[100:] + frame(b"after"))
+
+    assert drain(decoder) == [b"B" * 1000, b"after"]
 
 
 @pytest.mark.parametrize("max_frame", [0, 2**32])

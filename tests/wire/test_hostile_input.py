@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 from dlactor.messages import (
     PROTOCOL_VERSION,
+    Challenge,
     Done,
     Failed,
     Hello,
@@ -18,12 +19,13 @@ from dlactor.messages import (
     Overlay,
     Payload,
     Progress,
+    Proof,
     Register,
     Share,
     Start,
     Stop,
 )
-from dlactor.wire.codec import ALIGN, DTYPES, decode, encode
+from dlactor.wire.codec import ALIGN, DTYPES, KEY_LEN, NONCE_LEN, SIGNATURE_LEN, decode, encode
 from dlactor.wire.errors import RemoteProtocolError
 from dlactor.wire.framing import FrameDecoder
 
@@ -34,9 +36,12 @@ FUZZ = settings(
 )
 
 VALID_MESSAGES: list[Message] = [
-    Hello(run_id="run", secret="00ff" * 8, sender=3),
+    Hello(run_id="run", sender=3, target=1, nonce=bytes(range(NONCE_LEN))),
+    Challenge(sender=1, nonce=b"\x07" * NONCE_LEN, signature=bytes(range(SIGNATURE_LEN))),
+    Proof(signature=b"\xa5" * SIGNATURE_LEN),
     Register(sender=1, host="localhost", port=9000),
     Start(addresses={0: ("a", 1), 1: ("b", 2)}, t0=12.5),
+    Start(addresses={0: ("a", 1), 1: ("b", 2)}, t0=12.5, keys={1: b"\x01" * KEY_LEN}),
     Progress(sender=1, round=4),
     Done(sender=0),
     Failed(sender=2, traceback="boom"),
@@ -144,17 +149,37 @@ VALUES = st.recursive(
 DIMS = st.integers(0, 4) | st.sampled_from([-1, 2**31, 2**32, 2**63]) | VALUES
 DTYPE_NAMES = st.sampled_from([*DTYPES, "c64", "F32", ""]) | VALUES
 TEXT = st.text(max_size=8) | VALUES
+
+
+def fixed_bin(length: int) -> st.SearchStrategy[Any]:
+    """Bin of about ``length`` bytes (exactly that, often), or anything else."""
+    return (
+        st.binary(min_size=length, max_size=length)
+        | st.binary(min_size=length - 2, max_size=length + 2)
+        | st.text(min_size=length, max_size=length)
+        | VALUES
+    )
+
+
 FIELDS: dict[str, st.SearchStrategy[Any]] = {
     "s": st.integers(0, 9) | DIMS,
+    "to": st.integers(0, 9) | DIMS,
     "r": st.integers(0, 9) | DIMS,
     "run": TEXT,
-    "sec": TEXT,
+    "n": fixed_bin(NONCE_LEN),
+    "sig": fixed_bin(SIGNATURE_LEN),
     "tb": TEXT,
     "why": TEXT,
     "host": TEXT,
     "port": st.integers(0, 70_000) | VALUES,
     "t0": st.floats() | VALUES,
-    "addr": st.lists(st.tuples(DIMS, TEXT, DIMS).map(list) | VALUES, max_size=3) | VALUES,
+    "addr": st.lists(
+        st.tuples(DIMS, TEXT, DIMS, st.just(b"") | fixed_bin(KEY_LEN)).map(list)
+        | st.tuples(DIMS, TEXT, DIMS).map(list)
+        | VALUES,
+        max_size=3,
+    )
+    | VALUES,
     "m": st.dictionaries(
         st.text(max_size=8) | st.binary(max_size=3) | INTS,
         SCALARS | st.lists(SCALARS | VALUES, max_size=3),
@@ -163,7 +188,9 @@ FIELDS: dict[str, st.SearchStrategy[Any]] = {
     | VALUES,
 }
 KIND_KEYS = {
-    "hello": ["run", "sec", "s"],
+    "hello": ["run", "s", "to", "n"],
+    "challenge": ["s", "n", "sig"],
+    "proof": ["sig"],
     "share": ["s", "r", "t", "m"],
     "register": ["s", "host", "port"],
     "start": ["addr", "t0"],
@@ -201,7 +228,8 @@ def broken_headers(draw: st.DrawFn) -> dict[Any, Any]:
     header = draw(headers())
     how = draw(st.sampled_from(["v", "k", "drop", "extra"]))
     if how in ("v", "k"):
-        header[how] = draw(st.sampled_from([0, 2, True, "share", "gossip"]) | VALUES)
+        bad = [0, PROTOCOL_VERSION - 1, PROTOCOL_VERSION + 1, True, "share", "gossip"]
+        header[how] = draw(st.sampled_from(bad) | VALUES)
     elif how == "drop":
         del header[draw(st.sampled_from(sorted(header)))]
     else:
@@ -231,7 +259,8 @@ def plausible_share_bodies(draw: st.DrawFn) -> bytearray:
             count *= dim
         nbytes = count * DTYPES[dtype].itemsize + draw(st.sampled_from([0, 0, 0, 1, -1]))
         entries.append([draw(st.sampled_from([f"t{index}", "t0"])), dtype, shape, nbytes])
-    header = {"v": 1, "k": "share", "s": 0, "r": 0, "t": entries, "m": draw(st.just({}) | VALUES)}
+    meta = draw(st.just({}) | VALUES)
+    header = {"v": PROTOCOL_VERSION, "k": "share", "s": 0, "r": 0, "t": entries, "m": meta}
     packed = msgpack.packb(header, use_bin_type=True)
     body = bytearray(len(packed).to_bytes(4, "big") + packed)
     for entry in entries:
