@@ -292,3 +292,24 @@ def test_memory_is_sampled_from_the_pids_a_backend_knows_at_each_sample(
     pids.append(42)
     assert sampler.sample() == 15
     assert sampler.peak_pss == 15
+
+
+class FullDisk:
+    def write(self, record: object) -> None:
+        raise OSError(28, "No space left on device")
+
+    def close(self) -> None:
+        pass
+
+
+def test_a_consensus_log_that_cannot_be_written_fails_the_run_saying_so(tmp_path: Path) -> None:
+    plan = small_plan("nodes=2", "topology.kind=complete")
+    sup = supervisor(plan, tmp_path)
+    sup.consensus_log = FullDisk()  # type: ignore[assignment]
+    params = Payload({"params": flatten(plan.model.parameters())})
+    for node in (0, 1):
+        sup._on_consensus_report(node, 4, params)
+    assert sup.outcome.status == "failed"
+    assert "could not record the consensus distance" in sup.outcome.reason
+    assert "No space left on device" in sup.outcome.reason
+    sup.listener.close()
