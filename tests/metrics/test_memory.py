@@ -85,7 +85,8 @@ def test_the_sampler_extrapolates_a_big_run_from_a_spread_subset(
 
     read: list[int] = []
     monkeypatch.setattr(memory, "pss_bytes", lambda pid: read.append(pid) or 100)
-    sampler = memory.MemorySampler(lambda: range(1, 1025))
+    # pids above Linux's largest (2**22): none of them is this process's own
+    sampler = memory.MemorySampler(lambda: range(1 << 23, (1 << 23) + 1024))
     assert sampler.sample() == 100 + 1024 * 100
     assert len(read) == 1 + memory.MemorySampler.MAX_READ
     assert sampler.peak_pss == 100 + 1024 * 100
