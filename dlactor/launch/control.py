@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 
-from dlactor.messages import Message
+from dlactor.messages import Hello, Message
 from dlactor.security.credentials import Credentials
 from dlactor.security.handshake import Initiator, Responder
 from dlactor.security.identity import LAUNCHER
@@ -43,6 +43,10 @@ class ControlStream:
     @property
     def transport(self) -> asyncio.BaseTransport:
         return self._writer.transport
+
+    @property
+    def writer(self) -> asyncio.StreamWriter:
+        return self._writer
 
     @classmethod
     async def connect(
@@ -116,11 +120,10 @@ async def accept_node(stream: ControlStream, credentials: Credentials) -> int:
     RemoteProtocolError (or ConnectionError) if it does not prove one."""
     creds = credentials
     responder = Responder(creds.run_id, creds.identity, creds.ring)
-    challenge = responder.on_hello(await stream.expect())
-    claimed = responder.claimed
-    assert claimed is not None
-    check_peer_certificate(stream.transport, creds, claimed)
-    await stream.send(challenge)
+    hello = await stream.expect()
+    if isinstance(hello, Hello):  # TLS: the certificate first, so we sign for no relay
+        check_peer_certificate(stream.transport, creds, hello.sender)
+    await stream.send(responder.on_hello(hello))
     node = responder.on_proof(await stream.expect())
     if node == LAUNCHER:
         raise RemoteProtocolError("a process claimed to be the launcher")

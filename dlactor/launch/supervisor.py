@@ -36,11 +36,23 @@ from dlactor.metrics.recorder import JsonlRecorder
 from dlactor.security.credentials import Credentials
 from dlactor.sharing.ops import check_layout, flat_layout
 from dlactor.transport.base import Address
+from dlactor.transport.tcp import LogBudget
 from dlactor.wire.errors import ProtocolError, RemoteProtocolError
 
 __all__ = ["ForkedNodes", "NodeProcesses", "Outcome", "Supervisor", "describe_exit"]
 
+
+class _Stderr:
+    """The launcher's own messages go to its stderr, as its other words do."""
+
+    def warning(self, msg: str, *args: object) -> None:
+        print(msg % args, file=sys.stderr)
+
+
 STOP_GRACE_S = 5.0
+#: Rounds whose consensus distance is summed at once (nodes are seldom more than a few
+#: evaluation rounds apart; each costs the launcher a model vector).
+MAX_CONSENSUS_ROUNDS = 16
 KNOCK_ON_GRACE_S = 1.5
 #: Exceptions a node raises because *another* node went away (last line of its traceback).
 KNOCK_ON = (
@@ -130,6 +142,10 @@ class Supervisor:
         self.progress = RunProgress(plan.config.nodes, plan.config.rounds, enabled=show_progress)
         self.memory = MemorySampler(nodes.local_pids)
         self._deferred: tuple[int, str] | None = None
+        self._strangers: dict[asyncio.StreamWriter, None] = {}  # unfinished handshakes
+        self._stranger_log = LogBudget(_Stderr())
+        self._last_round: dict[int, int] = {}  # node -> the last round it said it finished
+        self._reported: dict[int, int] = {}  # node -> the last round of its consensus report
         self._all_registered = asyncio.Event()
         self._finished = asyncio.Event()
 
@@ -189,6 +205,7 @@ class Supervisor:
         handshake-sized frames; a protocol error, or a message that does not fit, drops the
         connection (never the launcher)."""
         stream = ControlStream(reader, writer)
+        self._admit(writer)
         try:
             node = await self._accept(stream)
             while (msg := await stream.receive()) is not None:
@@ -199,7 +216,18 @@ class Supervisor:
         except (ProtocolError, ConnectionError, TimeoutError) as exc:
             writer.close()
             if not self._finished.is_set():
-                print(f"dlactor: dropped a control connection: {exc}", file=sys.stderr)
+                self._stranger_log.warning("dlactor: dropped a control connection: %s", exc)
+        finally:
+            self._strangers.pop(writer, None)
+
+    def _admit(self, writer: asyncio.StreamWriter) -> None:
+        """A new connection: while ``max_pending_handshakes`` have not finished theirs, the
+        oldest of them is closed to make room (as a node's transport does)."""
+        if len(self._strangers) >= self.plan.config.security.max_pending_handshakes:
+            oldest = next(iter(self._strangers))
+            del self._strangers[oldest]
+            oldest.transport.abort()
+        self._strangers[writer] = None
 
     @property
     def _handshake_timeout(self) -> float:
@@ -215,6 +243,7 @@ class Supervisor:
             raise RemoteProtocolError(f"process {node} connected a second time")
         stream.set_max_frame(self.plan.max_frame)
         self.streams[node] = stream
+        self._strangers.pop(stream.writer, None)
         return node
 
     def _on_message(self, msg: object) -> None:
@@ -225,7 +254,7 @@ class Supervisor:
                 if len(self.addresses) == self.n:
                     self._all_registered.set()
             case Progress(sender=node, round=r):
-                self.progress.advance(node, r)
+                self._on_progress(node, r)
             case Share(sender=node, round=r, payload=payload):
                 self._on_consensus_report(node, r, payload)
             case Done(sender=node):
@@ -239,9 +268,25 @@ class Supervisor:
             case _:
                 raise ProtocolError(f"unexpected {type(msg).__name__} on the control channel")
 
+    def _on_progress(self, node: int, r: int) -> None:
+        """A learning node finished round ``r``: the one after the last it reported."""
+        expected = self._last_round.get(node, -1) + 1
+        if node >= self.plan.config.nodes or r != expected:
+            raise RemoteProtocolError(f"process {node} reported round {r}, expected {expected}")
+        self._last_round[node] = r
+        self.progress.advance(node, r)
+
     def _on_consensus_report(self, node: int, r: int, payload: Payload) -> None:
-        """A node's evaluated model, for the consensus distance; one that is not this run's
-        model vector is the node's protocol error, not a crash of the launcher."""
+        """A node's evaluated model, for the consensus distance: once per node and round,
+        for the round it just finished. One that is not this run's model vector is the node's
+        protocol error, not a crash of the launcher. At most ``MAX_CONSENSUS_ROUNDS`` rounds
+        are summed at once (a model vector each): a report past them is not counted."""
+        if self._last_round.get(node) != r or self._reported.get(node) == r:
+            raise RemoteProtocolError(f"node {node}'s consensus report for round {r} is unasked")
+        self._reported[node] = r
+        if r not in self.consensus and self.consensus.pending >= MAX_CONSENSUS_ROUNDS:
+            self._stranger_log.warning("dlactor: round %d's consensus distance not measured", r)
+            return
         try:
             check_layout(payload, self._consensus_layout)
         except RemoteProtocolError as exc:

@@ -29,6 +29,14 @@ class ConsensusMeter:
         self.nodes = nodes
         self._rounds: dict[int, _Accumulator] = {}
 
+    @property
+    def pending(self) -> int:
+        """Rounds being summed: some nodes have reported them, not all."""
+        return len(self._rounds)
+
+    def __contains__(self, round: object) -> bool:
+        return round in self._rounds
+
     def add(self, round: int, vector: torch.Tensor) -> float | None:
         v = vector.detach().reshape(-1).to(torch.float64)
         acc = self._rounds.get(round)

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from dlactor.messages import Payload, Share
@@ -70,8 +70,11 @@ class Mailbox:
         """The lowest round not finished yet: the one the node is in."""
         return self._floor
 
-    def put(self, msg: Share, nbytes: int) -> None:
-        """Buffer ``msg`` (``nbytes`` on the wire) for its round; late ones are only counted."""
+    def put(self, msg: Share, nbytes: int, check: Callable[[], None] | None = None) -> None:
+        """Buffer ``msg`` (``nbytes`` on the wire) for its round; late ones are only counted.
+
+        ``check`` (the node's payload check) runs only for a share the mailbox keeps, before
+        it is kept: what it caches is then bounded by what the mailbox holds."""
         if msg.round < self._floor:
             log.debug("late message from node %d for finished round %d", msg.sender, msg.round)
             self.count(nbytes)
@@ -92,6 +95,9 @@ class Mailbox:
                     f"node {msg.sender} sent shares for rounds {ahead} and {msg.round}, "
                     f"both ahead of round {self._floor}"
                 )
+        if check is not None:
+            check()
+        if msg.round > self._floor:
             self._ahead[msg.sender] = msg.round
         box[msg.sender] = msg.payload
         self._count(msg.round, nbytes)

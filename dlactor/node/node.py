@@ -124,13 +124,13 @@ class SendStalled(TimeoutError):
 
 
 class ModelDiverged(ArithmeticError):
-    """This node's own model holds NaN or Inf after training: it stops the run rather than
-    send it to its neighbours (``security.allow_nonfinite`` lets it go on)."""
+    """This node's own model (or the share it made of it) holds NaN or Inf: it stops the run
+    rather than send it to its neighbours (``security.allow_nonfinite`` lets it go on)."""
 
-    def __init__(self, node: int, round: int) -> None:
+    def __init__(self, node: int, round: int, what: str = "model") -> None:
         self.node, self.round = node, round
         super().__init__(
-            f"node {node}'s model holds NaN or Inf after training in round {round} "
+            f"node {node}'s {what} holds NaN or Inf after training in round {round} "
             "(training diverged: a lower training.lr may help)"
         )
 
@@ -187,8 +187,7 @@ class Node:
             return
         if not isinstance(msg, Share):
             raise RemoteProtocolError(f"unexpected {type(msg).__name__} on a peer connection")
-        self._check_payload(msg.sender, msg.payload)
-        self.mailbox.put(msg, nbytes)
+        self.mailbox.put(msg, nbytes, check=lambda: self._check_payload(msg.sender, msg.payload))
 
     def _check_payload(self, sender: int, payload: Payload) -> None:
         try:
@@ -234,6 +233,7 @@ class Node:
         self._close_former_peers(ctx.peers)
         ctx.weights = await self.topology.weights(self.node, r)
         share = Share(self.node, r, await self.sharing.outgoing(ctx))
+        self._check_own(share)
         ctx.sent = share.payload
         received = await self._exchange(share, ctx.peers)
         await self.sharing.aggregate(ctx, received)
@@ -261,6 +261,18 @@ class Node:
         sent = self.transport.stats.minus(before)
         record["bytes_sent"], record["msgs_sent"] = sent.bytes_sent, sent.msgs_sent
         return record
+
+    def _check_own(self, share: Share) -> None:
+        """A strategy can overflow a finite model into Inf: never send it (ModelDiverged)."""
+        if self.allow_nonfinite:
+            return
+        plain = share.payload
+        if isinstance(self.sharing, Lossless) and self.sharing.sent is not None:
+            plain = self.sharing.sent
+        try:
+            check_finite(plain)
+        except RemoteProtocolError:
+            raise ModelDiverged(self.node, share.round, "share") from None
 
     def _overlay_record(self, before: tuple[int, int, int, int]) -> Record:
         """What the topology's own messages cost this round (only for topologies that talk)."""

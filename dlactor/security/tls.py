@@ -1,7 +1,7 @@
 """TLS for every connection of a run, with a certificate authority made for that run alone.
 
-The launcher makes the run's CA (an Ed25519 key and a self-signed certificate, valid for 30
-days) and issues every process a certificate for that process's own identity key: the TLS
+The launcher makes the run's CA (an Ed25519 key and a self-signed certificate, valid for a
+year) and issues every process a certificate for that process's own identity key: the TLS
 key is the key the handshake signs with, so TLS adds no key to keep. Both sides of every
 connection present their certificate and verify the other's against the run's CA (TLS 1.3,
 mutual); then each checks that the peer's certificate holds the public key the key ring has
@@ -35,7 +35,7 @@ from dlactor.wire.errors import RemoteProtocolError
 
 __all__ = ["RunCA", "TlsContexts", "peer_public_key"]
 
-VALID_FOR = datetime.timedelta(days=30)
+VALID_FOR = datetime.timedelta(days=365)
 
 
 def _name(text: str) -> x509.Name:

@@ -127,6 +127,11 @@ class Lossless:
         self._checked.clear()
         await self.inner.aggregate(ctx, plain)
 
+    @property
+    def sent(self) -> Payload | None:
+        """What the strategy itself made last (before compression)."""
+        return self._sent
+
     def unpacked(self, payload: Payload) -> Payload:
         """``payload`` as the strategy made it (what ``check`` unpacked, when it did)."""
         inner = self._checked.take(payload)

@@ -39,7 +39,7 @@ import logging
 import socket
 import time
 from collections.abc import Coroutine, Iterable, Mapping, Sequence
-from typing import Any, cast
+from typing import Any, Protocol, cast
 
 from dlactor.messages import Challenge, Hello, Message, Proof
 from dlactor.security.credentials import Credentials
@@ -82,6 +82,12 @@ FRAME_TIMEOUT_S = 120.0
 MAX_PENDING = 128
 #: The receive buffer of an authenticated connection (small frames collect in it).
 SCRATCH = 1 << 16
+#: Connections one proven peer may have open to a node at once: its current one, and those
+#: it closed (a topology dropped this node) that this node is still reading to their end.
+MAX_PER_PEER = 4
+#: Tries at a handshake before a send gives up on a peer (a flood of strangers can push an
+#: honest handshake out of a peer's pending slots); the pause before each retry grows.
+HANDSHAKE_ATTEMPTS, RETRY_PAUSE_S = 3, 0.1
 
 _HANDSHAKE_KINDS = (Hello, Challenge, Proof)
 
@@ -109,11 +115,17 @@ async def read_handshake_frame(reader: asyncio.StreamReader) -> Message:
         raise RemoteProtocolError("the connection closed during the handshake") from exc
 
 
+class Warns(Protocol):
+    """Where a :class:`LogBudget` says things: a ``logging.Logger``, or anything like one."""
+
+    def warning(self, msg: str, *args: object) -> None: ...
+
+
 class LogBudget:
     """At most ``burst`` warnings per ``window`` seconds; what it held back is counted and
     said in one line when the next window opens."""
 
-    def __init__(self, logger: logging.Logger, *, burst: int = 10, window: float = 10.0):
+    def __init__(self, logger: Warns, *, burst: int = 10, window: float = 10.0):
         self.logger, self.burst, self.window = logger, burst, window
         self._opened, self._said, self._held = float("-inf"), 0, 0
 
@@ -167,6 +179,9 @@ class _Inbound(asyncio.BufferedProtocol):
                 self._watch_frame(framed)
         except ProtocolError as exc:
             self.drop(exc)
+        except Exception as exc:  # a bug in what handles a message: logged, never the loop's
+            log.exception("node %d: handling a message from %s failed", self._owner.node, self._who)
+            self.drop(RemoteProtocolError(f"its message could not be handled: {exc!r}"))
 
     def _watch_frame(self, framed: bool) -> None:
         """Time the frame in progress: its deadline starts with its first bytes, or when the
@@ -201,11 +216,18 @@ class _Inbound(asyncio.BufferedProtocol):
         if self._responder is None:
             creds = owner.credentials
             self._responder = Responder(creds.run_id, creds.identity, creds.ring)
-            challenge = self._responder.on_hello(msg)
-            check_peer_certificate(self._transport, creds, msg.sender)  # type: ignore[arg-type, union-attr]
-            self._write(challenge)
+            if isinstance(msg, Hello):  # TLS: the certificate first, so we sign for no relay
+                check_peer_certificate(self._transport, creds, msg.sender)  # type: ignore[arg-type]
+            self._write(self._responder.on_hello(msg))
             return
-        self.peer = self._responder.on_proof(msg)
+        peer = self._responder.on_proof(msg)
+        open_from_peer = owner._by_peer.setdefault(peer, set())
+        if len(open_from_peer) >= MAX_PER_PEER:
+            raise RemoteProtocolError(
+                f"node {peer} has {len(open_from_peer)} connections to this node already"
+            )
+        open_from_peer.add(self)
+        self.peer = peer
         self._responder = None
         if self._timer is not None:
             self._timer.cancel()
@@ -261,6 +283,8 @@ class _Inbound(asyncio.BufferedProtocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._owner._inbound.discard(self)
         self._owner._pending.pop(self, None)
+        if self.peer is not None:
+            self._owner._by_peer.get(self.peer, set()).discard(self)
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
@@ -300,6 +324,7 @@ class TcpTransport:
         self._connecting: dict[int, asyncio.Lock] = {}
         self._inbound: set[_Inbound] = set()
         self._pending: dict[_Inbound, None] = {}  # strangers, oldest first
+        self._by_peer: dict[int, set[_Inbound]] = {}  # proven connections, by peer
         self._stranger_log = LogBudget(log)
         self._server: asyncio.Server | None = None
         self._closed = False
@@ -386,25 +411,38 @@ class TcpTransport:
                 return self._out[peer]
             if peer not in self._peers:
                 raise UnknownPeer(self.node, peer)
-            tls = self.credentials.tls
+            for attempt in range(1, HANDSHAKE_ATTEMPTS + 1):
+                try:
+                    writer = await self._open(peer)
+                    break
+                except HandshakeFailed:
+                    if attempt == HANDSHAKE_ATTEMPTS or self._closed:
+                        raise
+                    await asyncio.sleep(RETRY_PAUSE_S * attempt)
+            self._out[peer] = writer
+            return writer
+
+    async def _open(self, peer: int) -> asyncio.StreamWriter:
+        """A new connection to ``peer``, its handshake done."""
+        tls = self.credentials.tls
+        async with asyncio.timeout(self.handshake_timeout):
             reader, writer = await asyncio.open_connection(
                 *self._peers[peer],
                 ssl=tls.client if tls is not None else None,
                 ssl_handshake_timeout=self.handshake_timeout if tls is not None else None,
             )
-            if self._closed:  # stopped while we were connecting
-                await _abort(writer)
-                raise TransportClosed(self.node)
-            try:
-                await self._handshake(peer, reader, writer)
-            except BaseException:
-                await _abort(writer)
-                raise
-            if self._closed:  # stopped during the handshake
-                await _abort(writer)
-                raise TransportClosed(self.node)
-            self._out[peer] = writer
-            return writer
+        if self._closed:  # stopped while we were connecting
+            await _abort(writer)
+            raise TransportClosed(self.node)
+        try:
+            await self._handshake(peer, reader, writer)
+        except BaseException:
+            await _abort(writer)
+            raise
+        if self._closed:  # stopped during the handshake
+            await _abort(writer)
+            raise TransportClosed(self.node)
+        return writer
 
     async def _handshake(
         self, peer: int, reader: asyncio.StreamReader, writer: asyncio.StreamWriter

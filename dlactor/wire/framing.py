@@ -38,7 +38,7 @@ __all__ = [
 #: sharing strategy: ``Plan.max_frame``).
 DEFAULT_MAX_FRAME: int = 1 << 30
 #: Largest frame body accepted before a connection's handshake has finished: a hello is at
-#: most ~330 bytes (a 256-character run id, two ids, a 32-byte nonce), a challenge or a proof
+#: most 342 bytes (a 64-character run id, two ids, a 32-byte nonce), a challenge or a proof
 #: about 120, so 512 is ample.
 HANDSHAKE_MAX_FRAME: int = 512
 #: The receive buffer of a connection until its handshake has finished: a stranger holds no

@@ -7,6 +7,8 @@
 5. round overhead at 16 and 64 nodes against the compute floor (bench_overhead.py)
 6. memory per node and for the whole run, from the same runs (bench_memory.py)
 7. start-up, command to start barrier, from the same runs (bench_startup.py)
+8. security: the handshake per connection, TLS against plain TCP, the quickstart's round
+   time against the revision before per-node identity (bench_security.py)
 
 Every figure in the file is measured by this script, except the targets and the quoted
 decentralizepy reference figures, which say so where they appear.
@@ -28,6 +30,7 @@ from bench_codec import codec_section, run_codec
 from bench_e2e import NODE_COUNTS, e2e_section, eval_section, run_e2e
 from bench_memory import memory_section
 from bench_overhead import FLOOR_NODES, overhead_section, run_floors
+from bench_security import run_security, security_section
 from bench_startup import startup_section
 from bench_transport import run_transport, transport_section
 from machine import CpuTimes, git_revision, load_text, machine_table
@@ -54,12 +57,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--parts",
         type=_parts,
         default=PARTS,
-        help="which benchmarks to run, comma-separated, of codec,transport,e2e (default: all)",
+        help="which benchmarks to run, comma-separated, of codec,transport,e2e,security "
+        "(default: all)",
     )
     return parser.parse_args(argv)
 
 
-PARTS = ("codec", "transport", "e2e")
+PARTS = ("codec", "transport", "e2e", "security")
 
 
 def _node_counts(text: str) -> tuple[int, ...]:
@@ -118,6 +122,9 @@ def run_all(progress: Progress, args: argparse.Namespace) -> tuple[list[Section]
         e2e_sections, e2e_verdicts = run_end_to_end(progress, args.nodes)
         sections += e2e_sections
         verdicts += e2e_verdicts
+    if "security" in args.parts:
+        progress("security benchmark")
+        sections.append(security_section(run_security(progress, quick=args.quick)))
     return sections, verdicts
 
 

@@ -188,6 +188,8 @@ async def test_a_control_message_that_does_not_fit_drops_that_connection_not_the
     plan, sup, addr = control
 
     stream = await connect(addr, plan, 0)
+    for r in (0, 1):  # a node reports a consensus model for the round it just finished
+        await stream.send(Progress(0, r))
     await stream.send(msg)
     async with asyncio.timeout(5):
         assert await stream.receive() is None  # dropped
@@ -197,6 +199,8 @@ async def test_a_control_message_that_does_not_fit_drops_that_connection_not_the
     assert sup.outcome.status == "ok"
     good = Share(1, 1, Payload({"params": flatten(plan.model.parameters())}))
     stream = await connect(addr, plan, 1)
+    for r in (0, 1):
+        await stream.send(Progress(1, r))
     await stream.send(good)
     await stream.send(Done(1))  # seen only if the share before it was taken
     async with asyncio.timeout(5):
@@ -308,8 +312,52 @@ def test_a_consensus_log_that_cannot_be_written_fails_the_run_saying_so(tmp_path
     sup.consensus_log = FullDisk()  # type: ignore[assignment]
     params = Payload({"params": flatten(plan.model.parameters())})
     for node in (0, 1):
+        for r in range(5):
+            sup._on_progress(node, r)
         sup._on_consensus_report(node, 4, params)
     assert sup.outcome.status == "failed"
     assert "could not record the consensus distance" in sup.outcome.reason
     assert "No space left on device" in sup.outcome.reason
+    sup.listener.close()
+
+
+@pytest.mark.parametrize(
+    ("name", "messages"),
+    [
+        ("a round skipped", [Progress(0, 0), Progress(0, 2)]),
+        ("a round twice", [Progress(0, 0), Progress(0, 0)]),
+        ("a report for a round not finished", [Progress(0, 0), "report 1"]),
+        ("two reports for one round", [Progress(0, 0), "report 0", "report 0"]),
+    ],
+)
+async def test_a_node_cannot_lie_about_its_rounds_or_report_a_model_twice(
+    name: str,
+    messages: list[object],
+    control: tuple[Plan, Supervisor, tuple[str, int]],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    plan, sup, addr = control
+    model = Payload({"params": flatten(plan.model.parameters())})
+    stream = await connect(addr, plan, 0)
+    for msg in messages:
+        if isinstance(msg, str):
+            msg = Share(0, int(msg.split()[1]), model)
+        await stream.send(msg)  # type: ignore[arg-type]
+    async with asyncio.timeout(5):
+        assert await stream.receive() is None  # dropped
+    stream.close()
+    assert "dropped a control connection" in capsys.readouterr().err
+    assert sup.consensus.pending <= 1
+
+
+async def test_the_launcher_sums_at_most_max_consensus_rounds_at_once(
+    tmp_path: Path,
+) -> None:
+    plan = small_plan("nodes=2", "topology.kind=complete", "rounds=100")
+    sup = supervisor(plan, tmp_path)
+    model = Payload({"params": flatten(plan.model.parameters())})
+    for r in range(40):  # node 0 runs far ahead of node 1 (or lies that it does)
+        sup._on_progress(0, r)
+        sup._on_consensus_report(0, r, model)
+    assert sup.consensus.pending == supervisor_module.MAX_CONSENSUS_ROUNDS
     sup.listener.close()

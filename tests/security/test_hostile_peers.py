@@ -13,7 +13,7 @@ from dlactor.messages import Payload, Share
 from dlactor.node.node import Node
 from dlactor.sharing.ops import all_finite
 from dlactor.testing import build_tcp_nodes, credentials, open_as, run_nodes
-from dlactor.transport.tcp import TcpTransport
+from dlactor.transport.tcp import MAX_PER_PEER, TcpTransport
 from dlactor.wire.codec import encode
 from dlactor.wire.framing import frame_prefix
 from tests.conftest import small_plan
@@ -183,3 +183,66 @@ async def _no_training(ctx: object) -> object:
     from dlactor.node.context import TrainStats
 
     return TrainStats(loss=float("nan"), steps=0, samples=0)
+
+
+async def test_a_peer_may_hold_only_a_few_connections_to_a_node(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    node = await receiver()
+    assert node.address is not None
+    held = [await open_as(node.address, CREDS[0], 1) for _ in range(MAX_PER_PEER)]
+    with caplog.at_level(logging.WARNING, logger="dlactor.transport"):
+        reader, writer = await open_as(node.address, CREDS[0], 1)
+        await closed_within(reader, 5.0)
+    writer.close()
+    assert f"node 0 has {MAX_PER_PEER} connections to this node already" in caplog.text
+    assert len(node._by_peer[0]) == MAX_PER_PEER
+    for _, w in held:
+        w.close()
+    await node.stop()
+
+
+async def test_a_bug_in_what_handles_a_message_drops_that_connection_not_the_node() -> None:
+    calls: list[object] = []
+
+    def buggy(msg: object, nbytes: int) -> None:
+        calls.append(msg)
+        if len(calls) == 1:
+            raise ValueError("a strategy's bug")
+
+    node = TcpTransport(credentials=CREDS[1], deliver=buggy)  # type: ignore[arg-type]
+    address = await node.start()
+    sender = TcpTransport(credentials=CREDS[0], deliver=lambda m, n: None)
+    sender.set_peers({1: address})
+    await sender.send(1, Share(0, 0, Payload()))
+    async with asyncio.timeout(5):
+        while node.stats.dropped_connections == 0:
+            await asyncio.sleep(0.01)
+    sender.close_peer(1)
+    await sender.send(1, Share(0, 1, Payload()))  # a new connection: the node still serves
+    async with asyncio.timeout(5):
+        while len(calls) < 2:
+            await asyncio.sleep(0.01)
+    await sender.stop()
+    await node.stop()
+
+
+async def test_a_node_whose_share_overflows_to_inf_stops_instead_of_sending_it() -> None:
+    from dlactor.node.node import ModelDiverged
+    from dlactor.testing import build_network
+
+    plan = small_plan("nodes=4", "topology.kind=complete", "rounds=1")
+    _, nodes = build_network(plan)
+    original = nodes[2].sharing.outgoing
+
+    async def overflowing(ctx: object) -> Payload:
+        payload = await original(ctx)  # type: ignore[arg-type]
+        return Payload({name: t * float("inf") for name, t in payload.tensors.items()})
+
+    nodes[2].sharing.outgoing = overflowing  # type: ignore[method-assign]
+    for n in nodes:
+        await n.start()
+    with pytest.raises(ModelDiverged, match=r"node 2's share holds NaN or Inf .* round 0"):
+        await nodes[2].run_round(0)
+    for n in nodes:
+        await n.stop()

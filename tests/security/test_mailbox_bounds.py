@@ -59,3 +59,16 @@ async def test_a_share_no_round_can_use_is_dropped_and_logged(
         box.put(msg, 10)
     assert box.pending() == 0 and box.dropped == 1
     assert why in caplog.text
+
+
+async def test_the_payload_check_runs_only_for_a_share_the_mailbox_keeps() -> None:
+    """A strategy's check may cache what it decoded: it must see no share the mailbox drops,
+    or a peer could make that cache grow without bound."""
+    checked: list[int] = []
+    box = Mailbox(senders=8, rounds=10)
+    box.put(share(1, 0), 10)
+    assert await box.wait_round(0, [1], timeout=1.0)
+    for msg in (share(1, 0), share(9, 1), share(2, 10)):  # late, not a node, past the run
+        box.put(msg, 10, check=lambda m=msg: checked.append(m.round))  # type: ignore[misc]
+    box.put(share(1, 1), 10, check=lambda: checked.append(1))
+    assert checked == [1]
