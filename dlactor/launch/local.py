@@ -116,8 +116,7 @@ def _fork_nodes(
     """
     ctx = mp.get_context("fork")
     control = listener.getsockname()[:2]
-    # One torch thread per node (inherited by every fork): 32 nodes with torch's default
-    # thread pools ran 46x slower than with one thread each (DESIGN.md).
+    # One torch thread per node (inherited by every fork): see docs/decisions.md.
     torch.set_num_threads(plan.config.launcher.torch_threads)
     gc.collect()
     gc.freeze()

@@ -93,8 +93,8 @@ def _ignore_ctrl_c() -> None:
 
 
 def _limit_threads(threads: int) -> None:
-    """One torch thread per node (DESIGN.md: 32 nodes with torch's default pools ran 46x
-    slower); OMP_NUM_THREADS for any OpenMP runtime or subprocess that reads it later."""
+    """One torch thread per node (docs/decisions.md: torch's default pools give every node a
+    thread per core); OMP_NUM_THREADS for any OpenMP runtime or subprocess that reads it later."""
     os.environ["OMP_NUM_THREADS"] = str(threads)
     torch.set_num_threads(threads)
 

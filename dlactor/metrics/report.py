@@ -1,4 +1,4 @@
-"""Read run directories (the schema in DESIGN.md) and turn them into curves, tables and plots.
+"""Read run directories (the schema: README.md, "Results") and make curves, tables, plots.
 
 Imported by the CLI only; matplotlib is imported when plots are drawn, never by node code.
 """

@@ -1,4 +1,4 @@
-"""Run-level figures from the per-node JSONL files (the schema in DESIGN.md)."""
+"""Run-level figures from the per-node JSONL files (the schema in README.md, "Results")."""
 
 from __future__ import annotations
 
