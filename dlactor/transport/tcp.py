@@ -105,12 +105,17 @@ def check_peer_certificate(
 async def read_handshake_frame(reader: asyncio.StreamReader) -> Message:
     """One handshake-sized frame from ``reader`` (RemoteProtocolError if it is bigger, or
     the stream ends first)."""
+    return (await _read_handshake_frame(reader))[0]
+
+
+async def _read_handshake_frame(reader: asyncio.StreamReader) -> tuple[Message, int]:
+    """The frame's message and its size on the wire, prefix included."""
     try:
         prefix = await reader.readexactly(PREFIX_LEN)
         length = int.from_bytes(prefix, "big")
         if not 0 < length <= HANDSHAKE_MAX_FRAME:
             raise RemoteProtocolError(f"a handshake frame of {length} bytes")
-        return decode(bytearray(await reader.readexactly(length)))
+        return decode(bytearray(await reader.readexactly(length))), PREFIX_LEN + length
     except asyncio.IncompleteReadError as exc:
         raise RemoteProtocolError("the connection closed during the handshake") from exc
 
@@ -458,8 +463,7 @@ class TcpTransport:
             check_peer_certificate(writer.transport, creds, peer)
             self._write(writer, initiator.hello())
             async with asyncio.timeout(self.handshake_timeout):
-                challenge = await read_handshake_frame(reader)
-            nbytes = encoded_size(encode(challenge))
+                challenge, nbytes = await _read_handshake_frame(reader)
             self.stats.bytes_recv += nbytes
             self.stats.msgs_recv += 1
             if self.on_handshake is not None:
