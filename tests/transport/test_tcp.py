@@ -563,14 +563,21 @@ async def test_a_stranger_that_does_not_finish_its_handshake_in_time_is_dropped(
     await receiver.stop()
 
 
-async def test_strangers_over_max_pending_push_out_the_oldest_and_a_peer_still_gets_in() -> None:
+async def test_strangers_over_max_pending_push_out_the_oldest_and_a_peer_still_gets_in(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     inbox = Inbox()
     receiver = transport(1, inbox, max_pending=3)
     addr = await receiver.start()
-    idle = [await asyncio.open_connection(*addr) for _ in range(5)]
-    await wait_until(lambda: receiver.open_connections == 3)
-    assert receiver.stats.dropped_connections == 2
-    for reader, _ in idle[:2]:  # the oldest two were dropped
+    with caplog.at_level(logging.WARNING, logger="dlactor.transport"):
+        idle = [await asyncio.open_connection(*addr) for _ in range(5)]
+        await wait_until(lambda: receiver.open_connections == 3)
+        flood = [await asyncio.open_connection(*addr) for _ in range(20)]
+        await wait_until(lambda: receiver.stats.dropped_connections == 22)
+    assert len(caplog.records) == 10, "a flood of strangers does not flood the log"
+    assert receiver.open_connections == 3  # the newest three of the flood
+    flooded = receiver.stats.dropped_connections
+    for reader, _ in idle:  # all five were pushed out by the flood
         async with asyncio.timeout(5):
             assert await reader.read() == b""
 
@@ -578,9 +585,9 @@ async def test_strangers_over_max_pending_push_out_the_oldest_and_a_peer_still_g
     sender.set_peers({1: addr})
     await sender.send(1, share(0, 0))  # pushes out one more idle stranger, not itself
     await inbox.wait_for(1)
-    assert receiver.stats.dropped_connections == 3
+    assert receiver.stats.dropped_connections == flooded + 1
     assert len(receiver._pending) == 2  # the honest peer is no longer a stranger
-    for _, writer in idle:
+    for _, writer in idle + flood:
         writer.close()
     await sender.stop()
     await receiver.stop()
