@@ -3,7 +3,8 @@
 A node process connects to the launcher's control address, proves it belongs to the
 run (hello), starts its transport, registers its address, waits at the start barrier,
 runs its rounds while listening for ``Stop``, and reports ``Done`` or ``Failed`` with
-its traceback. It writes its own JSONL results, flushed every round.
+its traceback. After ``Done`` it stays (answering peers still in their last round) until the
+launcher ends the run. It writes its own JSONL results, flushed every round.
 """
 
 from __future__ import annotations
@@ -200,23 +201,33 @@ async def _lifecycle(actor: Node | Service, ctl: ControlStream, credentials: Cre
         return EXIT_STOPPED  # Stop, or the launcher went away, before the barrier
     credentials.learn(start.keys)  # the address book's keys: from the launcher, proven
     actor.connect(start.addresses, start.t0)
-    if not await _run_unless_stopped(actor, ctl):
-        return EXIT_STOPPED
-    await ctl.send(Done(actor.node))
-    return EXIT_DONE
-
-
-async def _run_unless_stopped(actor: Node | Service, ctl: ControlStream) -> bool:
-    """Run every round while listening for Stop (or EOF, if the launcher died); whichever
-    comes first cancels the other. True if the rounds completed. Both tasks belong to a
-    TaskGroup, so neither outlives this call; an exception from the rounds is raised as
-    itself (its traceback's last line is what the launcher classifies)."""
+    stop = asyncio.ensure_future(ctl.receive())
     try:
-        async with asyncio.TaskGroup() as tg:
-            rounds = tg.create_task(actor.run())
-            stop = tg.create_task(ctl.receive())
-            await asyncio.wait({rounds, stop}, return_when=asyncio.FIRST_COMPLETED)
-            (stop if rounds.done() else rounds).cancel()
-    except BaseExceptionGroup as group:
-        raise group.exceptions[0] from None
-    return not rounds.cancelled()
+        if not await _run_unless_stopped(actor, stop):
+            return EXIT_STOPPED
+        await ctl.send(Done(actor.node))
+        # Stay until the launcher ends the run (Stop, or the control connection closing once
+        # every process is done): a peer still in its last round may be talking to us (a
+        # gossip pick), and a message sent to a process that has left would be lost.
+        await stop
+        return EXIT_DONE
+    finally:
+        stop.cancel()
+        await asyncio.gather(stop, return_exceptions=True)
+
+
+async def _run_unless_stopped(actor: Node | Service, stop: asyncio.Future[object]) -> bool:
+    """Run every round unless ``stop`` (the launcher's Stop, or EOF if it died) comes
+    first, which cancels them. True if the rounds completed; an exception from the rounds
+    is raised as itself (its traceback's last line is what the launcher classifies)."""
+    rounds = asyncio.ensure_future(actor.run())
+    try:
+        await asyncio.wait({rounds, stop}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        if not rounds.done():
+            rounds.cancel()
+            await asyncio.gather(rounds, return_exceptions=True)
+    if rounds.cancelled():
+        return False
+    rounds.result()
+    return True

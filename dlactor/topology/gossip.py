@@ -160,6 +160,8 @@ class _Round:
     #: still pending: answered when those are (a refused pick of ours frees a slot).
     deferred: list[int] = field(default_factory=list)
     fill: asyncio.Task[None] | None = None
+    #: Picks given up on for want of an answer (their nodes left the view).
+    unanswered: set[int] = field(default_factory=set)
 
     def taken(self) -> int:
         """Slots used: agreed edges and picks awaiting an answer (a node in both counts once)."""
@@ -217,7 +219,9 @@ class GossipTopology:
             async with asyncio.timeout(self.timeout):
                 await asyncio.shield(state.fill)
         except TimeoutError:
-            waiting = sorted(state.pending)
+            # The fill may have given up on them in this very instant (its answer timeout
+            # is the round timeout by default): name them either way.
+            waiting = sorted(state.pending.keys() | state.unanswered)
             raise TimeoutError(
                 f"round {round}: node(s) {waiting} did not answer this node's pick "
                 f"within {self.timeout:g} s"
@@ -276,6 +280,7 @@ class GossipTopology:
             if not done:  # nobody answered in time: those nodes are gone
                 for peer in list(state.pending):
                     self.view.remove(peer)
+                    state.unanswered.add(peer)
                     state.pending.pop(peer).cancel()
             for peer in [p for p, f in state.pending.items() if f in done]:
                 if state.pending.pop(peer).result():

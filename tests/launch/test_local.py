@@ -194,16 +194,25 @@ class StandInNode:
 
 
 class StandInControl:
-    def __init__(self, *incoming: Message) -> None:
+    """A launcher that sends ``incoming``, then (unless ``linger``) ends the run once the
+    node says Done, as the supervisor does when every process is done."""
+
+    def __init__(self, *incoming: Message, linger: bool = False) -> None:
         self.sent: list[Message] = []
-        self.incoming: asyncio.Queue[Message] = asyncio.Queue()
+        self.incoming: asyncio.Queue[Message | None] = asyncio.Queue()
+        self.linger = linger
         for msg in incoming:
             self.incoming.put_nowait(msg)
 
     async def send(self, msg: Message) -> None:
         self.sent.append(msg)
+        if isinstance(msg, Done) and not self.linger:
+            self.end()
 
-    async def receive(self) -> Message:
+    def end(self) -> None:
+        self.incoming.put_nowait(None)  # the control connection closes: EOF
+
+    async def receive(self) -> Message | None:
         return await self.incoming.get()
 
 
@@ -230,6 +239,28 @@ async def test_a_finished_node_reports_done_and_leaves_no_task_behind() -> None:
 
     assert code == worker.EXIT_DONE
     assert [type(m) for m in ctl.sent] == [Register, Done]
+    assert leftover_tasks() == set()
+
+
+async def test_a_done_node_stays_until_the_launcher_ends_the_run() -> None:
+    """Peers still in their last round may talk to it (a gossip pick): a node that left at
+    once would lose their messages, and they would wait a round timeout for the answer."""
+    ctl = StandInControl(START, linger=True)
+    life = asyncio.ensure_future(
+        worker._lifecycle(
+            StandInNode(lambda: asyncio.sleep(0)),  # type: ignore[arg-type]
+            ctl,  # type: ignore[arg-type]
+            node_credentials(),
+        )
+    )
+    while Done not in map(type, ctl.sent):
+        await asyncio.sleep(0.01)
+    await asyncio.sleep(0.1)
+    assert not life.done()
+
+    ctl.end()
+
+    assert await life == worker.EXIT_DONE
     assert leftover_tasks() == set()
 
 
