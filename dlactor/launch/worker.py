@@ -216,7 +216,7 @@ async def _lifecycle(actor: Node | Service, ctl: ControlStream, credentials: Cre
         await asyncio.gather(stop, return_exceptions=True)
 
 
-async def _run_unless_stopped(actor: Node | Service, stop: asyncio.Future[object]) -> bool:
+async def _run_unless_stopped(actor: Node | Service, stop: asyncio.Future[Any]) -> bool:
     """Run every round unless ``stop`` (the launcher's Stop, or EOF if it died) comes
     first, which cancels them. True if the rounds completed; an exception from the rounds
     is raised as itself (its traceback's last line is what the launcher classifies)."""
