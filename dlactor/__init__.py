@@ -4,7 +4,9 @@ The public API is what a strategy-plugin author and a protocol test need; the re
 is reached through the ``dlactor`` command.
 """
 
+from dlactor.algorithms.base import Algorithm
 from dlactor.config import (
+    AlgorithmSettings,
     ConfigError,
     DataSettings,
     ModelSettings,
@@ -16,9 +18,9 @@ from dlactor.config import (
     load_config,
     validate_config,
 )
+from dlactor.context import EvalStats, NodeEnv, RoundContext, TrainStats
 from dlactor.launch.plan import Plan, build_node, make_plan
 from dlactor.messages import Payload
-from dlactor.node.context import EvalStats, NodeEnv, RoundContext, TrainStats
 from dlactor.node.node import Node
 from dlactor.plugins import register
 from dlactor.testing import build_network, run_in_memory
@@ -26,6 +28,8 @@ from dlactor.testing import build_network, run_in_memory
 __version__ = "0.1.0"
 
 __all__ = [
+    "Algorithm",
+    "AlgorithmSettings",
     "ConfigError",
     "DataSettings",
     "EvalStats",

@@ -9,7 +9,7 @@ from __future__ import annotations
 import sys
 from contextlib import ExitStack
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import tomli_w
 import typer
@@ -47,12 +47,17 @@ SetOpt = Annotated[
 ]
 
 
+def _invalid(config: Path, message: str) -> NoReturn:
+    """Exit 2 with ``message`` as written: its brackets (``[topology]``) are not markup."""
+    err.print(f"[red]error:[/] {escape(f'{config}: {message}')}", highlight=False)
+    raise typer.Exit(EXIT_INVALID)
+
+
 def _load(config: Path, overrides: list[str] | None) -> RunConfig:
     try:
         return load_config(config, overrides or [])
     except ConfigError as exc:
-        err.print(f"[red]error:[/] {config}: {exc}", highlight=False)
-        raise typer.Exit(EXIT_INVALID) from None
+        _invalid(config, str(exc))
 
 
 def _plan(cfg: RunConfig, config: Path) -> Any:
@@ -61,8 +66,7 @@ def _plan(cfg: RunConfig, config: Path) -> Any:
     try:
         return make_plan(cfg)
     except ConfigError as exc:
-        err.print(f"[red]error:[/] {config}: {exc}", highlight=False)
-        raise typer.Exit(EXIT_INVALID) from None
+        _invalid(config, str(exc))
 
 
 def config_toml(cfg: RunConfig) -> str:
@@ -100,8 +104,7 @@ def launch(
         try:  # the Ray backend connects here: an unreachable cluster is invalid input
             backend = stack.enter_context(open_backend(cfg))
         except ConfigError as exc:
-            err.print(f"[red]error:[/] {config}: {exc}", highlight=False)
-            raise typer.Exit(EXIT_INVALID) from None
+            _invalid(config, str(exc))
         try:
             run_dir = make_run_dir(out_dir, cfg.name)
         except OSError as exc:
@@ -199,8 +202,7 @@ def graph(
     try:
         g = cfg.topology.graph(cfg.nodes, cfg.seed)
     except (ValueError, OSError) as exc:
-        err.print(f"[red]error:[/] {config}: invalid config: {exc}", highlight=False)
-        raise typer.Exit(EXIT_INVALID) from None
+        _invalid(config, f"invalid config: {exc}")
     degrees = [d for _, d in g.degree]
     out.print(
         f"{g.number_of_nodes()} nodes, {g.number_of_edges()} edges, degree "

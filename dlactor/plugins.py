@@ -5,8 +5,10 @@ A plugin is a pydantic settings model (a subclass of one of the category bases i
 returning the async strategy) registered with :func:`register`. Plugins arrive by
 entry point (group ``dlactor.plugins``: each entry point names a module to import)
 or by a ``plugins = [...]`` list in the config (module names, or ``.py`` paths
-relative to the config file). Both are resolved in the launcher, before any node
-process exists: a node never imports anything named by a string.
+relative to the config file). dlactor's own strategies are registered the same way: its
+pyproject.toml declares one entry point per package (``dlactor.topology.settings``...).
+All are resolved in the launcher, before any node process exists: a node never imports
+anything named by a string.
 
 Plugins are code, and it runs when a config is read: every installed entry point, and every
 module or file a config's ``plugins`` list names, is imported -- with the rights of whoever

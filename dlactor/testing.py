@@ -19,8 +19,8 @@ from typing import Any
 
 import torch
 
+from dlactor.context import Service
 from dlactor.launch.plan import Plan, build_node, build_service
-from dlactor.node.context import Service
 from dlactor.node.node import Node, Record
 from dlactor.security.credentials import Credentials, RunKeys
 from dlactor.security.identity import LAUNCHER
@@ -85,18 +85,18 @@ def build_network(
     models: Sequence[torch.nn.Module] | None = None,
     on_round: Callable[[Record], None] | None = None,
 ) -> tuple[MemoryNetwork, list[Node]]:
-    """One node per id on a fresh in-memory network; each gets its own copy of the model
-    (``models[i]`` when given)."""
+    """One node per id on a fresh in-memory network, then the algorithm's servers; each gets
+    its own copy of the model (``models[i]`` when given, for the learning nodes)."""
     net = MemoryNetwork(codec=codec)
     nodes = [
         build_node(
             plan,
             i,
             partial(net.transport, i),
-            model=copy.deepcopy(plan.model) if models is None else models[i],
+            model=copy.deepcopy(plan.model) if models is None or i in plan.servers else models[i],
             on_round=on_round,
         )
-        for i in range(plan.config.nodes)
+        for i in [*range(plan.config.nodes), *plan.servers]
     ]
     return net, nodes
 
@@ -122,7 +122,7 @@ def build_services(plan: Plan, net: MemoryNetwork) -> list[Service]:
     """The topology's service processes (the peer sampler), on the same network."""
     return [
         build_service(plan, process, partial(net.transport, process))
-        for process in range(plan.config.nodes, plan.processes)
+        for process in range(plan.config.nodes, plan.servers.start)
     ]
 
 
@@ -133,8 +133,9 @@ async def run_in_memory(
     models: Sequence[torch.nn.Module] | None = None,
     on_round: Callable[[Record], None] | None = None,
 ) -> dict[int, list[Record]]:
-    """Run every round of every node concurrently; returns each node's records."""
-    records: dict[int, list[Record]] = {i: [] for i in range(plan.config.nodes)}
+    """Run every round of every node concurrently; returns each node's records (and each
+    server's, under its process id)."""
+    records: dict[int, list[Record]] = {i: [] for i in [*range(plan.config.nodes), *plan.servers]}
 
     def collect(record: Record) -> None:
         records[record["node"]].append(record)

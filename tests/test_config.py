@@ -6,14 +6,9 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from dlactor.config import (
-    ConfigError,
-    RegularTopology,
-    apply_overrides,
-    load_config,
-    validate_config,
-)
+from dlactor.config import ConfigError, apply_overrides, load_config, validate_config
 from dlactor.plugins import PluginError, kinds
+from dlactor.topology.settings import RegularSettings
 from tests.conftest import SMALL, small_config
 
 PLUGINS = Path(__file__).parent / "plugins"
@@ -38,7 +33,7 @@ def test_override_without_equals_sign_is_an_error() -> None:
 
 def test_kind_selects_the_settings_model() -> None:
     cfg = small_config("topology.degree=5")
-    assert isinstance(cfg.topology, RegularTopology)
+    assert isinstance(cfg.topology, RegularSettings)
     assert cfg.topology.degree == 5
 
 
@@ -219,8 +214,8 @@ def test_the_largest_values_allowed_still_validate(config_file: Path) -> None:
 
 
 def test_the_char_lstm_parameter_count_is_what_torch_builds() -> None:
-    from dlactor.config import CharLSTMSettings
     from dlactor.training.models import char_lstm, count_parameters
+    from dlactor.training.settings import CharLSTMSettings
 
     for embed, hidden, layers in [(8, 256, 2), (5, 7, 1), (3, 4, 3)]:
         settings = CharLSTMSettings(embed=embed, hidden=hidden, layers=layers)

@@ -1,7 +1,8 @@
 import dlactor
 
 EXPECTED = {
-    "ConfigError", "DataSettings", "EvalStats", "ModelSettings", "Node", "NodeEnv",
+    "Algorithm", "AlgorithmSettings", "ConfigError", "DataSettings", "EvalStats",
+    "ModelSettings", "Node", "NodeEnv",
     "PartitionSettings", "Payload", "Plan", "RoundContext", "RunConfig", "SharingSettings",
     "TopologySettings", "TrainStats", "TrainingSettings", "__version__", "build_network",
     "build_node", "load_config", "make_plan", "register", "run_in_memory", "validate_config",

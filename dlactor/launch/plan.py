@@ -13,9 +13,9 @@ import networkx as nx
 import numpy as np
 import torch
 
-from dlactor.config import ConfigError, LocalLauncher, RunConfig
+from dlactor.config import ConfigError, FieldError, LocalLauncher, RunConfig
+from dlactor.context import NodeEnv, Service, ServiceEnv
 from dlactor.data.base import Dataset
-from dlactor.node.context import NodeEnv, Service, ServiceEnv
 from dlactor.node.node import Node, Record
 from dlactor.security.credentials import RunKeys
 from dlactor.training.models import count_parameters, parameter_bytes
@@ -23,7 +23,7 @@ from dlactor.transport.base import Deliver, Transport
 from dlactor.wire.codec import MAX_HEADER
 from dlactor.wire.framing import PREFIX_LEN
 
-__all__ = ["Plan", "build_node", "build_service", "make_plan", "uses_tls"]
+__all__ = ["Plan", "build_node", "build_service", "make_plan", "process_count", "uses_tls"]
 
 
 @dataclass(frozen=True)
@@ -45,18 +45,26 @@ class Plan:
 
     @property
     def services(self) -> int:
-        """Processes the topology needs beside the nodes (ids ``nodes``, ``nodes + 1``...)."""
-        return self.config.topology.services
+        """Processes beside the nodes: the topology's services (ids ``nodes``...), then the
+        algorithm's servers."""
+        return process_count(self.config) - self.config.nodes
 
     @property
     def processes(self) -> int:
-        """Every process of the run: the learning nodes, then the topology's services."""
-        return self.config.nodes + self.services
+        """Every process of the run: the learning nodes, then the services."""
+        return process_count(self.config)
+
+    @property
+    def servers(self) -> range:
+        """The algorithm's server processes (a FedAvg server): after the topology's services."""
+        return range(self.processes - self.config.algorithm.servers, self.processes)
 
     def role(self, process: int) -> str:
         """How to name a process in messages: "node 3", "peer sampler (process 16)"."""
         if process < self.config.nodes:
             return f"node {process}"
+        if process in self.servers:
+            return f"{self.config.algorithm.kind} server (process {process})"
         return f"{self.config.topology.kind} service (process {process})"
 
     @property
@@ -74,6 +82,14 @@ class Plan:
         as big as the wire allows (overlay messages, the address book), with room for both."""
         payload = self.config.sharing.max_payload_bytes(self.model_bytes)
         return PREFIX_LEN + MAX_HEADER + payload
+
+
+def process_count(config: RunConfig) -> int:
+    """The run's processes: the learning nodes, the topology's services (when the algorithm
+    has a topology), the algorithm's servers."""
+    algorithm = config.algorithm
+    services = config.topology.services if algorithm.needs_topology(config) else 0
+    return config.nodes + services + algorithm.servers
 
 
 def uses_tls(config: RunConfig) -> bool:
@@ -102,12 +118,7 @@ def make_plan(config: RunConfig) -> Plan:
     become ConfigError (exit 2).
     """
     with _field("topology"):
-        graph = config.topology.graph(config.nodes, config.seed)
-        if sorted(graph.nodes) != list(range(config.nodes)):
-            raise ValueError(
-                f"the graph's nodes are not 0..{config.nodes - 1} (nodes = {config.nodes})"
-            )
-        config.topology.check(graph, config.rounds)
+        graph = _graph(config)
     with _field("sharing"):
         config.sharing.check(config)
     with _field("data"):
@@ -123,11 +134,27 @@ def make_plan(config: RunConfig) -> Plan:
     return plan
 
 
+def _graph(config: RunConfig) -> nx.Graph:
+    """The topology's graph at round 0 (no edges for an algorithm without a topology)."""
+    if not config.algorithm.needs_topology(config):
+        graph = nx.Graph()
+        graph.add_nodes_from(range(config.nodes))
+        return graph
+    graph = config.topology.graph(config.nodes, config.seed)
+    if sorted(graph.nodes) != list(range(config.nodes)):
+        raise ValueError(
+            f"the graph's nodes are not 0..{config.nodes - 1} (nodes = {config.nodes})"
+        )
+    config.topology.check(graph, config.rounds)
+    config.algorithm.check_graph(graph)
+    return graph
+
+
 def _make_keys(config: RunConfig) -> RunKeys:
     """Every process's key pair for forked nodes; under Ray, only the launcher's (each node
     makes its own, and the backend adds the public keys)."""
     if isinstance(config.launcher, LocalLauncher):
-        return RunKeys.make(range(config.nodes + config.topology.services))
+        return RunKeys.make(range(process_count(config)))
     return RunKeys.make()
 
 
@@ -161,9 +188,12 @@ def _build_model(config: RunConfig, dataset: Dataset) -> torch.nn.Module:
 
 @contextmanager
 def _field(name: str) -> Iterator[None]:
-    """Turn a ValueError/OSError raised while building ``name`` into a ConfigError naming it."""
+    """Turn a ValueError/OSError raised while building ``name`` into a ConfigError naming it
+    (or naming the field a FieldError names)."""
     try:
         yield
+    except FieldError as exc:
+        raise ConfigError(f"invalid config:\n  {exc.field}: {exc}") from exc
     except (ValueError, OSError) as exc:
         raise ConfigError(f"invalid config:\n  {name}: {exc}") from exc
 
@@ -175,21 +205,27 @@ def _warm_up(model: torch.nn.Module) -> None:
 
 
 def node_env(plan: Plan, node: int, model: torch.nn.Module) -> NodeEnv:
+    """What process ``node``'s strategies are built from (a server has no training samples)."""
+    cfg = plan.config
+    learner = node < cfg.nodes
     return NodeEnv(
         node=node,
-        nodes=plan.config.nodes,
-        seed=plan.config.seed,
+        nodes=cfg.nodes,
+        seed=cfg.seed,
         graph=plan.graph,
         dataset=plan.dataset,
-        train_indices=plan.parts[node],
+        train_indices=plan.parts[node] if learner else np.zeros(0, dtype=np.int64),
         model=model,
-        rounds=plan.config.rounds,
-        round_timeout=plan.config.launcher.round_timeout_s,
+        rounds=cfg.rounds,
+        round_timeout=cfg.launcher.round_timeout_s,
+        parts=plan.parts,
+        servers=plan.servers,
+        config=cfg,
     )
 
 
 def build_service(plan: Plan, process: int, transport: Callable[[Deliver], Transport]) -> Service:
-    """The actor of service process ``process`` (``nodes <= process < processes``)."""
+    """The actor of topology service process ``process`` (the peer sampler)."""
     cfg = plan.config
     env = ServiceEnv(
         process=process, nodes=cfg.nodes, seed=cfg.seed, rounds=cfg.rounds, transport=transport
@@ -205,8 +241,9 @@ def build_node(
     model: torch.nn.Module | None = None,
     on_round: Callable[[Record], None] | None = None,
 ) -> Node:
-    """A node of this plan. ``model`` defaults to the plan's own (right in a forked process,
-    where it is this node's private copy); in-process tests pass a copy per node."""
+    """Process ``node`` of this plan: a learning node, or one of the algorithm's servers.
+    ``model`` defaults to the plan's own (right in a forked process, where it is this
+    process's private copy); in-process tests pass a copy per node."""
     cfg = plan.config
     env = node_env(plan, node, plan.model if model is None else model)
     sharing = cfg.sharing.build(env)
@@ -216,12 +253,16 @@ def build_node(
         # what a peer may make us inflate: as much as the strategy could send uncompressed
         bound = cfg.sharing.max_payload_bytes(plan.model_bytes)
         sharing = Lossless(sharing, cfg.sharing.compression, bound)
+    server = node in plan.servers
+    algorithm = cfg.algorithm.server(env) if server else cfg.algorithm.build(env)
     return Node(
         node=node,
         transport=transport,
-        topology=cfg.topology.build(env),
+        topology=None
+        if server or not cfg.algorithm.needs_topology(cfg)
+        else cfg.topology.build(env),
         sharing=sharing,
-        trainer=cfg.training.build(env),
+        trainer=cfg.training.evaluator(env) if server else cfg.training.build(env),
         model=env.model,
         rounds=cfg.rounds,
         eval_every=cfg.evaluation.every,
@@ -229,4 +270,7 @@ def build_node(
         on_round=on_round,
         nodes=cfg.nodes,
         allow_nonfinite=cfg.security.allow_nonfinite,
+        algorithm=algorithm,
+        processes=plan.processes,
+        lookahead=cfg.algorithm.lookahead(cfg),
     )

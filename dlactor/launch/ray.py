@@ -49,7 +49,7 @@ from dlactor.config import ConfigError, RayLauncher
 from dlactor.data.base import Dataset
 from dlactor.launch.plan import Plan
 from dlactor.launch.supervisor import STOP_GRACE_S, Outcome, Supervisor, describe_exit
-from dlactor.launch.worker import node_process_main, run_event_loop
+from dlactor.launch.worker import node_process_main, results_path, run_event_loop
 from dlactor.metrics.jsonio import write_atomic
 from dlactor.security.identity import LAUNCHER, Identity
 from dlactor.transport.base import Address
@@ -147,7 +147,7 @@ class RayNode:
         credentials = plan.keys.credentials_for(self._identity, plan.run_id)
         here = results_dir(run_dir, plan.run_id)
         if here != run_dir:
-            self._results = here / "nodes" / f"{node}.jsonl"
+            self._results = results_path(here, node, plan.servers)
         host, port = listen
         host = host or ray.util.get_node_ip_address()
         # No parent to die with: Ray ends an actor whose driver goes away, and the node
@@ -176,8 +176,8 @@ class RayNodes:
     are sampled for memory.
     """
 
-    def __init__(self, here: str) -> None:
-        self.here = here
+    def __init__(self, here: str, servers: range = range(0)) -> None:
+        self.here, self.servers = here, servers
         self.handles: list[Any] = []
         self.runs: list[concurrent.futures.Future[int]] = []
         self.wheres: list[concurrent.futures.Future[tuple[int, str]]] = []
@@ -265,7 +265,8 @@ class RayNodes:
         for node, answer in asked.items():
             text = answer.result() if answer.done() and answer.exception() is None else None
             if text is not None:
-                write_atomic(run_dir / "nodes" / f"{node}.jsonl", text)  # whole lines or none
+                path = results_path(run_dir, node, self.servers)
+                write_atomic(path, text)  # whole lines or none
 
 
 def describe_ray_error(exc: BaseException) -> str:
@@ -323,7 +324,7 @@ class RayBackend:
         listener = socket.create_server(
             (self.control_host, self.settings.control_port), backlog=backlog
         )
-        nodes = RayNodes(here=ray.util.get_node_ip_address())
+        nodes = RayNodes(here=ray.util.get_node_ip_address(), servers=plan.servers)
         outcome: Outcome | None = None
         try:
             _ship_plugin_code()

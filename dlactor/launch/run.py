@@ -17,7 +17,7 @@ from typing import Any, Protocol, TypeVar
 
 from dlactor.config import RayLauncher, RunConfig
 from dlactor.launch import local
-from dlactor.launch.plan import Plan
+from dlactor.launch.plan import Plan, process_count
 from dlactor.launch.supervisor import Outcome
 from dlactor.metrics.jsonio import dumps, write_atomic
 from dlactor.metrics.summary import load_node_records, summarize
@@ -58,11 +58,11 @@ def open_backend(config: RunConfig) -> Iterator[Backend]:
     if isinstance(config.launcher, RayLauncher):
         from dlactor.launch.ray import RayBackend
 
-        processes = config.nodes + config.topology.services
+        processes = process_count(config)
         with RayBackend.connect(config.launcher, processes) as backend:
             yield backend
     else:
-        local.ensure_open_files(config.nodes + config.topology.services)
+        local.ensure_open_files(process_count(config))
         yield LocalBackend()
 
 

@@ -33,9 +33,11 @@ from dlactor.messages import Done, Failed, Payload, Progress, Register, Share, S
 from dlactor.metrics.consensus import ConsensusMeter
 from dlactor.metrics.memory import MemorySampler
 from dlactor.metrics.recorder import JsonlRecorder
+from dlactor.node.mailbox import RoundTimeout
+from dlactor.node.node import SendStalled
 from dlactor.security.credentials import Credentials
 from dlactor.sharing.ops import check_layout, flat_layout
-from dlactor.transport.base import Address
+from dlactor.transport.base import Address, PeerUnreachable
 from dlactor.transport.tcp import LogBudget
 from dlactor.wire.errors import ProtocolError, RemoteProtocolError
 
@@ -55,10 +57,9 @@ STOP_GRACE_S = 5.0
 MAX_CONSENSUS_ROUNDS = 16
 KNOCK_ON_GRACE_S = 1.5
 #: Exceptions a node raises because *another* node went away (last line of its traceback).
-KNOCK_ON = (
-    "dlactor.transport.base.PeerUnreachable",
-    "dlactor.node.mailbox.RoundTimeout",
-    "dlactor.node.node.SendStalled",
+KNOCK_ON = tuple(
+    f"{error.__module__}.{error.__qualname__}"
+    for error in (PeerUnreachable, RoundTimeout, SendStalled)
 )
 
 

@@ -21,23 +21,37 @@ from typing import Any, TypeVar
 
 import torch
 
+from dlactor.context import Service
 from dlactor.launch.control import ControlStream
 from dlactor.launch.plan import Plan, build_node, build_service
 from dlactor.messages import Done, Failed, Payload, Progress, Register, Share, Start
 from dlactor.metrics.memory import set_malloc_thresholds
 from dlactor.metrics.recorder import JsonlRecorder
-from dlactor.node.context import Service
 from dlactor.node.node import Node, Record
 from dlactor.security.credentials import Credentials
 from dlactor.sharing.ops import flatten
 from dlactor.transport.base import Address, Deliver
 from dlactor.transport.tcp import TcpTransport
 
-__all__ = ["EXIT_DONE", "EXIT_FAILED", "EXIT_STOPPED", "node_process_main", "run_event_loop"]
+__all__ = [
+    "EXIT_DONE",
+    "EXIT_FAILED",
+    "EXIT_STOPPED",
+    "node_process_main",
+    "results_path",
+    "run_event_loop",
+]
 
 EXIT_DONE, EXIT_FAILED, EXIT_STOPPED = 0, 1, 3
 
 T = TypeVar("T")
+
+
+def results_path(run_dir: Path, process: int, servers: range) -> Path:
+    """Where process ``process`` writes its records: ``nodes/<id>.jsonl`` for a learning
+    node, ``nodes/server-<id>.jsonl`` for one of the algorithm's ``servers``."""
+    name = f"server-{process}" if process in servers else str(process)
+    return run_dir / "nodes" / f"{name}.jsonl"
 
 
 def run_event_loop(main: Coroutine[Any, Any, T]) -> T:
@@ -146,12 +160,15 @@ async def _node_main(
     timeout = plan.config.security.handshake_timeout_s
     ctl = await ControlStream.connect(*control, credentials, timeout=timeout)
     transport = _tcp(plan, credentials, listen)
-    if node >= plan.config.nodes:  # a topology's service process (the peer sampler)
+    server = node in plan.servers
+    if node >= plan.config.nodes and not server:  # a topology's service (the peer sampler)
         return await _serve(ctl, node, credentials, lambda: build_service(plan, node, transport))
-    recorder = JsonlRecorder(run_dir / "nodes" / f"{node}.jsonl")
+    recorder = JsonlRecorder(results_path(run_dir, node, plan.servers))
 
     def on_round(record: Record) -> None:
         recorder.write(record)
+        if server:
+            return
         ctl.post(Progress(node, record["round"]))
         if "test_loss" in record and plan.config.evaluation.consensus:
             # the evaluated model (build_node gives this process's node plan.model, its

@@ -11,14 +11,14 @@ import math
 import statistics
 from collections import defaultdict
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from itertools import pairwise
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from dlactor.metrics.jsonio import loads
 from dlactor.metrics.recorder import read_jsonl
-from dlactor.metrics.summary import load_node_records, spread
+from dlactor.metrics.summary import load_node_records, load_server_records, spread
 
 if TYPE_CHECKING:
     from dlactor.metrics.plots import Line
@@ -60,11 +60,18 @@ class RunData:
     manifest: dict[str, Any]
     records: dict[int, list[dict[str, Any]]]
     consensus: list[dict[str, Any]]
+    #: The algorithm's servers' records (FedAvg, parameter server): their model is evaluated.
+    servers: dict[int, list[dict[str, Any]]] = field(default_factory=dict)
+
+    @property
+    def evaluated(self) -> dict[int, list[dict[str, Any]]]:
+        """Whose records hold the run's test figures: the servers', if there are any."""
+        return self.servers or self.records
 
     @property
     def metric(self) -> str:
         """``test_rmse`` for regression runs (MovieLens), ``test_acc`` otherwise."""
-        regression = any("test_rmse" in r for rs in self.records.values() for r in rs)
+        regression = any("test_rmse" in r for rs in self.evaluated.values() for r in rs)
         return "test_rmse" if regression else "test_acc"
 
 
@@ -96,14 +103,18 @@ def load_run(path: Path) -> RunData:
         path=path,
         summary=summary,
         manifest=manifest,
-        records={n: sorted(rs, key=lambda r: r["round"]) for n, rs in _records(path).items()},
+        records=_records(load_node_records(path)),
         consensus=read_jsonl(consensus_path) if consensus_path.is_file() else [],
+        servers=_records(load_server_records(path)),
     )
 
 
-def _records(path: Path) -> dict[int, list[dict[str, Any]]]:
-    by_node = load_node_records(path)
-    return {n: [r for r in rs if isinstance(r, dict) and "round" in r] for n, rs in by_node.items()}
+def _records(by_node: dict[int, list[Any]]) -> dict[int, list[dict[str, Any]]]:
+    """Each process's well-formed records, in round order."""
+    return {
+        n: sorted((r for r in rs if isinstance(r, dict) and "round" in r), key=lambda r: r["round"])
+        for n, rs in by_node.items()
+    }
 
 
 def run_labels(runs: list[RunData]) -> list[str]:
@@ -126,12 +137,15 @@ def eval_curves(run: RunData, metric: str = "test_acc") -> dict[str, list[float]
     (up to and including that round). ``nodes`` counts the nodes behind each point. A round
     where some node's value is not finite (a diverged loss) has NaN there: a gap."""
     points: dict[int, list[tuple[float, float, float]]] = defaultdict(list)
-    for records in run.records.values():
+    sent_by_round = _mean_bytes_sent_by_round(run) if run.servers else {}
+    for records in run.evaluated.values():
         sent = 0.0
         for rec in records:
             sent += rec.get("bytes_sent", 0)
             if rec.get(metric) is not None:
-                points[rec["round"]].append((rec[metric], rec.get("t_wall", 0.0), sent))
+                # a server's point: what each node had sent by then, on average
+                so_far = sent_by_round.get(rec["round"], sent) if run.servers else sent
+                points[rec["round"]].append((rec[metric], rec.get("t_wall", 0.0), so_far))
     curves: dict[str, list[float]] = {
         k: [] for k in ("round", "mean", "min", "max", "t_wall", "bytes_sent", "nodes")
     }
@@ -148,10 +162,21 @@ def eval_curves(run: RunData, metric: str = "test_acc") -> dict[str, list[float]
     return curves
 
 
-def _final(run: RunData) -> list[float]:
-    """Each node's last recorded value of the run's metric."""
-    last = []
+def _mean_bytes_sent_by_round(run: RunData) -> dict[int, float]:
+    """The learning nodes' mean cumulative ``bytes_sent`` after each round."""
+    totals: dict[int, list[float]] = defaultdict(list)
     for records in run.records.values():
+        sent = 0.0
+        for rec in records:
+            sent += rec.get("bytes_sent", 0)
+            totals[rec["round"]].append(sent)
+    return {r: statistics.fmean(values) for r, values in totals.items()}
+
+
+def _final(run: RunData) -> list[float]:
+    """Each evaluated process's last recorded value of the run's metric."""
+    last = []
+    for records in run.evaluated.values():
         values = [r[run.metric] for r in records if r.get(run.metric) is not None]
         if values:
             last.append(values[-1])

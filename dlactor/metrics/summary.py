@@ -10,16 +10,29 @@ from typing import Any
 
 from dlactor.metrics.recorder import read_jsonl
 
-__all__ = ["load_node_records", "spread", "summarize"]
+__all__ = ["load_node_records", "load_server_records", "spread", "summarize"]
+
+SERVER_PREFIX = "server-"
 
 
 def load_node_records(run_dir: Path) -> dict[int, list[dict[str, Any]]]:
-    """Every node's records, by node id (nodes with no file yet are absent). A torn last
-    line, from a node killed while writing it, is skipped (``read_jsonl``)."""
+    """Every learning node's records, by node id (nodes with no file yet are absent). A torn
+    last line, from a node killed while writing it, is skipped (``read_jsonl``)."""
     out = {}
     for path in sorted((run_dir / "nodes").glob("*.jsonl")):
         if path.stem.isdigit():
             out[int(path.stem)] = read_jsonl(path)
+    return out
+
+
+def load_server_records(run_dir: Path) -> dict[int, list[dict[str, Any]]]:
+    """The records of the algorithm's servers (``nodes/server-<id>.jsonl``: a FedAvg
+    server, a parameter server), by process id; none for D-PSGD and Epidemic Learning."""
+    out = {}
+    for path in sorted((run_dir / "nodes").glob(f"{SERVER_PREFIX}*.jsonl")):
+        number = path.stem.removeprefix(SERVER_PREFIX)
+        if number.isdigit():
+            out[int(number)] = read_jsonl(path)
     return out
 
 
@@ -94,7 +107,9 @@ def summarize(
     """Run-level figures; ``by_node`` are the nodes' records if already read."""
     if by_node is None:
         by_node = load_node_records(run_dir)
+    servers = load_server_records(run_dir)
     records = [r for rs in by_node.values() for r in rs]
+    trained = [r["t_train"] for r in records if "t_train" in r]
     durations = [d for rs in by_node.values() for d in _round_durations(rs)]
     completed = min((len(by_node.get(n, [])) for n in range(nodes)), default=0)
     return {
@@ -103,7 +118,8 @@ def summarize(
         "status": status,
         "wall_s": wall_s,
         "round_s_median": statistics.median(durations) if durations else None,
-        "t_train_median": statistics.median(r["t_train"] for r in records) if records else None,
+        # rounds a node trained in (a FedAvg client idles in the rounds it is not sampled)
+        "t_train_median": statistics.median(trained) if trained else None,
         "bytes_sent_per_node_per_round": (
             statistics.fmean(r["bytes_sent"] for r in records) if records else None
         ),
@@ -111,5 +127,23 @@ def summarize(
         # what the topology's own messages cost (peer sampler, gossip); absent otherwise
         **_overlay(records),
         "rss_bytes_max_node": max((r["rss_bytes"] for r in records), default=None),
-        "final": {**_final(by_node), "consensus_distance": _last_consensus(run_dir)},
+        # the model that counts is the server's, where there is one (FedAvg, parameter server)
+        "final": {**_final(servers or by_node), "consensus_distance": _last_consensus(run_dir)},
+        **_servers(servers),
+    }
+
+
+def _servers(servers: dict[int, list[dict[str, Any]]]) -> dict[str, Any]:
+    """What each server sent and received over the run (downloads and uploads)."""
+    if not servers:
+        return {}
+    return {
+        "servers": {
+            str(process): {
+                "rounds": len(records),
+                "bytes_sent_total": sum(r.get("bytes_sent", 0) for r in records),
+                "bytes_recv_total": sum(r.get("bytes_recv", 0) for r in records),
+            }
+            for process, records in servers.items()
+        }
     }

@@ -53,16 +53,21 @@ class Received:
 class Mailbox:
     """``put`` from the transport's callback; ``wait_round`` from the round loop."""
 
-    def __init__(self, *, senders: int | None = None, rounds: int | None = None) -> None:
-        """``senders``: the learning nodes' count (ids ``0..senders-1``); ``rounds``: the
-        run's (None: no bound)."""
+    def __init__(
+        self, *, senders: int | None = None, rounds: int | None = None, lookahead: int = 1
+    ) -> None:
+        """``senders``: the count of processes that may send shares (ids
+        ``0..senders-1``); ``rounds``: the run's (None: no bound); ``lookahead``: how many
+        later rounds one sender may have a share buffered for (1 for D-PSGD, where a
+        neighbour waits for this node's share before it goes on)."""
         self._rounds: dict[int, dict[int, Payload]] = {}
         self._received: dict[int, Received] = {}
         self._floor = 0  # the current round: rounds below it are finished
         self._arrived = asyncio.Event()
         self._senders, self._last = senders, rounds
         self._expected: dict[int, frozenset[int]] = {}  # round -> its senders, once known
-        self._ahead: dict[int, int] = {}  # sender -> the round after ours it sent a share for
+        self._lookahead = lookahead
+        self._ahead: dict[int, set[int]] = {}  # sender -> the later rounds it sent shares for
         self.dropped = 0
 
     @property
@@ -88,17 +93,16 @@ class Mailbox:
         box = self._rounds.setdefault(msg.round, {})
         if msg.sender in box:
             raise RemoteProtocolError(f"node {msg.sender} sent round {msg.round} twice")
-        if msg.round > self._floor:
-            ahead = self._ahead.get(msg.sender)
-            if ahead is not None and ahead != msg.round:
-                raise RemoteProtocolError(
-                    f"node {msg.sender} sent shares for rounds {ahead} and {msg.round}, "
-                    f"both ahead of round {self._floor}"
-                )
+        ahead = self._ahead.get(msg.sender, set())
+        if msg.round > self._floor and len(ahead) >= self._lookahead:
+            raise RemoteProtocolError(
+                f"node {msg.sender} sent shares for rounds {sorted(ahead)} and {msg.round} "
+                f"ahead of round {self._floor} (at most {self._lookahead} may wait)"
+            )
         if check is not None:
             check()
         if msg.round > self._floor:
-            self._ahead[msg.sender] = msg.round
+            self._ahead.setdefault(msg.sender, set()).add(msg.round)
         box[msg.sender] = msg.payload
         self._count(msg.round, nbytes)
         self._arrived.set()
@@ -106,7 +110,7 @@ class Mailbox:
     def _unwanted(self, msg: Share) -> str:
         """Why ``msg`` is of no use to any round (empty if it is)."""
         if self._senders is not None and msg.sender >= self._senders:
-            return "not a learning node"
+            return "not a process that sends shares"
         if self._last is not None and msg.round >= self._last:
             return f"the run has {self._last} rounds"
         expected = self._expected.get(msg.round)
@@ -178,4 +182,9 @@ class Mailbox:
             del self._rounds[r]
         for r in [r for r in self._expected if r <= round]:
             del self._expected[r]
-        self._ahead = {s: r for s, r in self._ahead.items() if r > self._floor}
+        for sender in list(self._ahead):
+            later = {r for r in self._ahead[sender] if r > self._floor}
+            if later:
+                self._ahead[sender] = later
+            else:
+                del self._ahead[sender]

@@ -1,4 +1,9 @@
-"""The node actor: build, ``start``, ``run`` the D-PSGD round loop, ``stop``.
+"""The node actor: build, ``start``, ``run`` its algorithm's rounds, ``stop``.
+
+A node is one process of a run: a learning node, or an algorithm's server (a FedAvg server,
+a parameter server). It owns the transport, the mailbox, the model and the strategies; what
+it does in a round is its algorithm's (``dlactor.algorithms``: D-PSGD by default), which
+uses the helpers here (``exchange``, ``evaluate``, the record fields).
 
 The constructor only builds (no sockets, no tasks), so a node can be made in a test
 with no network. ``start`` opens the transport, ``connect`` gives it the address
@@ -8,106 +13,34 @@ book, ``run`` runs the rounds, ``stop`` closes everything.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import psutil
 import torch
 
+from dlactor.algorithms.base import Record
+from dlactor.context import RoundContext, TrainStats
 from dlactor.messages import Message, Overlay, Payload, Share
-from dlactor.node.context import RoundContext
 from dlactor.node.mailbox import Mailbox
 from dlactor.sharing.base import ChecksPayloads, Sharing
 from dlactor.sharing.lossless import Lossless
 from dlactor.sharing.ops import all_finite, check_finite
 from dlactor.topology.base import Topology, UsesOverlay
 from dlactor.training.base import Trainer
-from dlactor.transport.base import (
-    Address,
-    Deliver,
-    SendTimeout,
-    Transport,
-    TransportClosed,
-    UnknownPeer,
-)
-from dlactor.wire.codec import encode, encoded_size
+from dlactor.transport.base import Address, Deliver, SendTimeout, TrafficStats, Transport
+from dlactor.transport.link import Link
 from dlactor.wire.errors import RemoteProtocolError
 
-__all__ = ["Link", "ModelDiverged", "Node", "Record", "SendStalled"]
+if TYPE_CHECKING:
+    from dlactor.algorithms.base import Algorithm
 
-Record = dict[str, Any]
+__all__ = ["ModelDiverged", "Node", "Record", "RoundStart", "SendStalled"]
 
 log = logging.getLogger("dlactor.node")
-
-
-class Link:
-    """A process's :class:`~dlactor.topology.base.OverlayLink`: overlay sends on its
-    transport, counted, and the peers it talked to (so the node can close those connections
-    when they are not needed any more)."""
-
-    def __init__(self, node: int, transport: Transport) -> None:
-        self._node, self.transport = node, transport
-        self.msgs_sent = self.bytes_sent = self.msgs_recv = self.bytes_recv = 0
-        self.contacts: set[int] = set()
-        self._busy: dict[int, int] = {}  # peer -> sends in progress
-        self._tasks: set[asyncio.Task[None]] = set()
-        #: Set once the address book is in (``connect``): a message can arrive before this
-        #: process has read its own Start, and a reply to it must wait for the addresses.
-        self.ready = asyncio.Event()
-
-    @property
-    def node(self) -> int:
-        return self._node
-
-    def busy(self, peer: int) -> bool:
-        return self._busy.get(peer, 0) > 0
-
-    async def send(self, peer: int, msg: Overlay) -> None:
-        await self.ready.wait()
-        self.contacts.add(peer)
-        self._busy[peer] = self._busy.get(peer, 0) + 1
-        try:
-            await self.transport.send(peer, msg)
-        finally:
-            self._busy[peer] -= 1
-        self.msgs_sent += 1
-        self.bytes_sent += encoded_size(encode(msg))
-
-    def spawn(self, peer: int, msg: Overlay) -> None:
-        task = asyncio.get_running_loop().create_task(self._send_quietly(peer, msg))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
-    async def _send_quietly(self, peer: int, msg: Overlay) -> None:
-        try:
-            await self.send(peer, msg)
-        except (ConnectionError, TransportClosed, UnknownPeer) as exc:
-            log.info("node %d: %s to node %d not sent: %s", self._node, msg.op, peer, exc)
-
-    def received(self, nbytes: int) -> None:
-        self.msgs_recv += 1
-        self.bytes_recv += nbytes
-
-    def counters(self) -> tuple[int, int, int, int]:
-        return self.msgs_sent, self.bytes_sent, self.msgs_recv, self.bytes_recv
-
-    async def flush(self) -> None:
-        """Wait for the sends started with ``spawn``."""
-        while self._tasks:
-            await asyncio.gather(*self._tasks, return_exceptions=True)
-
-    async def stop(self, grace: float = 2.0) -> None:
-        """Let replies already queued go out (a peer may be waiting on one), then cancel."""
-        if self.ready.is_set():
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(grace):
-                    await self.flush()
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
 
 
 class SendStalled(TimeoutError):
@@ -135,15 +68,29 @@ class ModelDiverged(ArithmeticError):
         )
 
 
+@dataclass(frozen=True, slots=True)
+class RoundStart:
+    """Where a round's counters stood when it began (``Node.new_record``)."""
+
+    stats: TrafficStats
+    overlay: tuple[int, int, int, int]
+    t_start: float
+
+
 class Node:
-    """One learning node: its strategies, its transport, its mailbox and its round loop."""
+    """One process of a run: its strategies, transport, mailbox, and its algorithm's rounds.
+
+    ``topology`` may be None for a process whose algorithm has no neighbours (a FedAvg
+    server or client); ``algorithm`` defaults to D-PSGD. ``processes`` is the run's count
+    of processes that may send this one shares (nodes and servers; default ``nodes``).
+    """
 
     def __init__(
         self,
         *,
         node: int,
         transport: Callable[[Deliver], Transport],
-        topology: Topology,
+        topology: Topology | None,
         sharing: Sharing,
         trainer: Trainer,
         model: torch.nn.Module,
@@ -153,13 +100,25 @@ class Node:
         on_round: Callable[[Record], None] | None = None,
         nodes: int | None = None,
         allow_nonfinite: bool = False,
+        algorithm: Algorithm | None = None,
+        processes: int | None = None,
+        lookahead: int = 1,
     ) -> None:
+        from dlactor.algorithms.dpsgd import DPSGD
+
         self.node = node
-        self.mailbox = Mailbox(senders=nodes, rounds=rounds)
+        self.nodes = nodes
+        self.algorithm: Algorithm = DPSGD() if algorithm is None else algorithm
+        senders = processes if processes is not None else nodes
+        self.mailbox = Mailbox(senders=senders, rounds=rounds, lookahead=lookahead)
         self.allow_nonfinite = allow_nonfinite
         self.transport = transport(self.deliver)
         self.transport.on_handshake = self.mailbox.count
         self.topology, self.sharing, self.trainer = topology, sharing, trainer
+        # Capabilities, worked out once rather than per message or round.
+        self._overlay = topology if isinstance(topology, UsesOverlay) else None
+        self._checks = sharing if isinstance(sharing, ChecksPayloads) else None
+        self._lossless = sharing if isinstance(sharing, Lossless) else None
         self.model = model
         self.rounds, self.eval_every, self.round_timeout = rounds, eval_every, round_timeout
         self.on_round = on_round
@@ -168,8 +127,13 @@ class Node:
         self._peers: frozenset[int] = frozenset()  # the last round's neighbours
         self._recorded_row: tuple[tuple[int, ...], tuple[float, ...]] | None = None
         self.link = Link(node, self.transport)
-        if isinstance(topology, UsesOverlay):
-            topology.attach(self.link)
+        if self._overlay is not None:
+            self._overlay.attach(self.link)
+
+    def require_topology(self) -> Topology:
+        if self.topology is None:
+            raise RuntimeError(f"node {self.node}'s algorithm needs a topology; it has none")
+        return self.topology
 
     def deliver(self, msg: Message, nbytes: int) -> None:
         """The transport's callback: payloads go to the mailbox, overlay messages to a topology
@@ -180,23 +144,25 @@ class Node:
         RemoteProtocolError here makes the transport drop and log that connection, and the
         node carries on.
         """
-        if isinstance(msg, Overlay) and isinstance(self.topology, UsesOverlay):
-            self.topology.on_overlay(msg)
+        if isinstance(msg, Overlay) and self._overlay is not None:
+            self._overlay.on_overlay(msg)
             self.link.received(nbytes)
             self.mailbox.count(nbytes)
             return
         if not isinstance(msg, Share):
             raise RemoteProtocolError(f"unexpected {type(msg).__name__} on a peer connection")
-        self.mailbox.put(msg, nbytes, check=lambda: self._check_payload(msg.sender, msg.payload))
+        self.mailbox.put(msg, nbytes, check=lambda: self.algorithm.check(self, msg))
 
-    def _check_payload(self, sender: int, payload: Payload) -> None:
+    def check_payload(self, sender: int, payload: Payload, *, sharing: bool = True) -> None:
+        """The sharing strategy's check of ``payload`` (unless ``sharing`` is False), then
+        NaN and Inf (unless ``allow_nonfinite``): RemoteProtocolError naming ``sender``."""
         try:
-            if isinstance(self.sharing, ChecksPayloads):
-                self.sharing.check(self.model, payload)
+            if sharing and self._checks is not None:
+                self._checks.check(self.model, payload)
             if not self.allow_nonfinite:
                 plain = payload
-                if isinstance(self.sharing, Lossless):
-                    plain = self.sharing.unpacked(payload)
+                if sharing and self._lossless is not None:
+                    plain = self._lossless.unpacked(payload)
                 check_finite(plain)
         except RemoteProtocolError as exc:
             raise RemoteProtocolError(f"node {sender} sent an unusable payload: {exc}") from exc
@@ -216,53 +182,53 @@ class Node:
             if self.on_round is not None:
                 self.on_round(record)
 
-    def _evaluates(self, r: int) -> bool:
+    def evaluates(self, r: int) -> bool:
         return (r + 1) % self.eval_every == 0 or r == self.rounds - 1
 
     async def run_round(self, r: int) -> Record:
-        """One D-PSGD round: train, share with this round's neighbours, aggregate, evaluate."""
-        ctx = RoundContext(node=self.node, round=r, model=self.model)
-        before = self.transport.stats.snapshot()
-        overlay_before = self.link.counters()
+        """Round ``r`` of this process's algorithm; its record."""
+        return await self.algorithm.round(self, r)
+
+    def new_record(self, r: int) -> tuple[Record, RoundStart]:
+        """A round's record as it begins, and its counters' starting point for
+        ``close_record``."""
+        start = RoundStart(
+            self.transport.stats.snapshot(), self.link.counters(), time.perf_counter()
+        )
+        return {"node": self.node, "round": r}, start
+
+    async def train(self, ctx: RoundContext) -> tuple[TrainStats, float]:
+        """The trainer's local steps on ``ctx.model``, then the divergence check
+        (ModelDiverged); the stats and the seconds they took."""
         t_start = time.perf_counter()
         stats = await self.trainer.train(ctx)
         if not self.allow_nonfinite and not all_finite(self.model.parameters()):
-            raise ModelDiverged(self.node, r)
-        t_train = time.perf_counter() - t_start
-        ctx.peers = await self.topology.neighbors(self.node, r)
-        self._close_former_peers(ctx.peers)
-        ctx.weights = await self.topology.weights(self.node, r)
-        share = Share(self.node, r, await self.sharing.outgoing(ctx))
-        self._check_own(share)
-        ctx.sent = share.payload
-        received = await self._exchange(share, ctx.peers)
-        await self.sharing.aggregate(ctx, received)
+            raise ModelDiverged(self.node, ctx.round)
+        return stats, time.perf_counter() - t_start
+
+    async def close_record(
+        self, record: Record, start: RoundStart, ctx: RoundContext | None
+    ) -> Record:
+        """Finish round ``record["round"]``'s record: what it received, its times and memory,
+        its evaluation (with ``ctx`` on an evaluation round), then what it sent."""
+        r = record["round"]
         got = self.mailbox.take_received(r)
-        record: Record = {
-            "node": self.node,
-            "round": r,
-            "train_loss": stats.loss,
-            "bytes_sent": 0,  # below, once the round is over
-            "bytes_recv": got.nbytes,
-            "msgs_sent": 0,
-            "msgs_recv": got.msgs,
-            "degree": len(ctx.peers),
-            **self._overlay_record(overlay_before),
-            **self._topology_record(ctx.peers, ctx.weights),
-            "t_wall": time.time() - self.t0,
-            "t_train": t_train,
-            "t_round": time.perf_counter() - t_start,
-            "rss_bytes": self._process.memory_info().rss,
-        }
-        if self._evaluates(r):
-            record.update(await self._evaluate(ctx))
+        record.update(
+            bytes_recv=got.nbytes,
+            msgs_recv=got.msgs,
+            t_wall=time.time() - self.t0,
+            t_round=time.perf_counter() - start.t_start,
+            rss_bytes=self._process.memory_info().rss,
+        )
+        if ctx is not None and self.evaluates(r):
+            record.update(await self.evaluate(ctx))
         # After evaluating: a challenge this node wrote meanwhile (to a peer connecting to
         # it) belongs to this round, not to none.
-        sent = self.transport.stats.minus(before)
+        sent = self.transport.stats.minus(start.stats)
         record["bytes_sent"], record["msgs_sent"] = sent.bytes_sent, sent.msgs_sent
         return record
 
-    def _check_own(self, share: Share) -> None:
+    def check_own(self, share: Share) -> None:
         """A strategy can overflow a finite model into Inf: never send it (ModelDiverged)."""
         if self.allow_nonfinite:
             return
@@ -274,9 +240,9 @@ class Node:
         except RemoteProtocolError:
             raise ModelDiverged(self.node, share.round, "share") from None
 
-    def _overlay_record(self, before: tuple[int, int, int, int]) -> Record:
+    def overlay_record(self, before: tuple[int, int, int, int]) -> Record:
         """What the topology's own messages cost this round (only for topologies that talk)."""
-        if not isinstance(self.topology, UsesOverlay):
+        if self._overlay is None:
             return {}
         now = self.link.counters()
         names = (
@@ -287,7 +253,7 @@ class Node:
         )
         return {name: a - b for name, a, b in zip(names, now, before, strict=True)}
 
-    def _topology_record(self, peers: frozenset[int], weights: Mapping[int, float]) -> Record:
+    def topology_record(self, peers: frozenset[int], weights: Mapping[int, float]) -> Record:
         """This round's neighbours and their mixing weights, when they differ from the last
         recorded ones: the run's topology round by round, at the cost of one list per change
         (the launcher writes every round's graph from it into topology_rounds.jsonl, and
@@ -299,7 +265,7 @@ class Node:
         self._recorded_row = row
         return {"peers": order, "weights": list(row[1])}
 
-    def _close_former_peers(self, peers: frozenset[int]) -> None:
+    def close_former_peers(self, peers: frozenset[int]) -> None:
         """Close the connections to last round's neighbours (and to the peers the topology
         talked to) that are not neighbours now.
 
@@ -311,13 +277,15 @@ class Node:
         the topology is still sending to is left open (it is closed in a later round).
         """
         former = self._peers | self.link.contacts
-        keep = peers | getattr(self.topology, "persistent_peers", frozenset())
+        keep = peers | (
+            self._overlay.persistent_peers if self._overlay is not None else frozenset()
+        )
         self.link.contacts = {p for p in self.link.contacts if self.link.busy(p)}
         for peer in former - keep - self.link.contacts:
             self.transport.close_peer(peer)
         self._peers = peers
 
-    async def _exchange(self, share: Share, peers: frozenset[int]) -> dict[int, Payload]:
+    async def exchange(self, share: Share, peers: frozenset[int]) -> dict[int, Payload]:
         """Send this round's share and collect the neighbours', both within one round timeout:
         a neighbour that stops reading must fail the round as surely as one that stops
         sending, instead of hanging it in ``drain``."""
@@ -330,7 +298,7 @@ class Node:
             share.round, peers, self.round_timeout, deadline=deadline
         )
 
-    async def _evaluate(self, ctx: RoundContext) -> Record:
+    async def evaluate(self, ctx: RoundContext) -> Record:
         t_eval = time.perf_counter()
         ev = await self.trainer.evaluate(ctx)
         record: Record = {"test_loss": ev.loss, "t_eval": time.perf_counter() - t_eval}
@@ -341,7 +309,7 @@ class Node:
         return record
 
     async def stop(self) -> None:
-        if isinstance(self.topology, UsesOverlay):
-            await self.topology.aclose()
+        if self._overlay is not None:
+            await self._overlay.aclose()
         await self.link.stop()
         await self.transport.stop()

@@ -7,8 +7,8 @@ from typing import Generic, Protocol, TypeVar, runtime_checkable
 
 import torch
 
+from dlactor.context import RoundContext
 from dlactor.messages import Payload
-from dlactor.node.context import RoundContext
 
 __all__ = ["Checked", "ChecksPayloads", "Sharing"]
 

@@ -20,9 +20,9 @@ from collections.abc import Mapping
 
 import torch
 
+from dlactor.context import RoundContext
 from dlactor.messages import Payload
-from dlactor.node.context import RoundContext
-from dlactor.sharing.compressors import Compressor, Part
+from dlactor.sharing.lossy import Compressor, Part
 from dlactor.sharing.ops import flatten, unflatten_into
 from dlactor.sharing.partial import CompressedSharing
 

@@ -6,8 +6,8 @@ from collections.abc import Mapping
 
 import torch
 
+from dlactor.context import RoundContext
 from dlactor.messages import Payload
-from dlactor.node.context import RoundContext
 from dlactor.sharing.ops import (
     Layout,
     check_layout,

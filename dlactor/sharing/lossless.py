@@ -21,18 +21,17 @@ from typing import Any
 import numpy as np
 import torch
 
+from dlactor.context import RoundContext
 from dlactor.messages import MetaValue, Payload
-from dlactor.node.context import RoundContext
 from dlactor.sharing.base import Checked, ChecksPayloads, Sharing
-from dlactor.sharing.compress import Codec, compress, decompress
-from dlactor.wire.codec import DTYPES
+from dlactor.sharing.lossless_frames import Codec, compress, decompress
+from dlactor.wire.codec import DTYPES, WIRE_NAMES
 from dlactor.wire.errors import LocalProtocolError, RemoteProtocolError
 
 __all__ = ["Lossless", "pack", "unpack"]
 
 BLOB = "z"
 _KEYS = ("z_names", "z_dtypes", "z_ndims", "z_dims")
-_WIRE = {dtype: name for name, dtype in DTYPES.items()}
 
 
 def pack(payload: Payload, codec: Codec) -> Payload:
@@ -44,7 +43,7 @@ def pack(payload: Payload, codec: Codec) -> Payload:
     raw = b"".join(t.reshape(-1).view(torch.uint8).numpy().tobytes() for t in tensors)
     meta: dict[str, MetaValue] = dict(payload.meta)
     meta["z_names"] = list(names)
-    meta["z_dtypes"] = [_WIRE[t.dtype] for t in tensors]
+    meta["z_dtypes"] = [WIRE_NAMES[t.dtype] for t in tensors]
     meta["z_ndims"] = [t.dim() for t in tensors]
     meta["z_dims"] = [int(d) for t in tensors for d in t.shape]
     blob = np.frombuffer(compress(raw, codec), dtype=np.uint8).copy()

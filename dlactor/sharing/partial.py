@@ -13,10 +13,10 @@ from collections.abc import Mapping
 
 import torch
 
+from dlactor.context import RoundContext
 from dlactor.messages import Payload
-from dlactor.node.context import RoundContext
 from dlactor.sharing.base import Checked
-from dlactor.sharing.compressors import Compressor, Part
+from dlactor.sharing.lossy import Compressor, Part
 from dlactor.sharing.ops import flatten, partial_average, unflatten_into
 
 __all__ = ["CompressedSharing", "PartialSharing"]

@@ -4,7 +4,7 @@ It keeps its own model at full precision and averages in the neighbours' dequant
 
 from __future__ import annotations
 
-from dlactor.sharing.compressors import Quantizer
+from dlactor.sharing.lossy import Quantizer
 from dlactor.sharing.partial import PartialSharing
 
 __all__ = ["QuantizeSharing"]

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 
 import torch
 
-from dlactor.sharing.compressors import Part, TopK
+from dlactor.sharing.lossy import Part, TopK
 from dlactor.sharing.partial import PartialSharing
 
 __all__ = ["TopKSharing"]
@@ -32,6 +32,15 @@ class TopKSharing(PartialSharing):
         if self._reference is None:  # round 0: nothing shared yet, rank by magnitude
             self._reference = torch.zeros_like(flat)
         return (flat - self._reference).abs_()
+
+    def rebase(self, flat: torch.Tensor) -> None:
+        """Rank coordinates by their change since ``flat`` from now on.
+
+        A FedAvg client calls it with each model it downloads: its model is replaced every
+        round it is sampled, so error feedback does not carry across rounds there (what a
+        client did not send is measured against the new global model, not its old one).
+        """
+        self._reference = flat.clone()
 
     def sent(self, part: Part) -> None:
         assert self._reference is not None and self._own is not None

@@ -2,9 +2,9 @@
 
 A topology that needs to talk to other processes (the peer sampler's clients, gossip peer
 sampling) also implements :class:`UsesOverlay`: the node gives it an :class:`OverlayLink`
-before the first round and hands it every ``Overlay`` message that arrives. A topology may
-also have a ``persistent_peers`` attribute: peers whose connections the node keeps open
-across rounds even when they are not neighbours (the peer sampler).
+before the first round and hands it every ``Overlay`` message that arrives, and keeps the
+connections to its ``persistent_peers`` open across rounds even when they are not
+neighbours (the peer sampler).
 """
 
 from __future__ import annotations
@@ -47,6 +47,10 @@ class OverlayLink(Protocol):
 
 @runtime_checkable
 class UsesOverlay(Protocol):
+    #: Peers whose connections the node keeps open across rounds even when they are not
+    #: neighbours (the peer sampler); empty for most.
+    persistent_peers: frozenset[int]
+
     def attach(self, link: OverlayLink) -> None:
         """Called once, before the first round."""
         ...

@@ -195,6 +195,7 @@ class GossipTopology:
         rng = np.random.default_rng(np.random.SeedSequence(entropy=seed, spawn_key=(node,)))
         self.view = CyclonView(node, view_size, shuffle_length, rng, contacts)
         self._link: OverlayLink | None = None
+        self.persistent_peers: frozenset[int] = frozenset()
         self._rounds: dict[int, _Round] = {}
         self._closed = -1  # rounds up to this one are closed
         #: The shuffle awaiting its answer: (partner, entries sent, round it started). A new

@@ -23,11 +23,11 @@ from collections import OrderedDict
 from collections.abc import Callable, Mapping
 
 from dlactor.messages import Message, Overlay
-from dlactor.node.node import Link
 from dlactor.topology.base import OverlayLink
 from dlactor.topology.dynamic import random_regular_at
 from dlactor.topology.mixing import metropolis_hastings_row
 from dlactor.transport.base import Address, Deliver, Transport
+from dlactor.transport.link import Link
 from dlactor.wire.errors import RemoteProtocolError
 
 __all__ = ["ASK", "PEERS", "PeerSampler", "SampledTopology"]
@@ -130,8 +130,7 @@ class SampledTopology:
     def __init__(self, *, node: int, nodes: int, sampler: int, rounds: int, timeout: float) -> None:
         self.node, self.nodes, self.sampler, self.rounds = node, nodes, sampler, rounds
         self.timeout = timeout
-        #: The node keeps its connection to the sampler open across rounds (the node reads
-        #: this optional attribute of a topology when it closes former peers).
+        #: The node keeps its connection to the sampler open across rounds.
         self.persistent_peers = frozenset({sampler})
         self._link: OverlayLink | None = None
         self._answers: dict[int, asyncio.Future[tuple[list[int], list[int]]]] = {}

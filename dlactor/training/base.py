@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Protocol, runtime_checkable
 
-from dlactor.node.context import EvalStats, RoundContext, TrainStats
+from dlactor.context import EvalStats, RoundContext, TrainStats
 
-__all__ = ["Trainer"]
+__all__ = ["Restarts", "Trainer"]
 
 
 @runtime_checkable
@@ -18,3 +18,11 @@ class Trainer(Protocol):
     async def evaluate(self, ctx: RoundContext) -> EvalStats:
         """Test loss and accuracy of ``ctx.model`` on the shared test set."""
         ...
+
+
+@runtime_checkable
+class Restarts(Protocol):
+    """Optional for a trainer: forget the optimizer's state (momentum) when the model was
+    replaced from outside (a FedAvg client's download), as FedAvg's local solver does."""
+
+    def restart(self) -> None: ...

@@ -9,11 +9,11 @@ import time
 import torch
 import torch.nn.functional as F
 
-from dlactor.data.base import Task
+from dlactor.context import EvalStats, RoundContext, TrainStats
+from dlactor.data.base import Dataset, Task
 from dlactor.metrics.memory import release_freed_memory
-from dlactor.node.context import EvalStats, RoundContext, TrainStats
 
-__all__ = ["SGDTrainer", "loss_fn"]
+__all__ = ["Evaluator", "SGDTrainer", "evaluate_model", "loss_fn"]
 
 # Small enough that a CNN's activations stay a few MB per node (2048 images through LeNet-5's
 # first conv alone is 38 MB, times every node), large enough to keep the matmuls efficient:
@@ -76,6 +76,10 @@ class SGDTrainer:
     async def train(self, ctx: RoundContext) -> TrainStats:
         return await asyncio.to_thread(self.train_steps)
 
+    def restart(self) -> None:
+        """Drop the optimizer's state (the momentum buffers): the next step starts afresh."""
+        self._opt.state.clear()
+
     async def evaluate(self, ctx: RoundContext) -> EvalStats:
         return await asyncio.to_thread(self.evaluate_now)
 
@@ -105,24 +109,70 @@ class SGDTrainer:
         steps = self._local_steps
         return TrainStats(loss=total / steps, steps=steps, samples=steps * self._batch_size)
 
-    @torch.no_grad()
+    async def gradient(self, ctx: RoundContext) -> tuple[torch.Tensor, TrainStats]:
+        return await asyncio.to_thread(self.gradient_steps)
+
+    def gradient_steps(self) -> tuple[torch.Tensor, TrainStats]:
+        """The mean gradient of the round's ``local_steps`` minibatches at the current model,
+        without a step: a parameter server's client sends it and the server steps. Batches
+        are drawn as ``train_steps`` draws them. Returns a new flat vector (the parameters'
+        gradients are cleared) and the minibatches' mean loss."""
+        self._model.train()
+        started = time.perf_counter()
+        params = list(self._model.parameters())
+        self._opt.zero_grad(set_to_none=True)
+        total = 0.0
+        for _ in range(self._local_steps):
+            idx = self._next_batch()
+            loss = loss_fn(self._task, self._model(self._x[idx]), self._y[idx])
+            loss.backward()  # accumulates over the steps
+            total += loss.item()
+        steps = self._local_steps
+        with torch.no_grad():
+            grad = torch.cat(
+                [(torch.zeros_like(p) if p.grad is None else p.grad).reshape(-1) for p in params]
+            ).div_(steps)
+        self._opt.zero_grad(set_to_none=True)
+        if time.perf_counter() - started > TRIM_AFTER_S:
+            release_freed_memory()
+        return grad, TrainStats(loss=total / steps, steps=steps, samples=steps * self._batch_size)
+
     def evaluate_now(self) -> EvalStats:
-        """Loss and accuracy (classification) or RMSE (regression) on the whole test set,
-        in batches so big test sets do not need one huge activation tensor."""
-        self._model.eval()
-        n = len(self._y_test)
-        loss_sum, correct = 0.0, 0
-        for start in range(0, n, EVAL_BATCH):
-            x, y = (
-                self._x_test[start : start + EVAL_BATCH],
-                self._y_test[start : start + EVAL_BATCH],
-            )
-            out = self._model(x)
-            loss_sum += loss_fn(self._task, out, y).item() * len(y)
-            if self._task == "classification":
-                correct += int((out.argmax(dim=1) == y).sum())
-        release_freed_memory()
-        loss = loss_sum / n
-        if self._task == "classification":
-            return EvalStats(loss=loss, accuracy=correct / n, samples=n)
-        return EvalStats(loss=loss, accuracy=float("nan"), samples=n, rmse=math.sqrt(loss))
+        """Loss and accuracy (classification) or RMSE (regression) on the whole test set."""
+        return evaluate_model(self._model, self._x_test, self._y_test, self._task)
+
+
+@torch.no_grad()
+def evaluate_model(
+    model: torch.nn.Module, x_test: torch.Tensor, y_test: torch.Tensor, task: Task
+) -> EvalStats:
+    """Loss and accuracy (classification) or RMSE (regression) on the whole test set, in
+    batches so big test sets do not need one huge activation tensor."""
+    model.eval()
+    n = len(y_test)
+    loss_sum, correct = 0.0, 0
+    for start in range(0, n, EVAL_BATCH):
+        x, y = x_test[start : start + EVAL_BATCH], y_test[start : start + EVAL_BATCH]
+        out = model(x)
+        loss_sum += loss_fn(task, out, y).item() * len(y)
+        if task == "classification":
+            correct += int((out.argmax(dim=1) == y).sum())
+    release_freed_memory()
+    loss = loss_sum / n
+    if task == "classification":
+        return EvalStats(loss=loss, accuracy=correct / n, samples=n)
+    return EvalStats(loss=loss, accuracy=float("nan"), samples=n, rmse=math.sqrt(loss))
+
+
+class Evaluator:
+    """A server's trainer: it evaluates the model it holds, and never trains."""
+
+    def __init__(self, *, model: torch.nn.Module, dataset: Dataset) -> None:
+        self._model, self._dataset = model, dataset
+
+    async def train(self, ctx: RoundContext) -> TrainStats:
+        raise RuntimeError("a server process does not train")
+
+    async def evaluate(self, ctx: RoundContext) -> EvalStats:
+        ds = self._dataset
+        return await asyncio.to_thread(evaluate_model, ctx.model, ds.x_test, ds.y_test, ds.task)

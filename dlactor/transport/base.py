@@ -131,8 +131,9 @@ class Transport(Protocol):
         Not while a send to ``peer`` is in progress."""
         ...
 
-    async def send(self, peer: int, msg: Message) -> None:
-        """Send one message; returns once it is handed to the OS (``drain``ed).
+    async def send(self, peer: int, msg: Message) -> int:
+        """Send one message; returns once it is handed to the OS (``drain``ed), with the
+        bytes it took on the wire (length prefix included).
 
         Raises PeerUnreachable (socket-level failure), UnknownPeer (no address for ``peer``)
         or TransportClosed (after ``stop``).

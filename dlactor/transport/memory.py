@@ -31,7 +31,7 @@ from dlactor.transport.base import (
 )
 from dlactor.wire.codec import decode, encode
 from dlactor.wire.errors import ProtocolError
-from dlactor.wire.framing import FrameDecoder
+from dlactor.wire.framing import PREFIX_LEN, FrameDecoder
 
 __all__ = ["MemoryNetwork", "MemoryTransport"]
 
@@ -106,13 +106,20 @@ class MemoryTransport:
     def set_peers(self, addresses: Mapping[int, Address]) -> None:
         """Nothing to do: the network knows every endpoint."""
 
-    async def send(self, peer: int, msg: Message) -> None:
-        await self.send_all([peer], msg)
+    async def send(self, peer: int, msg: Message) -> int:
+        nbytes = self._post([peer], msg)
+        await asyncio.sleep(0)
+        return nbytes
 
     async def send_all(
         self, peers: Iterable[int], msg: Message, *, timeout: float | None = None
     ) -> None:
         """Hand ``msg`` to every peer; it never blocks, so ``timeout`` cannot expire."""
+        self._post(peers, msg)
+        await asyncio.sleep(0)
+
+    def _post(self, peers: Iterable[int], msg: Message) -> int:
+        """Queue ``msg`` for every peer; the bytes of one copy on the wire."""
         if self._closed:
             raise TransportClosed(self.node)
         targets = [self._network._endpoint(self.node, peer) for peer in peers]
@@ -127,7 +134,7 @@ class MemoryTransport:
                 loop.call_soon(target._receive_bytes, self.node, buffers)
             else:
                 loop.call_soon(target._receive_message, self.node, msg, nbytes)
-        await asyncio.sleep(0)
+        return nbytes
 
     def _receive_message(self, sender: int, msg: Message, nbytes: int) -> None:
         if self._closed:
@@ -152,8 +159,8 @@ class MemoryTransport:
         try:
             while (body := decoder.next_frame()) is not None:
                 msg = decode(body)
-                self.deliver(msg, 4 + len(body))
-                self.stats.bytes_recv += 4 + len(body)
+                self.deliver(msg, PREFIX_LEN + len(body))
+                self.stats.bytes_recv += PREFIX_LEN + len(body)
                 self.stats.msgs_recv += 1
         except ProtocolError as exc:
             self._drop(sender, exc)

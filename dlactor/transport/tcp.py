@@ -374,8 +374,8 @@ class TcpTransport:
         """The peers we have an outgoing connection to."""
         return frozenset(self._out)
 
-    async def send(self, peer: int, msg: Message) -> None:
-        await self._send_buffers(peer, encode(msg, max_frame=self.max_frame))
+    async def send(self, peer: int, msg: Message) -> int:
+        return await self._send_buffers(peer, encode(msg, max_frame=self.max_frame))
 
     async def send_all(
         self, peers: Iterable[int], msg: Message, *, timeout: float | None = None
@@ -393,7 +393,7 @@ class TcpTransport:
         except TimeoutError:
             raise SendTimeout(unsent, timeout or 0.0) from None
 
-    async def _send_buffers(self, peer: int, buffers: Buffers) -> None:
+    async def _send_buffers(self, peer: int, buffers: Buffers) -> int:
         if self._closed:
             raise TransportClosed(self.node)
         writer: asyncio.StreamWriter | None = None
@@ -401,10 +401,12 @@ class TcpTransport:
             writer = self._out.get(peer) or await self._connect(peer)
             _check_open(writer)
             writer.writelines(buffers)
-            self.stats.bytes_sent += sum(len(b) for b in buffers)
+            nbytes = sum(len(b) for b in buffers)
+            self.stats.bytes_sent += nbytes
             self.stats.msgs_sent += 1
             await writer.drain()
             _check_open(writer)  # a drain cut short by an abort returns without an error
+            return nbytes
         except OSError as exc:
             await self._discard(peer, writer)
             if self._closed:

@@ -57,6 +57,7 @@ __all__ = [
     "MAX_TENSORS",
     "NONCE_LEN",
     "SIGNATURE_LEN",
+    "WIRE_NAMES",
     "decode",
     "encode",
     "encoded_size",
@@ -107,7 +108,8 @@ DTYPES: dict[str, torch.dtype] = {
     "i64": torch.int64,
     "bool": torch.bool,
 }
-_WIRE_NAME = {dtype: name for name, dtype in DTYPES.items()}
+#: The reverse of DTYPES: each supported torch dtype's name on the wire.
+WIRE_NAMES: dict[torch.dtype, str] = {dtype: name for name, dtype in DTYPES.items()}
 #: The numpy dtype a received tensor is first viewed as: the same one where numpy has it,
 #: else one of the same size (bfloat16 as int16; bool as uint8, checked, then viewed).
 _NUMPY_OF: dict[torch.dtype, np.dtype[Any]] = {
@@ -234,7 +236,7 @@ def _tensor_to_wire(name: object, tensor: object) -> tuple[list[Any], memoryview
     """The header entry of one tensor and a byte view of its storage (no copy if contiguous)."""
     if not isinstance(tensor, torch.Tensor):
         raise LocalProtocolError(f"cannot encode tensor {name!r}: got {type(tensor).__name__}")
-    wire = _WIRE_NAME.get(tensor.dtype)
+    wire = WIRE_NAMES.get(tensor.dtype)
     if wire is None:
         supported = ", ".join(str(dtype) for dtype in DTYPES.values())
         raise LocalProtocolError(

@@ -28,8 +28,8 @@ from report import Section, Verdict, figure_table, ms
 from sampler import value_at
 
 from dlactor.config import RunConfig, load_config
+from dlactor.context import RoundContext
 from dlactor.launch.plan import Plan, make_plan, node_env
-from dlactor.node.context import RoundContext
 
 OVERHEAD_TARGET = 0.20
 FLOOR_NODES = (16, 64)

@@ -24,8 +24,8 @@ import pytest
 import torch
 import uvloop
 
+from dlactor.context import EvalStats, RoundContext, TrainStats
 from dlactor.launch.plan import Plan, build_node
-from dlactor.node.context import EvalStats, RoundContext, TrainStats
 from dlactor.node.node import Node
 from dlactor.sharing.ops import flatten
 from dlactor.testing import build_network

@@ -8,9 +8,9 @@ from collections.abc import Mapping
 import pytest
 import torch
 
+from dlactor.context import EvalStats, RoundContext, TrainStats
 from dlactor.launch.plan import Plan, build_node
 from dlactor.messages import Payload, Share
-from dlactor.node.context import EvalStats, RoundContext, TrainStats
 from dlactor.node.mailbox import RoundTimeout
 from dlactor.node.node import Node, SendStalled
 from dlactor.security.credentials import Credentials

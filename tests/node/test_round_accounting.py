@@ -10,8 +10,8 @@ from collections.abc import Callable, Iterable
 
 import pytest
 
+from dlactor.context import EvalStats, RoundContext, TrainStats
 from dlactor.launch.plan import Plan, build_node
-from dlactor.node.context import EvalStats, RoundContext, TrainStats
 from dlactor.node.node import Node, Record
 from dlactor.testing import build_network, run_nodes
 from dlactor.training.base import Trainer

@@ -6,8 +6,8 @@ import asyncio
 from typing import Literal
 
 from dlactor import NodeEnv, RoundContext, TrainStats, register
-from dlactor.config import SGDSettings
 from dlactor.training.base import Trainer
+from dlactor.training.settings import SGDSettings
 
 
 class FaultyTrainer:

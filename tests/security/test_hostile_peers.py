@@ -100,7 +100,7 @@ async def test_with_allow_nonfinite_a_nan_payload_is_taken_as_a_study_asks() -> 
 
 
 async def _no_training(ctx: object) -> object:
-    from dlactor.node.context import TrainStats
+    from dlactor.context import TrainStats
 
     return TrainStats(loss=float("nan"), steps=0, samples=0)
 

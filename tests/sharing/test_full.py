@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
+from dlactor.context import RoundContext
 from dlactor.messages import Payload
-from dlactor.node.context import RoundContext
 from dlactor.sharing.full import PARAMS, FullSharing
 from dlactor.sharing.ops import flatten
 from dlactor.wire.errors import RemoteProtocolError

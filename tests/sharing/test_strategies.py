@@ -24,8 +24,8 @@ import torch
 from dlactor.config import ConfigError
 from dlactor.launch.plan import Plan
 from dlactor.messages import Payload, Share
-from dlactor.sharing.compressors import Part, Quantizer, RandomK, TopK, budget_count
 from dlactor.sharing.lossless import pack, unpack
+from dlactor.sharing.lossy import Part, Quantizer, RandomK, TopK, budget_count
 from dlactor.sharing.ops import flatten, partial_average, weighted_sum
 from dlactor.testing import build_network, run_nodes
 from dlactor.wire.codec import encode, encoded_size

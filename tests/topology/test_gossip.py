@@ -16,7 +16,6 @@ import pytest
 import torch
 
 from dlactor.messages import Overlay
-from dlactor.node.node import Link
 from dlactor.sharing.ops import flatten
 from dlactor.testing import run_in_memory
 from dlactor.topology.gossip import (
@@ -26,6 +25,7 @@ from dlactor.topology.gossip import (
     GossipTopology,
     bootstrap_contacts,
 )
+from dlactor.transport.link import Link
 from dlactor.transport.memory import MemoryNetwork, MemoryTransport
 from dlactor.wire.errors import RemoteProtocolError
 from tests.conftest import small_plan

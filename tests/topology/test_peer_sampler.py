@@ -16,11 +16,11 @@ import pytest
 import torch
 
 from dlactor.messages import Message, Overlay
-from dlactor.node.node import Link
 from dlactor.sharing.ops import flatten
 from dlactor.testing import build_network, build_services, run_nodes
 from dlactor.topology.dynamic import random_regular_at
 from dlactor.topology.sampler import ASK, PEERS, PeerSampler, SampledTopology
+from dlactor.transport.link import Link
 from dlactor.transport.memory import MemoryNetwork
 from dlactor.wire.errors import RemoteProtocolError
 from tests.conftest import small_plan

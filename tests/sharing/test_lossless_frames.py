@@ -11,7 +11,7 @@ import zstandard
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dlactor.sharing.compress import Codec, compress, decompress
+from dlactor.sharing.lossless_frames import Codec, compress, decompress
 from dlactor.wire.errors import RemoteProtocolError
 
 CODECS: list[Codec] = ["lz4", "zstd"]

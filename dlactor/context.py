@@ -1,10 +1,14 @@
-"""What strategies are built from and what they see each round."""
+"""What strategies are built from and what they see each round.
+
+These types sit below every strategy package and the node: ``topology``, ``sharing``,
+``training`` and ``algorithms`` import them, and ``node`` imports those packages.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import networkx as nx
 import numpy as np
@@ -13,6 +17,9 @@ import torch
 from dlactor.data.base import Dataset
 from dlactor.messages import Payload
 from dlactor.transport.base import Address, Deliver, Transport
+
+if TYPE_CHECKING:
+    from dlactor.config import RunConfigBase
 
 __all__ = ["EvalStats", "NodeEnv", "RoundContext", "Service", "ServiceEnv", "TrainStats"]
 
@@ -30,6 +37,13 @@ class NodeEnv:
     model: torch.nn.Module
     rounds: int = 1
     round_timeout: float = 120.0
+    #: Every learning node's training-sample indices (a server weighs clients by them).
+    parts: Sequence[np.ndarray] = ()
+    #: The algorithm's server processes (ids after the nodes and the topology's services).
+    servers: range = range(0)
+    #: The whole run config, for strategies that read another table (a parameter server
+    #: builds its optimizer from ``[training]``).
+    config: RunConfigBase | None = None
 
 
 @dataclass(frozen=True, slots=True)

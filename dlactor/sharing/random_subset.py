@@ -5,7 +5,7 @@ the same mask. They average what they got, coordinate by coordinate (``PartialSh
 
 from __future__ import annotations
 
-from dlactor.sharing.compressors import RandomK
+from dlactor.sharing.lossy import RandomK
 from dlactor.sharing.partial import PartialSharing
 
 __all__ = ["RandomSharing"]

@@ -1,0 +1,217 @@
+"""FedAvg (McMahan et al., AISTATS 2017): a server samples clients, sends them the global
+model, and averages the models they send back after their local steps.
+
+Each round the server (process ``env.servers[0]``) and every client draw the same sample of
+clients from the run's seed (``sample_clients``), so a client that is not drawn knows it sits
+the round out without a message. The server sends the sampled clients the global model, and
+replaces it with the average of their uploads, each weighted by its training samples (or
+uniformly, ``weighted = false``). Downloads are whole models; uploads are what the sharing
+strategy makes of the client's model (whole, or a sparse or quantized part of it).
+
+The server evaluates the global model on evaluation rounds: that is the run's test accuracy.
+Clients never evaluate.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
+
+import numpy as np
+import torch
+
+from dlactor.algorithms.base import Record
+from dlactor.context import RoundContext
+from dlactor.messages import Payload, Share
+from dlactor.node.node import SendStalled
+from dlactor.sharing.lossless import Lossless
+from dlactor.sharing.ops import Layout, check_layout, flat_layout, flatten, unflatten_into
+from dlactor.sharing.partial import CompressedSharing
+from dlactor.training.base import Restarts
+from dlactor.transport.base import SendTimeout
+from dlactor.wire.errors import RemoteProtocolError
+
+if TYPE_CHECKING:
+    from dlactor.algorithms.settings import FedAvgSettings
+    from dlactor.context import NodeEnv
+    from dlactor.node.node import Node
+
+__all__ = ["FedAvgClient", "FedAvgServer", "Rebases", "sample_clients"]
+
+PARAMS = "params"
+
+# Spawn-key tag, so that the sample is not another strategy's stream (a dynamic topology
+# draws from spawn key (round,), Epidemic Learning from (0xE10, round)).
+_SAMPLE = 0xFED
+
+
+def sample_clients(seed: int, round: int, nodes: int, k: int) -> list[int]:
+    """The ``k`` distinct clients of ``round``, sorted, drawn from (``seed``, ``round``) alone
+    so that the server and every client draw the same ones."""
+    if not 0 < k <= nodes:
+        raise ValueError(f"k = {k} clients must be in [1, nodes = {nodes}]")
+    rng = np.random.default_rng(np.random.SeedSequence(entropy=seed, spawn_key=(_SAMPLE, round)))
+    return sorted(int(j) for j in rng.choice(nodes, size=k, replace=False))
+
+
+@runtime_checkable
+class Rebases(Protocol):
+    """A sharing strategy that ranks what it sends by change since a reference (top-k): a
+    client hands it each model it downloads."""
+
+    def rebase(self, flat: torch.Tensor) -> None: ...
+
+
+def unwrapped(node: Node) -> object:
+    """The node's sharing strategy itself, without lossless compression around it."""
+    sharing = node.sharing
+    return sharing.inner if isinstance(sharing, Lossless) else sharing
+
+
+def check_vector(node: Node, sender: int, payload: Payload, layout: Layout) -> None:
+    """``payload`` is exactly one flat vector of ``layout``, finite unless the run allows NaN
+    and Inf; RemoteProtocolError naming ``sender`` otherwise."""
+    try:
+        check_layout(payload, layout)
+    except RemoteProtocolError as exc:
+        raise RemoteProtocolError(f"process {sender} sent an unusable payload: {exc}") from exc
+    node.check_payload(sender, payload, sharing=False)
+
+
+async def send(node: Node, peers: Iterable[int], share: Share) -> None:
+    """Send ``share`` within the round timeout: a peer that stops reading fails the round
+    (SendStalled) instead of hanging it."""
+    try:
+        await node.transport.send_all(peers, share, timeout=node.round_timeout)
+    except SendTimeout as exc:
+        raise SendStalled(share.round, exc.peers, node.round_timeout) from exc
+
+
+async def download(node: Node, server: int, r: int, timeout: float) -> torch.Tensor:
+    """Wait for the server's model of round ``r`` and load it into ``node.model``; the
+    downloaded vector."""
+    got = await node.mailbox.wait_round(r, {server}, timeout)
+    flat = got[server].tensors[PARAMS]
+    unflatten_into(flat, node.model.parameters())
+    return flat
+
+
+class FedAvgServer:
+    """The server's rounds: sample, send the global model, average the uploads, evaluate."""
+
+    def __init__(self, *, settings: FedAvgSettings, env: NodeEnv) -> None:
+        self.seed, self.nodes, self.weighted = env.seed, env.nodes, settings.weighted
+        self.k = settings.sampled(env.nodes)
+        self.samples = [len(part) for part in env.parts]
+
+    def weights(self, clients: list[int]) -> dict[int, float]:
+        """Each sampled client's share of the average: n_j / sum n, or 1/|S| unweighted."""
+        if not self.weighted:
+            return {j: 1.0 / len(clients) for j in clients}
+        total = sum(self.samples[j] for j in clients)
+        return {j: self.samples[j] / total for j in clients}
+
+    async def round(self, node: Node, r: int) -> Record:
+        record, start = node.new_record(r)
+        clients = sample_clients(self.seed, r, self.nodes, self.k)
+        peers = frozenset(clients)
+        share = Share(node.node, r, Payload({PARAMS: flatten(node.model.parameters())}))
+        node.check_own(share)
+        received = await node.exchange(share, peers)
+        # The server's own weight is 0: the new global model is the clients' average alone.
+        # ctx.sent stays None (full sharing would otherwise take it as the server's vector).
+        ctx = RoundContext(
+            node=node.node,
+            round=r,
+            model=node.model,
+            peers=peers,
+            weights={node.node: 0.0, **self.weights(clients)},
+        )
+        await self.aggregate(node, ctx, received)
+        record["clients"] = clients
+        return await node.close_record(record, start, ctx)
+
+    async def aggregate(
+        self, node: Node, ctx: RoundContext, received: Mapping[int, Payload]
+    ) -> None:
+        """Whole models: the sharing strategy's weighted sum, with the server's weight 0.
+
+        Parts of models (top-k, random-k, quantized): a coordinate a client did not send
+        counts as unchanged since its download, so the global model moves by the weighted
+        sum of the changes sent, x[k] += sum_{j sent k} w_j (v_j[k] - x[k]). Partial
+        sharing's own average cannot give this: it renormalizes over the senders of each
+        coordinate, and needs the aggregating node's weight above 0.
+        """
+        sharing = node.sharing
+        inner = unwrapped(node)
+        if not isinstance(inner, CompressedSharing):
+            await sharing.aggregate(ctx, received)
+            return
+        plain = dict(received)
+        if isinstance(sharing, Lossless):
+            plain = {j: sharing.unpacked(p) for j, p in received.items()}
+        own = flatten(node.model.parameters())
+        out = own.clone()
+        for j, part in inner.received_parts(plain, own.numel()).items():
+            w = ctx.weights[j]
+            if part.indices is None:
+                out.add_(part.values - own, alpha=w)
+            else:
+                out.index_add_(0, part.indices, part.values - own[part.indices], alpha=w)
+        if isinstance(sharing, Lossless):
+            # Lossless keeps what it unpacked on arrival until an aggregate: averaging with
+            # nobody (own weight 1) lets it go and leaves the model as it is.
+            idle = RoundContext(
+                node=node.node, round=ctx.round, model=node.model, weights={node.node: 1.0}
+            )
+            await sharing.aggregate(idle, {})
+        unflatten_into(out, node.model.parameters())
+
+    def check(self, node: Node, share: Share) -> None:
+        """Uploads come from learning nodes only, and must fit the sharing strategy."""
+        sender, payload = share.sender, share.payload
+        if not 0 <= sender < self.nodes:
+            raise RemoteProtocolError(f"process {sender} is not a FedAvg client")
+        node.check_payload(sender, payload)
+
+
+class FedAvgClient:
+    """A client's rounds: when sampled, download the global model, train, upload."""
+
+    def __init__(self, *, settings: FedAvgSettings, env: NodeEnv) -> None:
+        self.node, self.seed, self.nodes = env.node, env.seed, env.nodes
+        self.k = settings.sampled(env.nodes)
+        self.server = env.servers[0]
+        self.layout = flat_layout(env.model.parameters(), PARAMS)
+        self._waited = -1  # the last round this client took part in
+
+    async def round(self, node: Node, r: int) -> Record:
+        record, start = node.new_record(r)
+        if self.node not in sample_clients(self.seed, r, self.nodes, self.k):
+            record["sampled"] = False
+            return await node.close_record(record, start, None)
+        # The server runs every round between this client's last one and this one (each
+        # within a round timeout) before it sends this round's model.
+        flat = await download(node, self.server, r, node.round_timeout * (r - self._waited))
+        self._waited = r
+        sharing = unwrapped(node)
+        if isinstance(sharing, Rebases):
+            sharing.rebase(flat)
+        if isinstance(node.trainer, Restarts):  # a new model: no momentum from the old one
+            node.trainer.restart()
+        ctx = RoundContext(
+            node=node.node, round=r, model=node.model, peers=frozenset({self.server})
+        )
+        stats, t_train = await node.train(ctx)
+        share = Share(node.node, r, await node.sharing.outgoing(ctx))
+        node.check_own(share)
+        await send(node, [self.server], share)
+        record.update(sampled=True, train_loss=stats.loss, t_train=t_train)
+        return await node.close_record(record, start, None)
+
+    def check(self, node: Node, share: Share) -> None:
+        """Only the server sends a client anything: one whole model."""
+        sender, payload = share.sender, share.payload
+        if sender != self.server:
+            raise RemoteProtocolError(f"process {sender} is not the FedAvg server")
+        check_vector(node, sender, payload, self.layout)

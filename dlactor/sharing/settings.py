@@ -1,0 +1,140 @@
+"""The built-in sharing strategies' settings (``[sharing]``), registered like any plugin's.
+
+Full sharing (``full.py``), random and top-k sparsification and stochastic quantization
+(``partial.py`` and the lossy compressors in ``lossy.py``), and CHOCO-SGD (``choco.py``).
+``compression`` (lossless lz4 or zstd around any of them) is the base class's.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Annotated, Literal
+
+import torch
+from pydantic import Field
+
+from dlactor.config import MAX_BUCKET, RunConfigBase, SharingSettings
+from dlactor.plugins import register
+
+if TYPE_CHECKING:
+    from dlactor.context import NodeEnv
+    from dlactor.sharing.base import Sharing
+
+__all__ = ["ChocoSettings", "FullSettings", "QuantizeSettings", "RandomSettings", "TopKSettings"]
+
+
+@register("sharing")
+class FullSettings(SharingSettings):
+    kind: Literal["full"] = "full"
+
+    def build(self, env: NodeEnv) -> Sharing:
+        from dlactor.sharing.full import FullSharing
+
+        return FullSharing()
+
+
+Budget = Annotated[float, Field(gt=0.0, le=1.0, description="fraction of parameters sent")]
+
+
+@register("sharing")
+class RandomSettings(SharingSettings):
+    """A random ``budget`` of the parameters each round; only the mask's seed travels."""
+
+    kind: Literal["random"] = "random"
+    budget: Budget = 0.1
+
+    def build(self, env: NodeEnv) -> Sharing:
+        from dlactor.sharing.random_subset import RandomSharing
+
+        return RandomSharing(budget=self.budget, seed=env.seed, node=env.node)
+
+
+def _layer_sizes(model: torch.nn.Module) -> list[int]:
+    return [p.numel() for p in model.parameters()]
+
+
+@register("sharing")
+class TopKSettings(SharingSettings):
+    """The ``budget`` of parameters that changed most, with compact indices."""
+
+    kind: Literal["topk"] = "topk"
+    budget: Budget = 0.1
+    per_layer: bool = Field(False, description="each layer sends its share of the budget")
+    error_feedback: bool = Field(
+        True, description="rank by change since last shared (else: since last round)"
+    )
+
+    def build(self, env: NodeEnv) -> Sharing:
+        from dlactor.sharing.topk import TopKSharing
+
+        layers = _layer_sizes(env.model) if self.per_layer else None
+        return TopKSharing(budget=self.budget, layers=layers, error_feedback=self.error_feedback)
+
+
+def _quantizer_seed(env: NodeEnv) -> int:
+    """Each node's own stream of stochastic-rounding noise, fixed by the run's seed."""
+    return env.seed * 1_000_003 + env.node
+
+
+@register("sharing")
+class QuantizeSettings(SharingSettings):
+    """The whole model, stochastically quantized to ``bits`` bits (QSGD-style)."""
+
+    kind: Literal["quantize"] = "quantize"
+    bits: int = Field(8, ge=1, le=8)
+    bucket_size: int | None = Field(
+        512,
+        ge=1,
+        le=MAX_BUCKET,
+        description="elements per scale, at most 2**20: a tensor is padded to whole buckets "
+        "(None: one bucket per tensor)",
+    )
+
+    def build(self, env: NodeEnv) -> Sharing:
+        from dlactor.sharing.quantize import QuantizeSharing
+
+        seed = _quantizer_seed(env)
+        return QuantizeSharing(bits=self.bits, bucket_size=self.bucket_size, seed=seed)
+
+
+@register("sharing")
+class ChocoSettings(SharingSettings):
+    """CHOCO-SGD: compressed differences to public estimates, consensus step ``gamma``."""
+
+    kind: Literal["choco"] = "choco"
+    gamma: float = Field(0.5, gt=0.0, le=1.0, description="consensus step size")
+    compressor: Literal["topk", "random", "quantize"] = "topk"
+    budget: Budget = 0.1
+    bits: int = Field(8, ge=1, le=8, description="for compressor = quantize")
+    bucket_size: int | None = Field(
+        512,
+        ge=1,
+        le=MAX_BUCKET,
+        description="elements per scale, at most 2**20: a tensor is padded to whole buckets "
+        "(None: one bucket per tensor)",
+    )
+
+    def check(self, config: RunConfigBase) -> None:
+        from dlactor.topology.settings import StaticSettings
+
+        topology = getattr(config, "topology", None)
+        if not isinstance(topology, StaticSettings) or topology.schedule:
+            kind = getattr(topology, "kind", "?")
+            raise ValueError(
+                "choco keeps sum_j w_ij xhat_j for a fixed set of neighbours: it needs a "
+                f"static topology without a schedule, not {kind!r}"
+            )
+
+    def build(self, env: NodeEnv) -> Sharing:
+        from dlactor.sharing.choco import ChocoSharing
+        from dlactor.sharing.lossy import Compressor, Quantizer, RandomK, TopK
+
+        compressor: Compressor
+        if self.compressor == "topk":
+            compressor = TopK(budget=self.budget)
+        elif self.compressor == "random":
+            compressor = RandomK(budget=self.budget, seed=env.seed, node=env.node)
+        else:
+            compressor = Quantizer(
+                bits=self.bits, bucket_size=self.bucket_size, seed=_quantizer_seed(env)
+            )
+        return ChocoSharing(compressor=compressor, gamma=self.gamma)
