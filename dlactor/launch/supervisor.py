@@ -23,7 +23,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from multiprocessing.process import BaseProcess
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from dlactor.launch.control import ControlStream, accept_node
 from dlactor.launch.plan import Plan
@@ -144,6 +144,7 @@ class Supervisor:
         self.memory = MemorySampler(nodes.local_pids)
         self._deferred: tuple[int, str] | None = None
         self._strangers: dict[asyncio.StreamWriter, None] = {}  # unfinished handshakes
+        self._handlers: set[asyncio.Task[Any]] = set()  # serve_control, one per connection
         self._stranger_log = LogBudget(_Stderr())
         self._last_round: dict[int, int] = {}  # node -> the last round it said it finished
         self._reported: dict[int, int] = {}  # node -> the last round of its consensus report
@@ -173,7 +174,11 @@ class Supervisor:
             loop.remove_signal_handler(signal.SIGINT)
             server.close()
             for stream in self.streams.values():
-                stream.close()
+                stream.close()  # done nodes wait for this (EOF) to leave
+            # Each connection's handler then reads EOF and returns: let it, rather than
+            # leave it to be cancelled with the loop (asyncio logs that as an error).
+            if self._handlers:
+                await asyncio.wait(self._handlers, timeout=STOP_GRACE_S)
             self.consensus_log.close()
         self.outcome.peak_pss_bytes = self.memory.peak_pss
         return self.outcome
@@ -206,6 +211,10 @@ class Supervisor:
         handshake-sized frames; a protocol error, or a message that does not fit, drops the
         connection (never the launcher)."""
         stream = ControlStream(reader, writer)
+        handler = asyncio.current_task()
+        if handler is not None:
+            self._handlers.add(handler)
+            handler.add_done_callback(self._handlers.discard)
         self._admit(writer)
         try:
             node = await self._accept(stream)

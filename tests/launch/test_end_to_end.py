@@ -89,6 +89,7 @@ def test_a_plugin_run_writes_the_whole_results_schema(
 ) -> None:
     code, out, err = finish(launch(tmp_path))
     assert code == 0, err
+    assert "Traceback" not in err  # nothing left running to be cancelled and logged
     rd = run_dir(tmp_path)
     assert rd.name.startswith("plugin-example-")
     manifest = json.loads((rd / "manifest.json").read_text())

@@ -285,6 +285,7 @@ def test_a_run_on_a_local_ray_cluster_it_starts_itself_completes_and_leaves_no_w
         shutil.rmtree(env["RAY_TMPDIR"], ignore_errors=True)
 
     assert code == 0, err
+    assert "Traceback" not in err  # nothing left running to be cancelled and logged
     manifest = assert_complete_results(launch.run_dir(), nodes=4, rounds=3)
     assert len(manifest["hosts"]) == 1  # one machine: this one
     assert "run quickstart" in out and "4 nodes (ray)" in err
