@@ -6,7 +6,7 @@ These types sit below every strategy package and the node: ``topology``, ``shari
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
@@ -21,7 +21,16 @@ from dlactor.transport.base import Address, Deliver, Transport
 if TYPE_CHECKING:
     from dlactor.config import RunConfigBase
 
-__all__ = ["EvalStats", "NodeEnv", "RoundContext", "Service", "ServiceEnv", "TrainStats"]
+__all__ = [
+    "EvalStats",
+    "ModelDiverged",
+    "NodeEnv",
+    "RoundContext",
+    "SendStalled",
+    "Service",
+    "ServiceEnv",
+    "TrainStats",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,3 +110,31 @@ class EvalStats:
     accuracy: float
     samples: int
     rmse: float | None = None
+
+
+# --- what a round raises (the node's and every algorithm's) ------------------------------
+
+
+class SendStalled(TimeoutError):
+    """This round's share did not leave for some neighbours within the round timeout: they
+    stopped reading (their socket buffers are full), so waiting longer would hang the round."""
+
+    def __init__(self, round: int, peers: Iterable[int], timeout: float) -> None:
+        self.round = round
+        self.peers = sorted(peers)
+        super().__init__(
+            f"round {round}: node(s) {self.peers} did not take this node's share within "
+            f"{timeout:g} s (they stopped reading)"
+        )
+
+
+class ModelDiverged(ArithmeticError):
+    """This node's own model (or the share it made of it) holds NaN or Inf: it stops the run
+    rather than send it to its neighbours (``security.allow_nonfinite`` lets it go on)."""
+
+    def __init__(self, node: int, round: int, what: str = "model") -> None:
+        self.node, self.round = node, round
+        super().__init__(
+            f"node {node}'s {what} holds NaN or Inf after training in round {round} "
+            "(training diverged: a lower training.lr may help)"
+        )

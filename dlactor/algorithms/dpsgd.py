@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 from dlactor.algorithms.base import Record
 from dlactor.context import RoundContext
 from dlactor.messages import Share
+from dlactor.wire.errors import RemoteProtocolError
 
 if TYPE_CHECKING:
     from dlactor.node.node import Node
@@ -42,4 +43,6 @@ class DPSGD:
 
     def check(self, node: Node, share: Share) -> None:
         sender, payload = share.sender, share.payload
+        if node.nodes is not None and not 0 <= sender < node.nodes:
+            raise RemoteProtocolError(f"process {sender} is not a learning node: it sent a share")
         node.check_payload(sender, payload)

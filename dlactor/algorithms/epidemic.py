@@ -30,9 +30,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from dlactor.algorithms.base import Record
-from dlactor.context import RoundContext
+from dlactor.context import RoundContext, SendStalled
 from dlactor.messages import Payload, Share
-from dlactor.node.node import SendStalled
 from dlactor.transport.base import SendTimeout
 from dlactor.wire.errors import RemoteProtocolError
 

@@ -21,9 +21,8 @@ import numpy as np
 import torch
 
 from dlactor.algorithms.base import Record
-from dlactor.context import RoundContext
+from dlactor.context import RoundContext, SendStalled
 from dlactor.messages import Payload, Share
-from dlactor.node.node import SendStalled
 from dlactor.sharing.lossless import Lossless
 from dlactor.sharing.ops import Layout, check_layout, flat_layout, flatten, unflatten_into
 from dlactor.sharing.partial import CompressedSharing
@@ -159,12 +158,7 @@ class FedAvgServer:
             else:
                 out.index_add_(0, part.indices, part.values - own[part.indices], alpha=w)
         if isinstance(sharing, Lossless):
-            # Lossless keeps what it unpacked on arrival until an aggregate: averaging with
-            # nobody (own weight 1) lets it go and leaves the model as it is.
-            idle = RoundContext(
-                node=node.node, round=ctx.round, model=node.model, weights={node.node: 1.0}
-            )
-            await sharing.aggregate(idle, {})
+            sharing.forget()  # what it unpacked on arrival: used above
         unflatten_into(out, node.model.parameters())
 
     def check(self, node: Node, share: Share) -> None:

@@ -19,9 +19,8 @@ import torch
 
 from dlactor.algorithms.base import Record
 from dlactor.algorithms.fedavg import PARAMS, check_vector, download, send
-from dlactor.context import RoundContext
+from dlactor.context import ModelDiverged, RoundContext
 from dlactor.messages import Payload, Share
-from dlactor.node.node import ModelDiverged
 from dlactor.sharing.ops import all_finite, flat_layout, flatten, unflatten_into, weighted_sum
 from dlactor.training.settings import SGDSettings
 from dlactor.training.sgd import SGDTrainer

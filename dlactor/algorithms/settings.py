@@ -167,9 +167,12 @@ class EpidemicSettings(AlgorithmSettings):
         return self.variant == "local" and "topology" in config.model_fields_set
 
     def lookahead(self, config: RunConfigBase) -> int:
-        # A sender waits only for its own in-neighbours, so it can be several rounds ahead of
-        # a node it does not depend on: every later round may hold one share of it.
-        return max(1, config.rounds)
+        """EL-Local: every node waits for every contact each round, so none is more than a
+        round ahead. EL-Oracle: a sender waits only for its own in-neighbours and can run
+        several rounds ahead of a node it does not depend on, so every later round may hold
+        its share; a share is accepted only for a round whose seeded draw has it send to
+        this node, which bounds what one sender can make a node hold to those rounds."""
+        return max(1, config.rounds) if self.variant == "oracle" else 1
 
     def check(self, config: RunConfigBase, given: frozenset[str]) -> None:
         if self.s >= config.nodes:
@@ -183,9 +186,13 @@ class EpidemicSettings(AlgorithmSettings):
                 raise FieldError(
                     "topology", "EL-Oracle draws from every node: [topology] is for EL-Local"
                 )
-            if topology is not None and topology.services:
+            from dlactor.topology.settings import StaticSettings
+
+            if not isinstance(topology, StaticSettings) or topology.schedule:
                 raise FieldError(
-                    "topology.kind", "EL-Local's contacts are a static graph, not a dynamic one"
+                    "topology.kind",
+                    "EL-Local's contacts are a static graph without a schedule, not "
+                    f"{getattr(topology, 'kind', '?')!r}",
                 )
 
     def build(self, env: NodeEnv) -> Algorithm:

@@ -25,6 +25,7 @@ from multiprocessing.process import BaseProcess
 from pathlib import Path
 from typing import Any, Protocol
 
+from dlactor.context import SendStalled
 from dlactor.launch.control import ControlStream, accept_node
 from dlactor.launch.plan import Plan
 from dlactor.launch.progress import RunProgress
@@ -34,7 +35,6 @@ from dlactor.metrics.consensus import ConsensusMeter
 from dlactor.metrics.memory import MemorySampler
 from dlactor.metrics.recorder import JsonlRecorder
 from dlactor.node.mailbox import RoundTimeout
-from dlactor.node.node import SendStalled
 from dlactor.security.credentials import Credentials
 from dlactor.sharing.ops import check_layout, flat_layout
 from dlactor.transport.base import Address, PeerUnreachable
@@ -132,7 +132,7 @@ class Supervisor:
         self._consensus_path = run_dir / "consensus.jsonl"
         # Opened by run(), so that a supervisor that never runs leaves no file open.
         self.consensus_log: JsonlRecorder | None = None
-        self.n = plan.processes  # the learning nodes, then the topology's services
+        self.n = plan.processes  # the learning nodes, the topology's services, the servers
         self.outcome = Outcome()
         self.addresses: dict[int, Address] = {}
         self.streams: dict[int, ControlStream] = {}
@@ -175,6 +175,8 @@ class Supervisor:
             server.close()
             for stream in self.streams.values():
                 stream.close()  # done nodes wait for this (EOF) to leave
+            for writer in self._strangers:
+                writer.transport.abort()  # unfinished handshakes: nothing to wait for
             # Each connection's handler then reads EOF and returns: let it, rather than
             # leave it to be cancelled with the loop (asyncio logs that as an error).
             if self._handlers:

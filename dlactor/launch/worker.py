@@ -32,6 +32,7 @@ from dlactor.security.credentials import Credentials
 from dlactor.sharing.ops import flatten
 from dlactor.transport.base import Address, Deliver
 from dlactor.transport.tcp import TcpTransport
+from dlactor.wire.errors import ProtocolError
 
 __all__ = [
     "EXIT_DONE",
@@ -225,8 +226,10 @@ async def _lifecycle(actor: Node | Service, ctl: ControlStream, credentials: Cre
         await ctl.send(Done(actor.node))
         # Stay until the launcher ends the run (Stop, or the control connection closing once
         # every process is done): a peer still in its last round may be talking to us (a
-        # gossip pick), and a message sent to a process that has left would be lost.
-        await stop
+        # gossip pick), and a message sent to a process that has left would be lost. The
+        # run's work is done: a control channel that breaks now ends the wait like EOF.
+        with contextlib.suppress(ConnectionError, OSError, ProtocolError):
+            await stop
         return EXIT_DONE
     finally:
         stop.cancel()

@@ -176,6 +176,11 @@ class Mailbox:
         self._finish(round)
         return out
 
+    def finish(self, round: int) -> None:
+        """``round`` is over for this node (it waited for it, or sat it out): what comes
+        for it or earlier rounds from now on is late, and counts in the current round."""
+        self._finish(round)
+
     def _finish(self, round: int) -> None:
         self._floor = max(self._floor, round + 1)
         for r in [r for r in self._rounds if r <= round]:

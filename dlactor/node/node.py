@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -23,7 +23,7 @@ import psutil
 import torch
 
 from dlactor.algorithms.base import Record
-from dlactor.context import RoundContext, TrainStats
+from dlactor.context import ModelDiverged, RoundContext, SendStalled, TrainStats
 from dlactor.messages import Message, Overlay, Payload, Share
 from dlactor.node.mailbox import Mailbox
 from dlactor.sharing.base import ChecksPayloads, Sharing
@@ -38,34 +38,15 @@ from dlactor.wire.errors import RemoteProtocolError
 if TYPE_CHECKING:
     from dlactor.algorithms.base import Algorithm
 
-__all__ = ["ModelDiverged", "Node", "Record", "RoundStart", "SendStalled"]
+__all__ = [
+    "ModelDiverged",
+    "Node",
+    "Record",
+    "RoundStart",
+    "SendStalled",
+]  # the errors: re-exported
 
 log = logging.getLogger("dlactor.node")
-
-
-class SendStalled(TimeoutError):
-    """This round's share did not leave for some neighbours within the round timeout: they
-    stopped reading (their socket buffers are full), so waiting longer would hang the round."""
-
-    def __init__(self, round: int, peers: Iterable[int], timeout: float) -> None:
-        self.round = round
-        self.peers = sorted(peers)
-        super().__init__(
-            f"round {round}: node(s) {self.peers} did not take this node's share within "
-            f"{timeout:g} s (they stopped reading)"
-        )
-
-
-class ModelDiverged(ArithmeticError):
-    """This node's own model (or the share it made of it) holds NaN or Inf: it stops the run
-    rather than send it to its neighbours (``security.allow_nonfinite`` lets it go on)."""
-
-    def __init__(self, node: int, round: int, what: str = "model") -> None:
-        self.node, self.round = node, round
-        super().__init__(
-            f"node {node}'s {what} holds NaN or Inf after training in round {round} "
-            "(training diverged: a lower training.lr may help)"
-        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,6 +98,7 @@ class Node:
         self.topology, self.sharing, self.trainer = topology, sharing, trainer
         # Capabilities, worked out once rather than per message or round.
         self._overlay = topology if isinstance(topology, UsesOverlay) else None
+        self._persistent: frozenset[int] = frozenset(getattr(topology, "persistent_peers", ()))
         self._checks = sharing if isinstance(sharing, ChecksPayloads) else None
         self._lossless = sharing if isinstance(sharing, Lossless) else None
         self.model = model
@@ -212,6 +194,7 @@ class Node:
         """Finish round ``record["round"]``'s record: what it received, its times and memory,
         its evaluation (with ``ctx`` on an evaluation round), then what it sent."""
         r = record["round"]
+        self.mailbox.finish(r)  # a round the node sat out (a FedAvg client) is over too
         got = self.mailbox.take_received(r)
         record.update(
             bytes_recv=got.nbytes,
@@ -277,9 +260,7 @@ class Node:
         the topology is still sending to is left open (it is closed in a later round).
         """
         former = self._peers | self.link.contacts
-        keep = peers | (
-            self._overlay.persistent_peers if self._overlay is not None else frozenset()
-        )
+        keep = peers | self._persistent
         self.link.contacts = {p for p in self.link.contacts if self.link.busy(p)}
         for peer in former - keep - self.link.contacts:
             self.transport.close_peer(peer)

@@ -131,6 +131,11 @@ class Lossless:
         """What the strategy itself made last (before compression)."""
         return self._sent
 
+    def forget(self) -> None:
+        """Drop what was unpacked on arrival (``aggregate`` does it too): for a caller that
+        aggregates the unpacked payloads itself (a FedAvg server)."""
+        self._checked.clear()
+
     def unpacked(self, payload: Payload) -> Payload:
         """``payload`` as the strategy made it (what ``check`` unpacked, when it did)."""
         inner = self._checked.take(payload)

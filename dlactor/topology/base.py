@@ -3,7 +3,7 @@
 A topology that needs to talk to other processes (the peer sampler's clients, gossip peer
 sampling) also implements :class:`UsesOverlay`: the node gives it an :class:`OverlayLink`
 before the first round and hands it every ``Overlay`` message that arrives, and keeps the
-connections to its ``persistent_peers`` open across rounds even when they are not
+connections to its optional ``persistent_peers`` open across rounds even when they are not
 neighbours (the peer sampler).
 """
 
@@ -47,9 +47,9 @@ class OverlayLink(Protocol):
 
 @runtime_checkable
 class UsesOverlay(Protocol):
-    #: Peers whose connections the node keeps open across rounds even when they are not
-    #: neighbours (the peer sampler); empty for most.
-    persistent_peers: frozenset[int]
+    """A topology that talks. It may also have ``persistent_peers``, a frozenset of peers
+    whose connections the node keeps open across rounds even when they are not neighbours
+    (the peer sampler); the node reads it once, and takes none if it is absent."""
 
     def attach(self, link: OverlayLink) -> None:
         """Called once, before the first round."""

@@ -265,6 +265,8 @@ def test_check_refuses_malformed_notices_strangers_and_oracle_notices() -> None:
         (["algorithm.s=8"], False, "algorithm.s"),
         ([], True, "topology"),
         (["sharing.kind=choco"], False, "sharing.kind"),
+        (["algorithm.variant=local", "topology.kind=dynamic_regular"], True, "topology.kind"),
+        (["algorithm.variant=local", "topology.kind=gossip"], True, "topology.kind"),
     ],
 )
 def test_config_errors_name_the_field(overrides: list[str], topology: bool, field: str) -> None:

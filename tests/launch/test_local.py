@@ -264,6 +264,25 @@ async def test_a_done_node_stays_until_the_launcher_ends_the_run() -> None:
     assert leftover_tasks() == set()
 
 
+async def test_a_control_channel_that_breaks_after_done_still_ends_as_done() -> None:
+    class Breaks(StandInControl):
+        async def receive(self) -> Message | None:
+            msg = await super().receive()
+            if msg is None:
+                raise ConnectionResetError("the launcher's connection was reset")
+            return msg
+
+    ctl = Breaks(START)
+    code = await worker._lifecycle(
+        StandInNode(lambda: asyncio.sleep(0)),  # type: ignore[arg-type]
+        ctl,  # type: ignore[arg-type]
+        node_credentials(),
+    )
+
+    assert code == worker.EXIT_DONE
+    assert leftover_tasks() == set()
+
+
 async def test_a_node_learns_the_public_keys_of_the_address_book_at_the_start_barrier() -> None:
     """A process that made its own key (Ray) is in no ring but the launcher's: its key comes
     with the address book, over the control channel the launcher proved itself on."""

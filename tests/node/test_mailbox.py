@@ -95,3 +95,16 @@ async def test_wait_round_honours_a_deadline_shared_with_the_sends() -> None:
     with pytest.raises(RoundTimeout, match=r"within 5 s"):
         await box.wait_round(0, {1}, timeout=5, deadline=t0 + 0.05)
     assert loop.time() - t0 < 1
+
+
+def test_a_round_sat_out_is_finished_too_and_later_bytes_count_in_the_next() -> None:
+    """A FedAvg client that is not sampled closes the round without waiting in it: a
+    handshake arriving afterwards belongs to the round it is in now, not to a closed one."""
+    box = Mailbox(senders=8, rounds=10)
+    box.put(share(3, 5), NBYTES)  # ahead: kept
+    box.finish(2)
+    box.count(40)
+    assert box.current_round == 3
+    assert box.take_received(2) == Received()
+    assert box.take_received(3) == Received(nbytes=40, msgs=1)
+    assert box.pending() == 1  # the share for round 5 is still there
