@@ -158,7 +158,10 @@ async def _node_main(
     plan: Plan, credentials: Credentials, control: Address, run_dir: Path, listen: Address
 ) -> int:
     node = credentials.identity.process
-    timeout = plan.config.security.handshake_timeout_s
+    # The launcher answers only once it has forked every node and started its loop, which
+    # on a loaded machine takes longer than a handshake may: the node gives it as long as
+    # the start barrier (the launcher still holds its own side to the handshake timeout).
+    timeout = max(plan.config.security.handshake_timeout_s, plan.config.launcher.start_timeout_s)
     ctl = await ControlStream.connect(*control, credentials, timeout=timeout)
     transport = _tcp(plan, credentials, listen)
     server = node in plan.servers
