@@ -146,11 +146,37 @@ def _throughput(tls: bool, frames: int) -> float:
 # ---------------------------------------------------------------- quickstart round time
 
 
+#: Put first on a baseline's PYTHONPATH: this installation declares its own strategies as
+#: dlactor.plugins entry points, which an older checkout (which registers them itself, and
+#: may not have those modules) must not import.
+_HIDE_OWN_ENTRY_POINTS = """
+import importlib.metadata as metadata
+
+_entry_points = metadata.entry_points
+
+
+def entry_points(**select):
+    found = _entry_points(**select)
+    if select.get("group") != "dlactor.plugins":
+        return found
+    return metadata.EntryPoints(ep for ep in found if not ep.value.startswith("dlactor."))
+
+
+metadata.entry_points = entry_points
+"""
+
+
 def _round_ms(checkout: Path, out: Path, *overrides: str) -> float:
     sets = [arg for o in overrides for arg in ("--set", o)]
     cmd = [sys.executable, "-m", "dlactor", "launch", "configs/quickstart.toml", "--out",
            str(out), "--no-progress", *sets]  # fmt: skip
-    env = {**os.environ, "PYTHONPATH": str(checkout)}
+    path = [str(checkout)]
+    if checkout != REPO:
+        shim = out.parent / "shim"
+        shim.mkdir(exist_ok=True)
+        (shim / "sitecustomize.py").write_text(_HIDE_OWN_ENTRY_POINTS)
+        path.insert(0, str(shim))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(path)}
     subprocess.run(cmd, cwd=checkout, env=env, check=True, capture_output=True, timeout=600)
     (run_dir,) = out.iterdir()
     summary = json.loads((run_dir / "summary.json").read_text())
