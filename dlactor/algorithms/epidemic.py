@@ -30,9 +30,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from dlactor.algorithms.base import Record
-from dlactor.context import RoundContext, SendStalled
+from dlactor.context import RoundContext
 from dlactor.messages import Payload, Share
-from dlactor.transport.base import SendTimeout
 from dlactor.wire.errors import RemoteProtocolError
 
 if TYPE_CHECKING:
@@ -139,18 +138,11 @@ class EpidemicLearning:
         ctx.sent = share.payload
         # One round timeout for the sends and the wait, as in Node.exchange: a peer that
         # stops reading must fail the round as surely as one that stops sending.
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + node.round_timeout
-        try:
-            if not self.oracle:  # the tiny notices first: they let the others finish sooner
-                notice = Share(node.node, r, Payload(meta={SKIP: True}))
-                await node.transport.send_all(
-                    self.contacts.difference(targets), notice, timeout=node.round_timeout
-                )
-            remaining = max(deadline - loop.time(), 0.0)
-            await node.transport.send_all(targets, share, timeout=remaining)
-        except SendTimeout as exc:
-            raise SendStalled(r, exc.peers, node.round_timeout) from exc
+        deadline = asyncio.get_running_loop().time() + node.round_timeout
+        if not self.oracle:  # the tiny notices first: they let the others finish sooner
+            notice = Share(node.node, r, Payload(meta={SKIP: True}))
+            await node.send(self.contacts.difference(targets), notice, deadline)
+        await node.send(targets, share, deadline)
         got = await node.mailbox.wait_round(r, waits_for, node.round_timeout, deadline=deadline)
         received = {j: p for j, p in got.items() if not is_notice(p)}
         ctx.peers = frozenset(received)

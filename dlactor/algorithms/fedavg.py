@@ -14,20 +14,19 @@ Clients never evaluate.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 import numpy as np
 import torch
 
 from dlactor.algorithms.base import Record
-from dlactor.context import RoundContext, SendStalled
+from dlactor.context import RoundContext
 from dlactor.messages import Payload, Share
 from dlactor.sharing.lossless import Lossless
 from dlactor.sharing.ops import Layout, check_layout, flat_layout, flatten, unflatten_into
 from dlactor.sharing.partial import CompressedSharing
 from dlactor.training.base import Restarts
-from dlactor.transport.base import SendTimeout
 from dlactor.wire.errors import RemoteProtocolError
 
 if TYPE_CHECKING:
@@ -75,15 +74,6 @@ def check_vector(node: Node, sender: int, payload: Payload, layout: Layout) -> N
     except RemoteProtocolError as exc:
         raise RemoteProtocolError(f"process {sender} sent an unusable payload: {exc}") from exc
     node.check_payload(sender, payload, sharing=False)
-
-
-async def send(node: Node, peers: Iterable[int], share: Share) -> None:
-    """Send ``share`` within the round timeout: a peer that stops reading fails the round
-    (SendStalled) instead of hanging it."""
-    try:
-        await node.transport.send_all(peers, share, timeout=node.round_timeout)
-    except SendTimeout as exc:
-        raise SendStalled(share.round, exc.peers, node.round_timeout) from exc
 
 
 async def download(node: Node, server: int, r: int, timeout: float) -> torch.Tensor:
@@ -199,7 +189,7 @@ class FedAvgClient:
         stats, t_train = await node.train(ctx)
         share = Share(node.node, r, await node.sharing.outgoing(ctx))
         node.check_own(share)
-        await send(node, [self.server], share)
+        await node.send([self.server], share)
         record.update(sampled=True, train_loss=stats.loss, t_train=t_train)
         return await node.close_record(record, start, None)
 

@@ -18,10 +18,10 @@ from typing import TYPE_CHECKING
 import torch
 
 from dlactor.algorithms.base import Record
-from dlactor.algorithms.fedavg import PARAMS, check_vector, download, send
-from dlactor.context import ModelDiverged, RoundContext
+from dlactor.algorithms.fedavg import PARAMS, check_vector, download
+from dlactor.context import RoundContext
 from dlactor.messages import Payload, Share
-from dlactor.sharing.ops import all_finite, flat_layout, flatten, unflatten_into, weighted_sum
+from dlactor.sharing.ops import flat_layout, flatten, unflatten_into, weighted_sum
 from dlactor.training.settings import SGDSettings
 from dlactor.training.sgd import SGDTrainer
 from dlactor.wire.errors import RemoteProtocolError
@@ -101,9 +101,8 @@ class PSClient:
         t_start = time.perf_counter()
         grad, stats = await trainer.gradient(ctx)
         t_train = time.perf_counter() - t_start
-        if not node.allow_nonfinite and not all_finite([grad]):
-            raise ModelDiverged(node.node, r, "gradient")
-        await send(node, [self.server], Share(node.node, r, Payload({GRAD: grad})))
+        node.check_finite_own(r, [grad], "gradient")
+        await node.send([self.server], Share(node.node, r, Payload({GRAD: grad})))
         record.update(train_loss=stats.loss, t_train=t_train)
         return await node.close_record(record, start, None)
 

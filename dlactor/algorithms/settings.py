@@ -115,11 +115,12 @@ class ParameterServerSettings(AlgorithmSettings):
         from dlactor.training.settings import SGDSettings
 
         _no_topology(self.kind, given)
-        sharing = getattr(config, "sharing", None)
-        if _sharing_kind(config) != "full" or getattr(sharing, "compression", "none") != "none":
+        if _sharing_kind(config) != "full":
             raise FieldError(
                 "sharing.kind", "the parameter server sends whole gradients: sharing must be full"
             )
+        if getattr(getattr(config, "sharing", None), "compression", "none") != "none":
+            raise FieldError("sharing.compression", "the parameter server compresses nothing")
         if not isinstance(getattr(config, "training", None), SGDSettings):
             raise FieldError(
                 "training.kind", "the parameter server applies SGD: training.kind must be sgd"

@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -184,9 +184,16 @@ class Node:
         (ModelDiverged); the stats and the seconds they took."""
         t_start = time.perf_counter()
         stats = await self.trainer.train(ctx)
-        if not self.allow_nonfinite and not all_finite(self.model.parameters()):
-            raise ModelDiverged(self.node, ctx.round)
+        self.check_finite_own(ctx.round, self.model.parameters())
         return stats, time.perf_counter() - t_start
+
+    def check_finite_own(
+        self, r: int, tensors: Iterable[torch.Tensor], what: str = "model"
+    ) -> None:
+        """ModelDiverged if this node's own ``tensors`` (its model, a gradient it computed)
+        hold NaN or Inf, unless ``allow_nonfinite``: never send them on."""
+        if not self.allow_nonfinite and not all_finite(tensors):
+            raise ModelDiverged(self.node, r, what)
 
     async def close_record(
         self, record: Record, start: RoundStart, ctx: RoundContext | None
@@ -271,13 +278,21 @@ class Node:
         a neighbour that stops reading must fail the round as surely as one that stops
         sending, instead of hanging it in ``drain``."""
         deadline = asyncio.get_running_loop().time() + self.round_timeout
-        try:
-            await self.transport.send_all(peers, share, timeout=self.round_timeout)
-        except SendTimeout as exc:
-            raise SendStalled(share.round, exc.peers, self.round_timeout) from exc
+        await self.send(peers, share, deadline)
         return await self.mailbox.wait_round(
             share.round, peers, self.round_timeout, deadline=deadline
         )
+
+    async def send(self, peers: Iterable[int], share: Share, deadline: float | None = None) -> None:
+        """Send ``share`` to ``peers`` by ``deadline`` (loop time; default: a round timeout
+        from now): a peer that stops reading fails the round (SendStalled) instead of
+        hanging it in ``drain``."""
+        loop = asyncio.get_running_loop()
+        remaining = self.round_timeout if deadline is None else max(deadline - loop.time(), 0.0)
+        try:
+            await self.transport.send_all(peers, share, timeout=remaining)
+        except SendTimeout as exc:
+            raise SendStalled(share.round, exc.peers, self.round_timeout) from exc
 
     async def evaluate(self, ctx: RoundContext) -> Record:
         t_eval = time.perf_counter()

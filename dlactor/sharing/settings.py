@@ -33,6 +33,15 @@ class FullSettings(SharingSettings):
 
 
 Budget = Annotated[float, Field(gt=0.0, le=1.0, description="fraction of parameters sent")]
+BucketSize = Annotated[
+    int | None,
+    Field(
+        ge=1,
+        le=MAX_BUCKET,
+        description="elements per scale, at most 2**20: a tensor is padded to whole buckets "
+        "(None: one bucket per tensor)",
+    ),
+]
 
 
 @register("sharing")
@@ -81,13 +90,7 @@ class QuantizeSettings(SharingSettings):
 
     kind: Literal["quantize"] = "quantize"
     bits: int = Field(8, ge=1, le=8)
-    bucket_size: int | None = Field(
-        512,
-        ge=1,
-        le=MAX_BUCKET,
-        description="elements per scale, at most 2**20: a tensor is padded to whole buckets "
-        "(None: one bucket per tensor)",
-    )
+    bucket_size: BucketSize = 512
 
     def build(self, env: NodeEnv) -> Sharing:
         from dlactor.sharing.quantize import QuantizeSharing
@@ -105,13 +108,7 @@ class ChocoSettings(SharingSettings):
     compressor: Literal["topk", "random", "quantize"] = "topk"
     budget: Budget = 0.1
     bits: int = Field(8, ge=1, le=8, description="for compressor = quantize")
-    bucket_size: int | None = Field(
-        512,
-        ge=1,
-        le=MAX_BUCKET,
-        description="elements per scale, at most 2**20: a tensor is padded to whole buckets "
-        "(None: one bucket per tensor)",
-    )
+    bucket_size: BucketSize = 512
 
     def check(self, config: RunConfigBase) -> None:
         from dlactor.topology.settings import StaticSettings
