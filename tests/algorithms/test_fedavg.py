@@ -12,7 +12,7 @@ import torch
 
 from dlactor.algorithms.fedavg import FedAvgClient, FedAvgServer, sample_clients
 from dlactor.algorithms.settings import FedAvgSettings
-from dlactor.config import ConfigError, RunConfig
+from dlactor.config import RunConfig
 from dlactor.launch.plan import make_plan
 from dlactor.messages import Payload, Share
 from dlactor.node.node import Node
@@ -22,7 +22,6 @@ from dlactor.testing import build_network
 from dlactor.training.sgd import loss_fn
 from dlactor.wire.errors import RemoteProtocolError
 from tests.algorithms.servers import BASE, run, server_config
-from tests.conftest import SMALL
 
 
 def config(*overrides: str, base: dict[str, Any] = BASE) -> RunConfig:
@@ -185,22 +184,3 @@ async def test_checks_refuse_shares_from_the_wrong_process_or_of_the_wrong_shape
     ]:
         with pytest.raises(RemoteProtocolError):
             node.algorithm.check(node, Share(sender, 0, payload))
-
-
-@pytest.mark.parametrize(
-    ("overrides", "field"),
-    [
-        (["algorithm.fraction=0"], "algorithm.fraction"),
-        (["algorithm.fraction=1.5"], "algorithm.fraction"),
-        (["algorithm.min_clients=9"], "algorithm.min_clients"),
-        (["sharing.kind=choco"], "sharing.kind"),
-    ],
-)
-def test_bad_combinations_exit_naming_the_field(overrides: list[str], field: str) -> None:
-    with pytest.raises(ConfigError, match=field):
-        config(*overrides)
-
-
-def test_a_topology_table_is_refused() -> None:
-    with pytest.raises(ConfigError, match="topology"):
-        config(base=SMALL)

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from dlactor.algorithms.parameter_server import PSClient, PSServer
-from dlactor.config import ConfigError, RunConfig
+from dlactor.config import RunConfig
 from dlactor.launch.plan import make_plan
 from dlactor.messages import Payload, Share
 from dlactor.sharing.ops import flatten
@@ -19,7 +19,6 @@ from dlactor.training.sgd import loss_fn
 from dlactor.wire.codec import encode
 from dlactor.wire.errors import RemoteProtocolError
 from tests.algorithms.servers import BASE, run, server_config
-from tests.conftest import SMALL
 
 
 def config(*overrides: str, base: dict[str, Any] = BASE) -> RunConfig:
@@ -133,20 +132,3 @@ async def test_checks_refuse_shares_from_the_wrong_process_or_of_the_wrong_shape
     ]:
         with pytest.raises(RemoteProtocolError):
             node.algorithm.check(node, Share(sender, 0, payload))
-
-
-@pytest.mark.parametrize(
-    ("overrides", "field"),
-    [
-        (["sharing.kind=topk"], "sharing.kind"),
-        (["sharing.kind=full", "sharing.compression=lz4"], "sharing.kind"),
-    ],
-)
-def test_bad_combinations_exit_naming_the_field(overrides: list[str], field: str) -> None:
-    with pytest.raises(ConfigError, match=field):
-        config(*overrides)
-
-
-def test_a_topology_table_is_refused() -> None:
-    with pytest.raises(ConfigError, match="topology"):
-        config(base=SMALL)
