@@ -10,7 +10,7 @@ import os
 import signal
 import time
 import traceback
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Coroutine, Iterator
 from multiprocessing.process import BaseProcess
 from pathlib import Path
 from typing import Any
@@ -228,14 +228,23 @@ def node_credentials() -> Credentials:
     return credentials(1)[0]
 
 
+def lifecycle(
+    ctl: StandInControl,
+    rounds: Callable[[], Awaitable[None]] = lambda: asyncio.sleep(0),
+    credentials: Credentials | None = None,
+) -> Coroutine[Any, Any, int]:
+    """A node's lifecycle with a stand-in node running ``rounds`` and a stand-in launcher."""
+    return worker._lifecycle(
+        StandInNode(rounds),  # type: ignore[arg-type]
+        ctl,  # type: ignore[arg-type]
+        credentials or node_credentials(),
+    )
+
+
 async def test_a_finished_node_reports_done_and_leaves_no_task_behind() -> None:
     ctl = StandInControl(START)
 
-    code = await worker._lifecycle(
-        StandInNode(lambda: asyncio.sleep(0)),  # type: ignore[arg-type]
-        ctl,  # type: ignore[arg-type]
-        node_credentials(),
-    )
+    code = await lifecycle(ctl)
 
     assert code == worker.EXIT_DONE
     assert [type(m) for m in ctl.sent] == [Register, Done]
@@ -246,13 +255,7 @@ async def test_a_done_node_stays_until_the_launcher_ends_the_run() -> None:
     """Peers still in their last round may talk to it (a gossip pick): a node that left at
     once would lose their messages, and they would wait a round timeout for the answer."""
     ctl = StandInControl(START, linger=True)
-    life = asyncio.ensure_future(
-        worker._lifecycle(
-            StandInNode(lambda: asyncio.sleep(0)),  # type: ignore[arg-type]
-            ctl,  # type: ignore[arg-type]
-            node_credentials(),
-        )
-    )
+    life = asyncio.ensure_future(lifecycle(ctl))
     while Done not in map(type, ctl.sent):
         await asyncio.sleep(0.01)
     await asyncio.sleep(0.1)
@@ -273,11 +276,7 @@ async def test_a_control_channel_that_breaks_after_done_still_ends_as_done() -> 
             return msg
 
     ctl = Breaks(START)
-    code = await worker._lifecycle(
-        StandInNode(lambda: asyncio.sleep(0)),  # type: ignore[arg-type]
-        ctl,  # type: ignore[arg-type]
-        node_credentials(),
-    )
+    code = await lifecycle(ctl)
 
     assert code == worker.EXIT_DONE
     assert leftover_tasks() == set()
@@ -291,11 +290,7 @@ async def test_a_node_learns_the_public_keys_of_the_address_book_at_the_start_ba
     creds = node_credentials()
     assert 5 not in creds.ring
 
-    code = await worker._lifecycle(
-        StandInNode(lambda: asyncio.sleep(0)),  # type: ignore[arg-type]
-        StandInControl(start),  # type: ignore[arg-type]
-        creds,
-    )
+    code = await lifecycle(StandInControl(start), credentials=creds)
 
     assert code == worker.EXIT_DONE
     assert creds.ring[5] == joiner.public
@@ -305,11 +300,7 @@ async def test_a_node_learns_the_public_keys_of_the_address_book_at_the_start_ba
 async def test_a_stop_cancels_the_rounds_and_leaves_no_task_behind() -> None:
     ctl = StandInControl(START, Stop("ctrl-c"))
 
-    code = await worker._lifecycle(
-        StandInNode(lambda: asyncio.sleep(60)),  # type: ignore[arg-type]
-        ctl,  # type: ignore[arg-type]
-        node_credentials(),
-    )
+    code = await lifecycle(ctl, lambda: asyncio.sleep(60))
 
     assert code == worker.EXIT_STOPPED
     assert leftover_tasks() == set()
@@ -320,11 +311,7 @@ async def test_a_failing_round_raises_its_own_exception_not_a_group() -> None:
         raise RuntimeError("boom")
 
     with pytest.raises(RuntimeError, match="boom") as info:
-        await worker._lifecycle(
-            StandInNode(boom),  # type: ignore[arg-type]
-            StandInControl(START),  # type: ignore[arg-type]
-            node_credentials(),
-        )
+        await lifecycle(StandInControl(START), boom)
 
     assert traceback.format_exception(info.value)[-1] == "RuntimeError: boom\n"
     assert leftover_tasks() == set()
