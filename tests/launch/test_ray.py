@@ -417,6 +417,30 @@ def test_a_run_on_a_running_cluster_given_by_address_completes_and_leaves_no_wor
     assert node_workers(head.pid) == set()
 
 
+def test_a_fedavg_run_on_a_ray_cluster_runs_its_server_as_an_actor_too(
+    tmp_path: Path, ray_env: dict[str, str], ray_cluster: tuple[str, psutil.Process]
+) -> None:
+    address, head = ray_cluster
+    overrides = ["launcher.kind=ray", f"launcher.address={address}", "nodes=4", "rounds=3",
+                 "evaluation.every=1", "algorithm.fraction=0.5"]  # fmt: skip
+    launch = Launch(tmp_path, ray_env, overrides, config=QUICKSTART.parent / "fedavg.toml")
+
+    code, _out, err = launch.finish(root=head.pid)
+
+    assert code == 0, err
+    rd = launch.run_dir()
+    assert len(launch.workers) == 5  # 4 clients and the server
+    server = records(rd / "nodes" / "server-4.jsonl")
+    assert [len(r["clients"]) for r in server] == [2, 2, 2]
+    assert all(r["bytes_sent"] > 0 and r["bytes_recv"] > 0 for r in server)
+    for node in range(4):
+        recs = records(rd / "nodes" / f"{node}.jsonl")
+        assert [r["sampled"] for r in recs] == [node in r["clients"] for r in server]
+    summary = json.loads((rd / "summary.json").read_text())
+    assert summary["status"] == "ok" and summary["final"]["test_acc_mean"] == server[-1]["test_acc"]
+    assert_gone(launch.workers)
+
+
 def test_a_node_that_raises_on_a_ray_cluster_fails_the_run_once_and_stops_every_worker(
     tmp_path: Path, ray_env: dict[str, str], ray_cluster: tuple[str, psutil.Process]
 ) -> None:
