@@ -24,8 +24,6 @@ import networkx as nx
 import numpy as np
 import torch
 from pydantic import (
-    BaseModel,
-    ConfigDict,
     Field,
     ValidationError,
     create_model,
@@ -34,6 +32,8 @@ from pydantic import (
 )
 
 from dlactor import plugins
+from dlactor.network.settings import NetworkSettings
+from dlactor.settings_base import FieldError, Settings
 from dlactor.topology.graphs import MAX_NODES
 
 if TYPE_CHECKING:
@@ -68,31 +68,6 @@ __all__ = [
 
 class ConfigError(ValueError):
     """The config is invalid; the message names the field(s). The CLI exits 2 on it."""
-
-
-class FieldError(ValueError):
-    """Raised by a settings hook about one of its own fields (``field``, relative to the
-    table): the loader names it as ``table.field``."""
-
-    def __init__(self, field: str, message: str) -> None:
-        super().__init__(message)
-        self.field = field
-
-
-class Settings(BaseModel):
-    """Base of every settings table: frozen, no unknown keys, every float finite (TOML has
-    inf and nan; no setting means them)."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
-
-    def resolve(self, base_dir: Path) -> Settings:
-        """These settings with paths made absolute (relative ones are the config file's
-        directory's). Default: nothing to resolve."""
-        return self
-
-    def read_files(self, config: RunConfigBase) -> None:
-        """Read the files these settings name, now, so that their errors name the field
-        (raise FieldError). Default: none."""
 
 
 # Upper bounds: far beyond any study on one machine or a cluster, low enough that a typo or a
@@ -270,6 +245,18 @@ class EvaluationSettings(Settings):
     consensus: bool = Field(
         True, description="record the consensus distance of the node models on evaluation rounds"
     )
+    targets: list[float] = Field(
+        default_factory=lambda: [0.5, 0.6, 0.7, 0.8, 0.9],
+        max_length=100,
+        description="mean test accuracies whose time to reach summary.json gives",
+    )
+
+    @field_validator("targets")
+    @classmethod
+    def _accuracies(cls, value: list[float]) -> list[float]:
+        if any(not 0.0 < t <= 1.0 for t in value):
+            raise ValueError("every target is an accuracy in (0, 1]")
+        return sorted(set(value))
 
 
 class SecuritySettings(Settings):
@@ -376,6 +363,8 @@ class RunConfigBase(Settings):
     evaluation: EvaluationSettings = EvaluationSettings()
     launcher: Launcher = LocalLauncher()
     security: SecuritySettings = SecuritySettings()
+    #: The emulated network (docs/network.md); None: messages cross this machine as they are.
+    network: NetworkSettings | None = None
 
     @field_validator("launcher", mode="before")
     @classmethod
@@ -518,7 +507,7 @@ def _resolve_paths(cfg: RunConfigBase, base_dir: Path | None) -> RunConfigBase:
     if base_dir is None:
         return cfg
     update = {}
-    for category in CATEGORIES:
+    for category in (*CATEGORIES, "network"):
         settings = getattr(cfg, category, None)
         if isinstance(settings, Settings):
             resolved = settings.resolve(base_dir)
@@ -530,7 +519,7 @@ def _resolve_paths(cfg: RunConfigBase, base_dir: Path | None) -> RunConfigBase:
 def _read_files(cfg: RunConfigBase) -> None:
     """Read the files the config names (a graph file) now, so that their errors name the
     field; a file's content is never quoted (a path may name any file, secrets included)."""
-    for category in CATEGORIES:
+    for category in (*CATEGORIES, "network"):
         settings = getattr(cfg, category, None)
         if isinstance(settings, Settings):
             try:

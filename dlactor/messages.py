@@ -77,11 +77,17 @@ class Proof:
 
 @dataclass(frozen=True, slots=True)
 class Share:
-    """A node's payload for one round, sent to one neighbour."""
+    """A node's payload for one round, sent to one neighbour.
+
+    ``clock``, only in a run with an emulated network (``[network]``): the times, on the
+    run's clock, at which its first and last byte reach the receiver's downlink
+    (docs/network.md).
+    """
 
     sender: int
     round: int
     payload: Payload
+    clock: tuple[float, float] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,6 +104,7 @@ class Overlay:
     op: str
     nodes: list[int] = field(default_factory=list)
     values: list[int] = field(default_factory=list)
+    clock: tuple[float, float] | None = None  # as Share's
 
 
 @dataclass(frozen=True, slots=True)

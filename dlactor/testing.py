@@ -21,10 +21,12 @@ import torch
 
 from dlactor.context import Service
 from dlactor.launch.plan import Plan, build_node, build_service
+from dlactor.network.model import NetworkModel
 from dlactor.node.node import Node, Record
 from dlactor.security.credentials import Credentials, RunKeys
 from dlactor.security.identity import LAUNCHER
 from dlactor.transport.base import Address, Deliver
+from dlactor.transport.emulated import EmulatedTransport
 from dlactor.transport.memory import MemoryNetwork
 
 __all__ = [
@@ -32,6 +34,7 @@ __all__ = [
     "build_services",
     "build_tcp_nodes",
     "credentials",
+    "emulated_tcp",
     "open_as",
     "run_in_memory",
     "run_nodes",
@@ -48,6 +51,22 @@ def credentials(
         keys.enable_tls(run_id)
     ids = [*range(processes), LAUNCHER]
     return [keys.credentials(p, run_id, keep_others=True) for p in ids]
+
+
+def emulated_tcp(
+    model: NetworkModel, process: int, creds: Credentials, deliver: Deliver
+) -> EmulatedTransport:
+    """Process ``process``'s TCP transport (on 127.0.0.1) behind ``model``'s emulated
+    network, on a clock of its own: to measure or test the emulation over real sockets."""
+    from dlactor.transport.tcp import TcpTransport
+
+    return EmulatedTransport(
+        lambda d: TcpTransport(credentials=creds, deliver=d),
+        deliver,
+        process=process,
+        model=model,
+        clock=model.clock(process),
+    )
 
 
 async def open_as(

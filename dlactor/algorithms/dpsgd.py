@@ -23,15 +23,13 @@ class DPSGD:
         ctx = RoundContext(node=node.node, round=r, model=node.model)
         record, before = node.new_record(r)
         stats, t_train = await node.train(ctx)
-        topology = node.require_topology()
-        ctx.peers = await topology.neighbors(node.node, r)
+        ctx.peers, ctx.weights = await node.neighbours(r)
         node.close_former_peers(ctx.peers)
-        ctx.weights = await topology.weights(node.node, r)
         share = Share(node.node, r, await node.sharing.outgoing(ctx))
         node.check_own(share)
         ctx.sent = share.payload
         received = await node.exchange(share, ctx.peers)
-        await node.sharing.aggregate(ctx, received)
+        await node.aggregate(ctx, received)
         record.update(
             train_loss=stats.loss,
             degree=len(ctx.peers),

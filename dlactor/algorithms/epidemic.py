@@ -143,12 +143,12 @@ class EpidemicLearning:
             notice = Share(node.node, r, Payload(meta={SKIP: True}))
             await node.send(self.contacts.difference(targets), notice, deadline)
         await node.send(targets, share, deadline)
-        got = await node.mailbox.wait_round(r, waits_for, node.round_timeout, deadline=deadline)
+        got = await node.collect(r, waits_for, node.round_timeout, deadline=deadline)
         received = {j: p for j, p in got.items() if not is_notice(p)}
         ctx.peers = frozenset(received)
         weight = 1.0 / (1 + len(received))
         ctx.weights = {j: weight for j in [node.node, *received]}
-        await node.sharing.aggregate(ctx, received)
+        await node.aggregate(ctx, received)
         record.update(train_loss=stats.loss, degree=len(received), targets=targets, t_train=t_train)
         return await node.close_record(record, before, ctx)
 

@@ -79,7 +79,7 @@ def check_vector(node: Node, sender: int, payload: Payload, layout: Layout) -> N
 async def download(node: Node, server: int, r: int, timeout: float) -> torch.Tensor:
     """Wait for the server's model of round ``r`` and load it into ``node.model``; the
     downloaded vector."""
-    got = await node.mailbox.wait_round(r, {server}, timeout)
+    got = await node.collect(r, {server}, timeout)
     flat = got[server].tensors[PARAMS]
     unflatten_into(flat, node.model.parameters())
     return flat
@@ -116,7 +116,7 @@ class FedAvgServer:
             peers=peers,
             weights={node.node: 0.0, **self.weights(clients)},
         )
-        await self.aggregate(node, ctx, received)
+        await node.aggregate(ctx, received, lambda: self.aggregate(node, ctx, received))
         record["clients"] = clients
         return await node.close_record(record, start, ctx)
 

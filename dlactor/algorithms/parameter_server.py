@@ -13,6 +13,7 @@ The server evaluates its model, after the step, on evaluation rounds. Clients ne
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 import torch
@@ -68,11 +69,15 @@ class PSServer:
         share = Share(node.node, r, Payload({PARAMS: flatten(node.model.parameters())}))
         node.check_own(share)
         received = await node.exchange(share, self.clients)
+        ctx = RoundContext(node=node.node, round=r, model=node.model, peers=self.clients)
+        await node.aggregate(ctx, received, lambda: self.step(received))
+        return await node.close_record(record, start, ctx)
+
+    async def step(self, received: Mapping[int, Payload]) -> None:
+        """The clients' weighted mean gradient, then one optimizer step."""
         grad = weighted_sum({j: p.tensors[GRAD] for j, p in received.items()}, self.weights)
         unflatten_into(grad, self.grads)
         self.optimizer.step()
-        ctx = RoundContext(node=node.node, round=r, model=node.model, peers=self.clients)
-        return await node.close_record(record, start, ctx)
 
     def check(self, node: Node, share: Share) -> None:
         """Gradients come from learning nodes only: one finite vector of the model's size."""
@@ -98,9 +103,10 @@ class PSClient:
         ctx = RoundContext(
             node=node.node, round=r, model=node.model, peers=frozenset({self.server})
         )
-        t_start = time.perf_counter()
+        t_start, cpu = time.perf_counter(), time.process_time()
         grad, stats = await trainer.gradient(ctx)
         t_train = time.perf_counter() - t_start
+        await node.charge(time.process_time() - cpu, steps=stats.steps)
         node.check_finite_own(r, [grad], "gradient")
         await node.send([self.server], Share(node.node, r, Payload({GRAD: grad})))
         record.update(train_loss=stats.loss, t_train=t_train)

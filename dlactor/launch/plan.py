@@ -8,6 +8,7 @@ import secrets
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import partial
 
 import networkx as nx
 import numpy as np
@@ -16,10 +17,13 @@ import torch
 from dlactor.config import ConfigError, FieldError, LocalLauncher, RunConfig
 from dlactor.context import NodeEnv, Service, ServiceEnv
 from dlactor.data.base import Dataset
+from dlactor.network.clock import Clock
+from dlactor.network.model import NetworkModel
 from dlactor.node.node import Node, Record
 from dlactor.security.credentials import RunKeys
 from dlactor.training.models import count_parameters, parameter_bytes
 from dlactor.transport.base import Deliver, Transport
+from dlactor.transport.emulated import EmulatedTransport
 from dlactor.wire.codec import MAX_HEADER
 from dlactor.wire.framing import PREFIX_LEN
 
@@ -42,6 +46,8 @@ class Plan:
     model: torch.nn.Module
     keys: RunKeys
     run_id: str = field(default_factory=lambda: secrets.token_hex(8))
+    #: The emulated network (``[network]``), the same in every process; None without one.
+    network: NetworkModel | None = None
 
     @property
     def services(self) -> int:
@@ -127,8 +133,10 @@ def make_plan(config: RunConfig) -> Plan:
         parts = config.partition.split(dataset, config.nodes, config.seed)
     with _field("model"):
         model = _build_model(config, dataset)
+    with _field("network"):
+        network = _network(config)
     _warm_up(model)
-    plan = Plan(config, graph, dataset, parts, model, _make_keys(config))
+    plan = Plan(config, graph, dataset, parts, model, _make_keys(config), network=network)
     if uses_tls(config):
         plan.keys.enable_tls(plan.run_id)
     return plan
@@ -148,6 +156,23 @@ def _graph(config: RunConfig) -> nx.Graph:
     config.topology.check(graph, config.rounds)
     config.algorithm.check_graph(graph)
     return graph
+
+
+def _network(config: RunConfig) -> NetworkModel | None:
+    """The emulated network every process of the run shares, if the config has one."""
+    if config.network is None:
+        return None
+    try:
+        files = config.network.load(config.nodes)
+    except FieldError as exc:
+        raise FieldError(f"network.{exc.field}", str(exc)) from exc
+    return NetworkModel(
+        config.network,
+        nodes=config.nodes,
+        processes=process_count(config),
+        seed=config.seed,
+        files=files,
+    )
 
 
 def _make_keys(config: RunConfig) -> RunKeys:
@@ -228,9 +253,30 @@ def build_service(plan: Plan, process: int, transport: Callable[[Deliver], Trans
     """The actor of topology service process ``process`` (the peer sampler)."""
     cfg = plan.config
     env = ServiceEnv(
-        process=process, nodes=cfg.nodes, seed=cfg.seed, rounds=cfg.rounds, transport=transport
+        process=process,
+        nodes=cfg.nodes,
+        seed=cfg.seed,
+        rounds=cfg.rounds,
+        transport=emulated(plan, process, transport),
     )
     return cfg.topology.service(env)
+
+
+def emulated(
+    plan: Plan, process: int, transport: Callable[[Deliver], Transport], clock: Clock | None = None
+) -> Callable[[Deliver], Transport]:
+    """``transport`` through the plan's emulated network (as it is without one), on
+    ``clock`` (default: a clock of its own)."""
+    network = plan.network
+    if network is None:
+        return transport
+    return partial(
+        EmulatedTransport,
+        transport,
+        process=process,
+        model=network,
+        clock=network.clock(process) if clock is None else clock,
+    )
 
 
 def build_node(
@@ -255,9 +301,10 @@ def build_node(
         sharing = Lossless(sharing, cfg.sharing.compression, bound)
     server = node in plan.servers
     algorithm = cfg.algorithm.server(env) if server else cfg.algorithm.build(env)
+    clock = None if plan.network is None else plan.network.clock(node)
     return Node(
         node=node,
-        transport=transport,
+        transport=emulated(plan, node, transport, clock),
         topology=None
         if server or not cfg.algorithm.needs_topology(cfg)
         else cfg.topology.build(env),
@@ -273,4 +320,5 @@ def build_node(
         algorithm=algorithm,
         processes=plan.processes,
         lookahead=cfg.algorithm.lookahead(cfg),
+        clock=clock,
     )

@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -25,6 +25,7 @@ import torch
 from dlactor.algorithms.base import Record
 from dlactor.context import ModelDiverged, RoundContext, SendStalled, TrainStats
 from dlactor.messages import Message, Overlay, Payload, Share
+from dlactor.network.clock import Clock
 from dlactor.node.mailbox import Mailbox
 from dlactor.sharing.base import ChecksPayloads, Sharing
 from dlactor.sharing.lossless import Lossless
@@ -32,6 +33,7 @@ from dlactor.sharing.ops import all_finite, check_finite
 from dlactor.topology.base import Topology, UsesOverlay
 from dlactor.training.base import Trainer
 from dlactor.transport.base import Address, Deliver, SendTimeout, TrafficStats, Transport
+from dlactor.transport.emulated import EmulatedTransport
 from dlactor.transport.link import Link
 from dlactor.wire.errors import RemoteProtocolError
 
@@ -84,6 +86,7 @@ class Node:
         algorithm: Algorithm | None = None,
         processes: int | None = None,
         lookahead: int = 1,
+        clock: Clock | None = None,
     ) -> None:
         from dlactor.algorithms.dpsgd import DPSGD
 
@@ -109,6 +112,10 @@ class Node:
         self._peers: frozenset[int] = frozenset()  # the last round's neighbours
         self._recorded_row: tuple[tuple[int, ...], tuple[float, ...]] | None = None
         self.link = Link(node, self.transport)
+        #: The emulated network's clock and transport (``[network]``), else None.
+        self.clock = clock
+        self._emulated = self.transport if isinstance(self.transport, EmulatedTransport) else None
+        self._t_compute = self._t_wait = 0.0  # this round's, on the clock
         if self._overlay is not None:
             self._overlay.attach(self.link)
 
@@ -177,15 +184,60 @@ class Node:
         start = RoundStart(
             self.transport.stats.snapshot(), self.link.counters(), time.perf_counter()
         )
+        self._t_compute = self._t_wait = 0.0
         return {"node": self.node, "round": r}, start
 
     async def train(self, ctx: RoundContext) -> tuple[TrainStats, float]:
         """The trainer's local steps on ``ctx.model``, then the divergence check
         (ModelDiverged); the stats and the seconds they took."""
-        t_start = time.perf_counter()
+        t_start, cpu = time.perf_counter(), time.process_time()
         stats = await self.trainer.train(ctx)
+        t_train = time.perf_counter() - t_start
+        await self.charge(time.process_time() - cpu, steps=stats.steps)
         self.check_finite_own(ctx.round, self.model.parameters())
-        return stats, time.perf_counter() - t_start
+        return stats, t_train
+
+    async def charge(self, cpu_s: float, *, steps: int = 0, merged: int = 0) -> None:
+        """Compute just done (``cpu_s`` of CPU time, ``steps`` local steps, ``merged`` models
+        merged) moves the emulated network's clock (a no-op without one)."""
+        if self.clock is not None:
+            self._t_compute += await self.clock.compute(cpu_s, steps=steps, merged=merged)
+
+    async def aggregate(
+        self,
+        ctx: RoundContext,
+        received: Mapping[int, Payload],
+        merge: Callable[[], Awaitable[None]] | None = None,
+    ) -> None:
+        """Merge ``received`` (the sharing strategy's ``aggregate``, or ``merge``), its CPU
+        time charged to the clock."""
+        cpu = time.process_time()
+        await (self.sharing.aggregate(ctx, received) if merge is None else merge())
+        await self.charge(time.process_time() - cpu, merged=len(received))
+
+    async def collect(
+        self, r: int, senders: Iterable[int], timeout: float, *, deadline: float | None = None
+    ) -> dict[int, Payload]:
+        """The mailbox's ``wait_round``; on an emulated network, the clock then moves to when
+        the last of them is in (and the wait is this round's ``t_wait``)."""
+        t_start = time.perf_counter()
+        got = await self.mailbox.wait_round(r, senders, timeout, deadline=deadline)
+        if self.clock is not None and self._emulated is not None:
+            if self.clock.virtual:
+                self._t_wait += self.clock.reach(self._emulated.take_shares(r, got))
+            else:
+                self._t_wait += time.perf_counter() - t_start
+        return got
+
+    async def neighbours(self, r: int) -> tuple[frozenset[int], Mapping[int, float]]:
+        """The topology's neighbours and mixing weights for round ``r``; on the virtual
+        clock, not before the topology's messages of that round (a peer sampler's answer)."""
+        topology = self.require_topology()
+        peers = await topology.neighbors(self.node, r)
+        weights = await topology.weights(self.node, r)
+        if self.clock is not None and self._emulated is not None:
+            self._t_wait += self.clock.reach(self._emulated.overlay_arrival(r))
+        return peers, weights
 
     def check_finite_own(
         self, r: int, tensors: Iterable[torch.Tensor], what: str = "model"
@@ -210,6 +262,10 @@ class Node:
             t_round=time.perf_counter() - start.t_start,
             rss_bytes=self._process.memory_info().rss,
         )
+        if self.clock is not None:
+            if self.clock.virtual:
+                record["t_virtual"] = self.clock.t
+            record.update(t_compute=self._t_compute, t_wait=self._t_wait)
         if ctx is not None and self.evaluates(r):
             record.update(await self.evaluate(ctx))
         # After evaluating: a challenge this node wrote meanwhile (to a peer connecting to
@@ -279,9 +335,7 @@ class Node:
         sending, instead of hanging it in ``drain``."""
         deadline = asyncio.get_running_loop().time() + self.round_timeout
         await self.send(peers, share, deadline)
-        return await self.mailbox.wait_round(
-            share.round, peers, self.round_timeout, deadline=deadline
-        )
+        return await self.collect(share.round, peers, self.round_timeout, deadline=deadline)
 
     async def send(self, peers: Iterable[int], share: Share, deadline: float | None = None) -> None:
         """Send ``share`` to ``peers`` by ``deadline`` (loop time; default: a round timeout

@@ -44,6 +44,7 @@ __all__ = [
     "complete",
     "erdos_renyi",
     "max_file_bytes",
+    "open_regular",
     "read_adjacency_list",
     "read_edge_list",
     "read_graph_file",
@@ -250,7 +251,7 @@ def _file_kind(mode: int) -> str:
     return "not a regular file"
 
 
-def _open_regular(name: str) -> BinaryIO:
+def open_regular(name: str) -> BinaryIO:
     """Open ``name`` for reading if it is a regular file. A device is refused without being
     opened; the open does not block (a FIFO swapped in after the check is refused too)."""
     try:
@@ -275,7 +276,7 @@ class _Lines:
 
     def __init__(self, name: str, n: int | None) -> None:
         self.name = name
-        self._handle = _open_regular(name)
+        self._handle = open_regular(name)
         self._number = 0  # physical lines read
         self._read = 0  # bytes read
         self._lines = self._generate()

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+import asyncio
+from collections.abc import Callable, Coroutine, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 from dlactor.messages import Message
 from dlactor.security.identity import LAUNCHER
@@ -20,6 +21,7 @@ __all__ = [
     "Transport",
     "TransportClosed",
     "UnknownPeer",
+    "all_or_first_error",
 ]
 
 Address = tuple[str, int]
@@ -152,3 +154,19 @@ class Transport(Protocol):
     async def stop(self) -> None:
         """Close every connection and stop accepting; later sends raise TransportClosed."""
         ...
+
+
+async def all_or_first_error(coros: list[Coroutine[Any, Any, None]]) -> None:
+    """Run ``coros`` concurrently in a TaskGroup; if any fails, the others are cancelled and
+    the first failure is raised as itself (callers catch PeerUnreachable, not a group)."""
+    try:
+        async with asyncio.TaskGroup() as tg:
+            for coro in coros:
+                tg.create_task(coro)
+    except BaseExceptionGroup as group:
+        raise _first_leaf(group) from None
+
+
+def _first_leaf(group: BaseExceptionGroup) -> BaseException:
+    first = group.exceptions[0]
+    return _first_leaf(first) if isinstance(first, BaseExceptionGroup) else first

@@ -8,6 +8,7 @@ import logging
 
 from dlactor.messages import Overlay
 from dlactor.transport.base import Transport, TransportClosed, UnknownPeer
+from dlactor.transport.emulated import sending_context
 
 __all__ = ["Link"]
 
@@ -48,7 +49,11 @@ class Link:
         self.bytes_sent += sent
 
     def spawn(self, peer: int, msg: Overlay) -> None:
-        task = asyncio.get_running_loop().create_task(self._send_quietly(peer, msg))
+        # On an emulated network the message leaves now, not when the task gets to run.
+        context = sending_context(self.transport)
+        task = asyncio.get_running_loop().create_task(
+            self._send_quietly(peer, msg), context=context
+        )
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 

@@ -38,8 +38,8 @@ import contextlib
 import logging
 import socket
 import time
-from collections.abc import Coroutine, Iterable, Mapping, Sequence
-from typing import Any, Protocol, cast
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Protocol, cast
 
 from dlactor.messages import Challenge, Hello, Message, Proof
 from dlactor.security.credentials import Credentials
@@ -55,6 +55,7 @@ from dlactor.transport.base import (
     TrafficStats,
     TransportClosed,
     UnknownPeer,
+    all_or_first_error,
 )
 from dlactor.wire.codec import decode, encode, encoded_size
 from dlactor.wire.errors import ProtocolError, RemoteProtocolError
@@ -389,7 +390,7 @@ class TcpTransport:
 
         try:
             async with asyncio.timeout(timeout):
-                await _all_or_first_error([send_one(peer) for peer in sorted(unsent)])
+                await all_or_first_error([send_one(peer) for peer in sorted(unsent)])
         except TimeoutError:
             raise SendTimeout(unsent, timeout or 0.0) from None
 
@@ -544,22 +545,6 @@ def _check_open(writer: asyncio.StreamWriter) -> None:
     then refuses to write at all), or we aborted it while sending."""
     if writer.transport.is_closing():
         raise ConnectionResetError("the connection is closed")
-
-
-async def _all_or_first_error(coros: list[Coroutine[Any, Any, None]]) -> None:
-    """Run ``coros`` concurrently in a TaskGroup; if any fails, the others are cancelled and
-    the first failure is raised as itself (callers catch PeerUnreachable, not a group)."""
-    try:
-        async with asyncio.TaskGroup() as tg:
-            for coro in coros:
-                tg.create_task(coro)
-    except BaseExceptionGroup as group:
-        raise _first_leaf(group) from None
-
-
-def _first_leaf(group: BaseExceptionGroup) -> BaseException:
-    first = group.exceptions[0]
-    return _first_leaf(first) if isinstance(first, BaseExceptionGroup) else first
 
 
 async def _close(writer: asyncio.StreamWriter, timeout: float) -> None:

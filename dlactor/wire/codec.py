@@ -149,6 +149,11 @@ _KEYS: dict[str, frozenset[str]] = {
         "stop": ("why",),
     }.items()
 }
+#: Header keys a kind may carry or not: ``c``, a message's times on an emulated network's
+#: clock (``[t_first, t_last]``, seconds), only in a run with a ``[network]`` table.
+_OPTIONAL: dict[str, frozenset[str]] = {"share": frozenset({"c"}), "overlay": frozenset({"c"})}
+#: The latest time on an emulated network's clock a message may carry (about 31.7 years).
+MAX_CLOCK = 1e9
 _KIND_OF: dict[type, str] = {
     Hello: "hello",
     Challenge: "challenge",
@@ -229,7 +234,10 @@ def _share_fields(msg: Share) -> tuple[Header, list[memoryview]]:
     meta = payload.meta
     if type(meta) is not dict and isinstance(meta, Mapping):
         meta = dict(meta)  # msgpack packs dicts only
-    return {"s": msg.sender, "r": msg.round, "t": specs, "m": meta}, views
+    header = {"s": msg.sender, "r": msg.round, "t": specs, "m": meta}
+    if msg.clock is not None:
+        header["c"] = list(msg.clock)
+    return header, views
 
 
 def _tensor_to_wire(name: object, tensor: object) -> tuple[list[Any], memoryview]:
@@ -281,7 +289,10 @@ def _proof_fields(msg: Proof) -> Header:
 
 
 def _overlay_fields(msg: Overlay) -> Header:
-    return {"s": msg.sender, "r": msg.round, "op": msg.op, "n": msg.nodes, "x": msg.values}
+    header = {"s": msg.sender, "r": msg.round, "op": msg.op, "n": msg.nodes, "x": msg.values}
+    if msg.clock is not None:
+        header["c"] = list(msg.clock)
+    return header
 
 
 def _register_fields(msg: Register) -> Header:
@@ -342,6 +353,7 @@ def _check_outgoing(header: Header) -> None:
         kind = _read_kind(header)
         if kind == "share":
             _read_share_header(header)
+            _read_clock(header.get("c"))
         else:
             _READERS[kind](header)
     except RemoteProtocolError as exc:
@@ -409,7 +421,8 @@ def decode(body: Body) -> Message:
     if kind == "share":
         sender, round_, specs, meta = _read_share_header(header)
         tensors = _read_tensors(body, header_end, specs)
-        return Share(sender=sender, round=round_, payload=Payload(tensors=tensors, meta=meta))
+        payload = Payload(tensors=tensors, meta=meta)
+        return Share(sender, round_, payload, _read_clock(header.get("c")))
     if len(body) != header_end:
         _bad(f"{len(body) - header_end} bytes after the header of a {kind} message")
     return _READERS[kind](header)
@@ -477,12 +490,28 @@ def _read_kind(header: Header) -> str:
     if header.keys() == expected:
         return kind
     keys = set(header)
-    if keys - expected:
-        unexpected = sorted(repr(key)[:20] for key in keys - expected)
+    extra = keys - expected - _OPTIONAL.get(kind, frozenset())
+    if extra:
+        unexpected = sorted(repr(key)[:20] for key in extra)
         _bad(f"{kind} header: unexpected keys {', '.join(unexpected[:5])}")
     if expected - keys:
         _bad(f"{kind} header: missing keys {sorted(expected - keys)}")
     return kind
+
+
+def _read_clock(raw: object) -> tuple[float, float] | None:
+    """A message's ``[t_first, t_last]`` on an emulated network's clock: two finite floats,
+    0 <= t_first <= t_last <= MAX_CLOCK (or absent: None)."""
+    if raw is None:
+        return None
+    if (
+        not isinstance(raw, list)
+        or len(raw) != 2
+        or not all(isinstance(t, float) and math.isfinite(t) for t in raw)
+        or not 0.0 <= raw[0] <= raw[1] <= MAX_CLOCK
+    ):
+        _bad(f"clock must be [t_first, t_last], 0 <= t_first <= t_last <= {MAX_CLOCK:g}")
+    return raw[0], raw[1]
 
 
 def _read_share_header(header: Header) -> tuple[int, int, list[_Spec], dict[str, MetaValue]]:
@@ -617,6 +646,7 @@ def _read_overlay(header: Header) -> Overlay:
         op=_text(header["op"], "op", MAX_OP, min_len=1),
         nodes=_uints(header["n"], "nodes"),
         values=_uints(header["x"], "values"),
+        clock=_read_clock(header.get("c")),
     )
 
 

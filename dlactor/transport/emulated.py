@@ -1,0 +1,301 @@
+"""The emulated network, applied in the transport: every message between two processes of a
+run waits for its sender's uplink, its link's latency and its receiver's downlink.
+
+:class:`EmulatedTransport` wraps a process's real transport (TCP, or the in-memory one in
+tests), so it is the same under the local launcher and under Ray, and it needs no root and
+nothing outside the process. The sender stamps each message with the times its first and
+last byte reach the receiver (``Share.clock``, ``Overlay.clock``): the copies of one send
+share its uplink (a share to 63 peers takes 63 times as long as to one), sends queue behind
+each other, and each message then waits its link's latency. The receiver passes the message
+through its downlink, a FIFO queue (two senders into one downlink share it): the message is
+in when the downlink has taken it, and not before its sender's last byte could be there.
+
+Overlay messages (a peer sampler's answers, gossip's proposals: tens of bytes) take their
+latency and their own transmission time but do not queue behind model shares, nor make
+shares queue behind them: their order in the queues would depend on this machine's timing,
+and they are too small to matter.
+
+With the ``virtual`` clock nothing waits: messages are delivered as soon as they are here,
+and the times they carry move the receiver's clock when it takes them (``take_shares``,
+``overlay_arrival``). With ``wall``, delivery is held until the message's time has come.
+docs/network.md has the model and its limits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import dataclasses
+import logging
+from collections import deque
+from collections.abc import Callable, Iterable, Mapping
+
+from dlactor.messages import Message, Overlay, Share
+from dlactor.network.clock import Clock
+from dlactor.network.model import NetworkModel
+from dlactor.transport.base import (
+    Address,
+    Deliver,
+    HandshakeSeen,
+    SendTimeout,
+    TrafficStats,
+    Transport,
+    all_or_first_error,
+)
+from dlactor.wire.codec import encode, encoded_size
+from dlactor.wire.errors import ProtocolError, RemoteProtocolError
+
+__all__ = ["SENT_AT", "EmulatedTransport", "sending_context"]
+
+log = logging.getLogger("dlactor.transport")
+
+#: The time a message sent now leaves at, when it is not the process's clock: while a
+#: message is handled, its arrival (a reply leaves when the request is in); in a task
+#: spawned to send later, the time it was spawned at.
+SENT_AT: contextvars.ContextVar[float | None] = contextvars.ContextVar(
+    "dlactor_sent_at", default=None
+)
+
+#: A placeholder stamp: msgpack writes every float in 9 bytes, so a message's size with it
+#: is its size with its real stamp.
+_PLACEHOLDER = (0.0, 0.0)
+
+
+def sending_context(transport: Transport) -> contextvars.Context | None:
+    """The context for a task that sends what was decided now (``Link.spawn``): its message
+    leaves at this moment's time, not at the clock's time when the task gets to run."""
+    if not isinstance(transport, EmulatedTransport):
+        return None
+    context = contextvars.copy_context()
+    context.run(SENT_AT.set, transport.send_time())
+    return context
+
+
+class EmulatedTransport:
+    """A :class:`~dlactor.transport.base.Transport` over another, through the emulated
+    network of ``model``, on ``clock``."""
+
+    def __init__(
+        self,
+        inner: Callable[[Deliver], Transport],
+        deliver: Deliver,
+        *,
+        process: int,
+        model: NetworkModel,
+        clock: Clock,
+    ) -> None:
+        self.process, self.model, self.clock = process, model, clock
+        self._deliver = deliver
+        self.inner = inner(self._arrive)
+        self.stats: TrafficStats = self.inner.stats  # the inner transport counts
+        self._up_free = 0.0  # when this process's uplink has pushed all it was given
+        self._down_free = 0.0  # when its downlink has taken all shares taken so far
+        self._seq: dict[int, int] = {}  # peer -> messages sent to it (the jitter's draw)
+        # virtual: shares delivered, not yet taken by a round: (sender, round) -> stamp, size
+        self._shares: dict[tuple[int, int], tuple[float, float, int]] = {}
+        self._overlay: dict[int, float] = {}  # virtual: round -> its overlay's last arrival
+        # wall: messages held until their time, per sender (in order), and their timers
+        self._held: dict[int, deque[tuple[float, Message, int]]] = {}
+        self._timers: dict[int, asyncio.TimerHandle] = {}
+
+    # --- the Transport interface, delegated -------------------------------------------
+
+    @property
+    def on_handshake(self) -> HandshakeSeen | None:
+        return self.inner.on_handshake
+
+    @on_handshake.setter
+    def on_handshake(self, value: HandshakeSeen | None) -> None:
+        self.inner.on_handshake = value
+
+    @property
+    def open_connections(self) -> int:
+        return self.inner.open_connections
+
+    @property
+    def connected_peers(self) -> frozenset[int]:
+        peers: frozenset[int] = getattr(self.inner, "connected_peers", frozenset())
+        return peers
+
+    async def start(self) -> Address:
+        return await self.inner.start()
+
+    def set_peers(self, addresses: Mapping[int, Address]) -> None:
+        self.inner.set_peers(addresses)
+
+    def close_peer(self, peer: int) -> None:
+        self.inner.close_peer(peer)
+
+    async def stop(self) -> None:
+        for timer in self._timers.values():
+            timer.cancel()
+        self._timers.clear()
+        self._held.clear()
+        await self.inner.stop()
+
+    # --- sending ------------------------------------------------------------------------
+
+    def send_time(self) -> float:
+        """When a message sent now leaves: ``SENT_AT`` if set, else the clock's now."""
+        t = SENT_AT.get()
+        return self.clock.now() if t is None else t
+
+    def depart(
+        self, peers: list[int], t: float, nbytes: int, *, queued: bool
+    ) -> dict[int, tuple[float, float]]:
+        """The stamps of one message of ``nbytes`` handed over at ``t`` for each of ``peers``:
+        when its first and its last byte reach each peer's downlink.
+
+        The copies share the uplink fairly (as parallel TCP flows do): every first byte
+        leaves at once, every last byte after all ``len(peers)`` copies have been pushed
+        (or later, for a lossy link slower than its share). ``queued`` (a share): the batch
+        starts when the uplink has pushed what it was given before; else (overlay) at once.
+        """
+        start = max(t, self._up_free) if queued else t
+        latencies, durations = {}, {}
+        for peer in peers:
+            seq = self._seq.get(peer, 0)
+            self._seq[peer] = seq + 1
+            latencies[peer], durations[peer] = self.model.transfer(
+                self.process, peer, start, nbytes, seq, share=len(peers)
+            )
+        if queued and durations:
+            self._up_free = start + max(durations.values())
+        return {
+            peer: (start + latencies[peer], start + durations[peer] + latencies[peer])
+            for peer in peers
+        }
+
+    @staticmethod
+    def wire_size(msg: Message) -> int:
+        """Bytes ``msg`` takes on the wire once stamped."""
+        if isinstance(msg, Share | Overlay):
+            msg = dataclasses.replace(msg, clock=_PLACEHOLDER)
+        return encoded_size(encode(msg))
+
+    def _stamped(self, peers: list[int], msg: Message) -> dict[int, Message]:
+        """``msg`` for each of ``peers``, with its own stamp."""
+        if not isinstance(msg, Share | Overlay):
+            return dict.fromkeys(peers, msg)  # nothing else crosses a peer connection
+        queued = isinstance(msg, Share)
+        stamps = self.depart(peers, self.send_time(), self.wire_size(msg), queued=queued)
+        return {peer: dataclasses.replace(msg, clock=stamps[peer]) for peer in peers}
+
+    async def send(self, peer: int, msg: Message) -> int:
+        return await self.inner.send(peer, self._stamped([peer], msg)[peer])
+
+    async def send_all(
+        self, peers: Iterable[int], msg: Message, *, timeout: float | None = None
+    ) -> None:
+        """Into the uplink together (they share it), each with its own stamp."""
+        order = sorted(set(peers))
+        stamped = self._stamped(order, msg)
+        unsent = set(order)
+
+        async def send_one(peer: int) -> None:
+            await self.inner.send(peer, stamped[peer])
+            unsent.discard(peer)
+
+        try:
+            async with asyncio.timeout(timeout):
+                await all_or_first_error([send_one(peer) for peer in order])
+        except TimeoutError:
+            raise SendTimeout(unsent, timeout or 0.0) from None
+
+    # --- receiving ----------------------------------------------------------------------
+
+    def _through_downlink(self, t_first: float, t_last: float, nbytes: int) -> float:
+        """A share's arrival. The downlink takes each message's bytes in turn (FIFO), at its
+        rate, from when its first byte is there; the message is in when the downlink has
+        taken it, and not before its last byte has left the sender and crossed the link.
+        The downlink is never idle while a message waits: one whose sender's uplink is slow
+        (shared with 62 other copies) does not hold up the next."""
+        start = max(t_first, self._down_free)
+        self._down_free = start + nbytes / self.model.downlink(self.process, start)
+        return max(self._down_free, t_last)
+
+    def _overlay_arrival(self, t_first: float, t_last: float, nbytes: int) -> float:
+        return max(t_first + nbytes / self.model.downlink(self.process, t_first), t_last)
+
+    def _arrive(self, msg: Message, nbytes: int) -> None:
+        """The inner transport's delivery: a ProtocolError raised here drops the connection."""
+        if not isinstance(msg, Share | Overlay):
+            self._deliver(msg, nbytes)  # the node refuses it: not for a peer connection
+            return
+        if msg.clock is None:
+            raise RemoteProtocolError(
+                f"process {msg.sender} sent a message without its time on the emulated network"
+            )
+        t_first, t_last = msg.clock
+        if self.clock.virtual:
+            if isinstance(msg, Share):
+                self._handle(msg, nbytes, t_last)
+                self._shares[(msg.sender, msg.round)] = (t_first, t_last, nbytes)
+            else:
+                arrival = self._overlay_arrival(t_first, t_last, nbytes)
+                self._handle(msg, nbytes, arrival)
+                self._overlay[msg.round] = max(self._overlay.get(msg.round, 0.0), arrival)
+            return
+        if isinstance(msg, Share):
+            arrival = self._through_downlink(t_first, t_last, nbytes)
+        else:
+            arrival = self._overlay_arrival(t_first, t_last, nbytes)
+        held = self._held.get(msg.sender)
+        if held is None and arrival <= self.clock.now():
+            self._handle(msg, nbytes, arrival)
+            return
+        if held is None:
+            held = self._held[msg.sender] = deque()
+        held.append((arrival, msg, nbytes))
+        if msg.sender not in self._timers:
+            self._wake_at(msg.sender, arrival)
+
+    def _handle(self, msg: Message, nbytes: int, arrival: float) -> None:
+        """Deliver, with replies sent meanwhile leaving at the message's arrival."""
+        token = SENT_AT.set(arrival)
+        try:
+            self._deliver(msg, nbytes)
+        finally:
+            SENT_AT.reset(token)
+
+    def _wake_at(self, sender: int, t: float) -> None:
+        delay = max(0.0, t - self.clock.now())
+        self._timers[sender] = asyncio.get_running_loop().call_later(delay, self._release, sender)
+
+    def _release(self, sender: int) -> None:
+        """Wall clock: deliver ``sender``'s held messages whose time has come, in order."""
+        del self._timers[sender]
+        held = self._held[sender]
+        now = self.clock.now()
+        while held and held[0][0] <= now + 1e-4:
+            arrival, msg, nbytes = held.popleft()
+            try:
+                self._handle(msg, nbytes, arrival)
+            except ProtocolError as exc:  # its connection may have moved on: drop the message
+                log.warning("node %d: dropped a message from %d: %s", self.process, sender, exc)
+                self.inner.stats.dropped_connections += 1
+        if held:
+            self._wake_at(sender, held[0][0])
+        else:
+            del self._held[sender]
+
+    # --- the virtual clock's side -------------------------------------------------------
+
+    def take_shares(self, r: int, senders: Iterable[int]) -> float:
+        """A round has taken its shares of round ``r`` from ``senders``: they go through this
+        process's downlink in the order they reach it (ties by sender); the virtual time the
+        last is in (0 without the virtual clock, or if there were none)."""
+        stamps = [(*self._shares.pop((s, r)), s) for s in senders if (s, r) in self._shares]
+        end = 0.0
+        for t_first, t_last, nbytes, _ in sorted(stamps):
+            end = max(end, self._through_downlink(t_first, t_last, nbytes))
+        for key in [k for k in self._shares if k[1] < r]:
+            del self._shares[key]  # shares a round did not take (refused, or late)
+        return end
+
+    def overlay_arrival(self, r: int) -> float:
+        """The latest virtual arrival of an overlay message of round ``r`` so far (0: none)."""
+        last = self._overlay.get(r, 0.0)
+        for old in [k for k in self._overlay if k <= r]:
+            del self._overlay[old]
+        return last
