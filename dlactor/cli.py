@@ -170,6 +170,7 @@ def summary_rows(summary: dict[str, Any]) -> list[tuple[str, str]]:
         ("nodes", str(summary["nodes"])),
         ("rounds completed", str(summary["rounds"])),
         ("wall time (s, from the start barrier)", _fmt(summary["wall_s"], ".2f")),
+        *_virtual_rows(summary),
         ("median round (ms)", _fmt(None if med is None else med * 1000, ".1f")),
         ("bytes sent per node per round", _fmt(per_round, ",.0f")),
         *_metric_rows(final),
@@ -305,3 +306,14 @@ def main() -> None:
         app()
     except KeyboardInterrupt:
         sys.exit(EXIT_INTERRUPTED)
+
+
+def _virtual_rows(summary: dict[str, Any]) -> list[tuple[str, str]]:
+    """The emulated network's virtual duration and times to the accuracy targets reached."""
+    if summary.get("virtual_s") is None:
+        return []
+    rows = [("virtual time (s, emulated network)", _fmt(summary["virtual_s"], ".2f"))]
+    for target, hit in summary.get("time_to_accuracy", {}).items():
+        if hit is not None and hit.get("t_virtual_s") is not None:
+            rows.append((f"virtual s to mean accuracy {target}", _fmt(hit["t_virtual_s"], ".2f")))
+    return rows

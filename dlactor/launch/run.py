@@ -267,7 +267,12 @@ def _summary(
     summary = steps.attempt(
         "summarize the node records",
         lambda: summarize(
-            run_dir, nodes=nodes, status=outcome.status, wall_s=wall, by_node=records
+            run_dir,
+            nodes=nodes,
+            status=outcome.status,
+            wall_s=wall,
+            by_node=records,
+            targets=plan.config.evaluation.targets,
         ),
     ) or {"nodes": nodes, "rounds": 0, "wall_s": wall, "final": {}}
     topology = run_dir / "topology_rounds.jsonl"
@@ -279,6 +284,9 @@ def _summary(
         model_params=plan.model_params,
         model_bytes=plan.model_bytes,
     )
+    if plan.config.network is not None:  # what the run's time axis means
+        summary["network"] = plan.config.network.model_dump(mode="json", exclude_defaults=True)
+        summary["network"]["clock"] = plan.config.network.clock
     return summary
 
 

@@ -127,13 +127,23 @@ def _byte_unit(lines: Sequence[Line]) -> tuple[str, float]:
     return next(((name, size) for name, size in _UNITS if most >= size), ("bytes", 1.0))
 
 
+def _virtual(lines: Sequence[Line]) -> bool:
+    """Every run had the emulated network's virtual clock: time is its, not this machine's."""
+    return bool(lines) and all(
+        li.curves.get("t_virtual") and all(math.isfinite(t) for t in li.curves["t_virtual"])
+        for li in lines
+    )
+
+
 def _metric_row(axes: Sequence[Axes], metric: str, lines: Sequence[Line]) -> None:
     unit, size = _byte_unit(lines)
+    clock = "t_virtual" if _virtual(lines) else "t_wall"
     for line in lines:
         sent = [b / size for b in line.curves["bytes_sent"]]
-        for ax, x in zip(axes, (_rounds(line), line.curves["t_wall"], sent), strict=True):
+        for ax, x in zip(axes, (_rounds(line), line.curves[clock], sent), strict=True):
             _plot(ax, line, x, band=_band_alpha(lines))
-    xlabels = (_ROUND, "wall-clock time (s)", f"data sent per node ({unit}, cumulative)")
+    time_label = "virtual time (s)" if clock == "t_virtual" else "wall-clock time (s)"
+    xlabels = (_ROUND, time_label, f"data sent per node ({unit}, cumulative)")
     titles = ("(a) per round", "(b) per second", "(c) per byte sent")
     for ax, xlabel, title in zip(axes, xlabels, titles, strict=True):
         ax.set_xlabel(xlabel)
@@ -144,8 +154,9 @@ def _metric_row(axes: Sequence[Axes], metric: str, lines: Sequence[Line]) -> Non
 
 
 def metric_figure(rows: Mapping[str, Sequence[Line]], path: Path) -> Path:
-    """The paper's Figure 3: the metric's mean and min-max band against rounds, wall-clock
-    seconds and cumulative bytes sent per node; one row of three panels per metric."""
+    """The paper's Figure 3: the metric's mean and min-max band against rounds, seconds (of
+    the emulated network's virtual clock when every run had one, else wall-clock) and
+    cumulative bytes sent per node; one row of three panels per metric."""
     entries = _entries([li for lines in rows.values() for li in lines], band=True)
     fig = _new_figure(12.5, 3.4 * len(rows), entries, max_cols=4)
     grid = fig.subplots(len(rows), 3, sharey="row", squeeze=False)

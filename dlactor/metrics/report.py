@@ -45,6 +45,7 @@ COLUMNS: list[tuple[str, str, str]] = [
     ("final_min", "final min", ".4f"),
     ("final_max", "final max", ".4f"),
     ("wall_s", "wall (s)", ".2f"),
+    ("virtual_s", "virtual (s)", ".2f"),
     ("round_ms_median", "median round (ms)", ".1f"),
     ("bytes_per_node", "sent per node (MiB)", "mib"),
 ]
@@ -136,7 +137,7 @@ def eval_curves(run: RunData, metric: str = "test_acc") -> dict[str, list[float]
     metric across those nodes, their mean ``t_wall``, and their mean cumulative ``bytes_sent``
     (up to and including that round). ``nodes`` counts the nodes behind each point. A round
     where some node's value is not finite (a diverged loss) has NaN there: a gap."""
-    points: dict[int, list[tuple[float, float, float]]] = defaultdict(list)
+    points: dict[int, list[tuple[float, float, float, float]]] = defaultdict(list)
     sent_by_round = _mean_bytes_sent_by_round(run) if run.servers else {}
     for records in run.evaluated.values():
         sent = 0.0
@@ -145,18 +146,21 @@ def eval_curves(run: RunData, metric: str = "test_acc") -> dict[str, list[float]
             if rec.get(metric) is not None:
                 # a server's point: what each node had sent by then, on average
                 so_far = sent_by_round.get(rec["round"], sent) if run.servers else sent
-                points[rec["round"]].append((rec[metric], rec.get("t_wall", 0.0), so_far))
+                virtual = rec.get("t_virtual", math.nan)
+                points[rec["round"]].append((rec[metric], rec.get("t_wall", 0.0), virtual, so_far))
     curves: dict[str, list[float]] = {
-        k: [] for k in ("round", "mean", "min", "max", "t_wall", "bytes_sent", "nodes")
+        k: [] for k in ("round", "mean", "min", "max", "t_wall", "t_virtual", "bytes_sent", "nodes")
     }
     for rnd in sorted(points):
-        values, walls, sent_so_far = zip(*points[rnd], strict=True)
+        values, walls, virtuals, sent_so_far = zip(*points[rnd], strict=True)
         mean, low, high = spread(values) or (math.nan,) * 3
         curves["round"].append(rnd)
         curves["mean"].append(_gap(mean))
         curves["min"].append(_gap(low))
         curves["max"].append(_gap(high))
         curves["t_wall"].append(statistics.fmean(walls))
+        # the emulated network's virtual time by which every node had finished the round
+        curves["t_virtual"].append(max(virtuals))
         curves["bytes_sent"].append(statistics.fmean(sent_so_far))
         curves["nodes"].append(len(values))
     return curves
@@ -207,6 +211,7 @@ def _summary_row(run: RunData, label: str) -> dict[str, Any]:
         "final_min": final[1],
         "final_max": final[2],
         "wall_s": run.summary.get("wall_s", max(walls, default=None)),
+        "virtual_s": run.summary.get("virtual_s"),
         "round_ms_median": _median_round_ms(run),
         "bytes_per_node": statistics.fmean(sent) if sent else None,
     }
@@ -226,12 +231,19 @@ def _cell(value: Any, spec: str) -> str:
     return format(value, spec)
 
 
+def columns(rows: list[dict[str, Any]]) -> list[tuple[str, str, str]]:
+    """The table's columns: the virtual time only if some run had a virtual clock."""
+    virtual = any(row.get("virtual_s") is not None for row in rows)
+    return [c for c in COLUMNS if virtual or c[0] != "virtual_s"]
+
+
 def _markdown(rows: list[dict[str, Any]]) -> str:
-    header = "| " + " | ".join(title for _, title, _ in COLUMNS) + " |"
-    rule = "|" + "|".join("---" if not spec else "---:" for _, _, spec in COLUMNS) + "|"
+    cols = columns(rows)
+    header = "| " + " | ".join(title for _, title, _ in cols) + " |"
+    rule = "|" + "|".join("---" if not spec else "---:" for _, _, spec in cols) + "|"
     lines = [header, rule]
     for row in rows:
-        cells = [_cell(row.get(key), spec).replace("|", "\\|") for key, _, spec in COLUMNS]
+        cells = [_cell(row.get(key), spec).replace("|", "\\|") for key, _, spec in cols]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -242,10 +254,11 @@ def write_table(rows: list[dict[str, Any]], out_dir: Path) -> tuple[Path, Path]:
     md, csv_path = out_dir / "summary.md", out_dir / "summary.csv"
     md.write_text(_markdown(rows), encoding="utf-8")
     with csv_path.open("w", newline="", encoding="utf-8") as f:
-        writer = csv.DictWriter(f, fieldnames=[key for key, _, _ in COLUMNS])
+        cols = columns(rows)
+        writer = csv.DictWriter(f, fieldnames=[key for key, _, _ in cols])
         writer.writeheader()
         for row in rows:
-            writer.writerow({key: "" if row.get(key) is None else row[key] for key, *_ in COLUMNS})
+            writer.writerow({key: "" if row.get(key) is None else row[key] for key, *_ in cols})
     return md, csv_path
 
 

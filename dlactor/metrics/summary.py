@@ -96,6 +96,55 @@ def _overlay(records: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
+def mean_curve(
+    by_process: dict[int, list[dict[str, Any]]], metric: str = "test_acc"
+) -> list[tuple[int, float, float, float | None]]:
+    """Per evaluated round (every process's value in): the round, the mean of ``metric``,
+    and when it was known: the latest ``t_wall`` and ``t_virtual`` (None without a virtual
+    clock) of the processes behind the mean."""
+    points: dict[int, list[dict[str, Any]]] = {}
+    for records in by_process.values():
+        for rec in records:
+            if rec.get(metric) is not None:
+                points.setdefault(rec["round"], []).append(rec)
+    out = []
+    count = len(by_process)
+    for rnd in sorted(points):
+        recs = points[rnd]
+        if len(recs) < count:
+            continue  # a process missed it (a failed run's last round): no mean to trust
+        virtual = [r["t_virtual"] for r in recs if "t_virtual" in r]
+        out.append(
+            (
+                rnd,
+                statistics.fmean(r[metric] for r in recs),
+                max(r["t_wall"] for r in recs),
+                max(virtual) if len(virtual) == len(recs) else None,
+            )
+        )
+    return out
+
+
+def time_to_accuracy(
+    by_process: dict[int, list[dict[str, Any]]], targets: Iterable[float]
+) -> dict[str, dict[str, Any] | None]:
+    """For each target, the first evaluated round whose mean test accuracy reached it, and
+    the wall and virtual seconds by which every process had finished it (None: never)."""
+    curve = mean_curve(by_process)
+    out: dict[str, dict[str, Any] | None] = {}
+    for target in targets:
+        hit = next((p for p in curve if p[1] >= target), None)
+        out[f"{target:g}"] = (
+            None if hit is None else {"round": hit[0], "t_wall_s": hit[2], "t_virtual_s": hit[3]}
+        )
+    return out
+
+
+def _virtual_s(records: Iterable[dict[str, Any]]) -> float | None:
+    times = [r["t_virtual"] for r in records if "t_virtual" in r]
+    return max(times) if times else None
+
+
 def summarize(
     run_dir: Path,
     *,
@@ -103,8 +152,10 @@ def summarize(
     status: str,
     wall_s: float,
     by_node: dict[int, list[dict[str, Any]]] | None = None,
+    targets: Iterable[float] = (),
 ) -> dict[str, Any]:
-    """Run-level figures; ``by_node`` are the nodes' records if already read."""
+    """Run-level figures; ``by_node`` are the nodes' records if already read; ``targets``
+    the mean accuracies whose time to reach is given."""
     if by_node is None:
         by_node = load_node_records(run_dir)
     servers = load_server_records(run_dir)
@@ -117,6 +168,10 @@ def summarize(
         "rounds": completed,
         "status": status,
         "wall_s": wall_s,
+        # the emulated network's virtual clock at the end (absent without one)
+        **_present(
+            "virtual_s", _virtual_s([*records, *(r for rs in servers.values() for r in rs)])
+        ),
         "round_s_median": statistics.median(durations) if durations else None,
         # rounds a node trained in (a FedAvg client idles in the rounds it is not sampled)
         "t_train_median": statistics.median(trained) if trained else None,
@@ -129,8 +184,13 @@ def summarize(
         "rss_bytes_max_node": max((r["rss_bytes"] for r in records), default=None),
         # the model that counts is the server's, where there is one (FedAvg, parameter server)
         "final": {**_final(servers or by_node), "consensus_distance": _last_consensus(run_dir)},
+        "time_to_accuracy": time_to_accuracy(servers or by_node, targets),
         **_servers(servers),
     }
+
+
+def _present(key: str, value: Any) -> dict[str, Any]:
+    return {} if value is None else {key: value}
 
 
 def _servers(servers: dict[int, list[dict[str, Any]]]) -> dict[str, Any]:
