@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import copy
+import time
 from collections.abc import Callable, Mapping, Sequence
 from functools import partial
 from typing import Any
@@ -174,8 +175,9 @@ async def run_nodes(
 ) -> None:
     """Connect started nodes (``addresses``: the TCP address book; the memory network needs
     none), run all their rounds concurrently, and stop every one of them however it ends."""
+    t0 = time.time()  # the start barrier's, for every process
     for node in nodes:
-        node.connect(addresses or {})
+        node.connect(addresses or {}, t0)
     try:
         async with asyncio.TaskGroup() as tg:
             for node in nodes:

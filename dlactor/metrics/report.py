@@ -160,7 +160,9 @@ def eval_curves(run: RunData, metric: str = "test_acc") -> dict[str, list[float]
         curves["max"].append(_gap(high))
         curves["t_wall"].append(statistics.fmean(walls))
         # the emulated network's virtual time by which every node had finished the round
-        curves["t_virtual"].append(max(virtuals))
+        curves["t_virtual"].append(
+            math.nan if any(math.isnan(t) for t in virtuals) else max(virtuals)
+        )
         curves["bytes_sent"].append(statistics.fmean(sent_so_far))
         curves["nodes"].append(len(values))
     return curves

@@ -5,8 +5,9 @@ divided by its speed factor, or a device profile's fixed time per local step) an
 takes in messages it waited for (it jumps to the last one's arrival): the same run gives the
 same timeline on any machine, loaded or not, as far as the compute times allow.
 
-``wall``: the clock is wall time since ``epoch`` (the run's plan was made: the same instant
-for every process); a slow device really takes longer (the process sleeps for the difference).
+``wall``: the clock is wall time since ``epoch``: the start barrier, the same instant for
+every process, as for the records' ``t_wall`` (until the barrier, the instant the plan was
+made); a slow device really takes longer (the process sleeps for the difference).
 """
 
 from __future__ import annotations

@@ -116,7 +116,7 @@ def _target(path: str, line: int, cell: str, nodes: int) -> str | int | tuple[in
     if cell == "*":
         return "*"
     ends = cell.split("-")
-    if len(ends) > 2 or not all(e.strip().isdigit() for e in ends):
+    if len(ends) > 2 or not all(e.strip().isascii() and e.strip().isdigit() for e in ends):
         raise NetworkFileError(
             path, line, "target: expected *, a node id, or a link i-j between two node ids"
         )

@@ -71,14 +71,16 @@ class NetworkModel:
         files: dict[str, object] | None = None,
     ) -> None:
         files = files or {}
-        #: When the model was made (by the launcher, before any process): the wall clock's 0.
+        #: When the model was made (by the launcher, before any process): the wall clock's 0
+        #: until the start barrier, which every process takes as its 0 from then on.
         self.epoch = time.time()
         self.settings = settings
         self.nodes, self.processes, self.seed = nodes, processes, seed
         self.virtual = settings.clock == "virtual"
         self.jitter_s = settings.jitter_ms / 1000.0
         self.loss, self.mss = settings.loss, settings.mss_bytes
-        self.step_s = None if settings.step_ms is None else settings.step_ms / 1000.0
+        profile = settings.compute == "profile" and settings.step_ms is not None
+        self.step_s = settings.step_ms / 1000.0 if profile and settings.step_ms else None
         self.merge_s = settings.merge_ms / 1000.0
         self.classes = self._assign_classes()
         up, down = _rate(settings.uplink_mbps), _rate(settings.downlink_mbps)
@@ -118,7 +120,7 @@ class NetworkModel:
             if cls.fraction is None:
                 continue
             free = np.array([n for n in range(self.nodes) if n not in out], dtype=np.int64)
-            count = min(len(free), round(cls.fraction * self.nodes))
+            count = min(len(free), max(1, round(cls.fraction * self.nodes)))
             for node in rng.choice(free, size=count, replace=False):
                 out[int(node)] = k
         return out

@@ -107,6 +107,10 @@ class NetworkSettings(Settings):
     def _consistent(self) -> NetworkSettings:
         if self.compute == "profile" and self.step_ms is None:
             raise ValueError('compute = "profile" needs step_ms (virtual time per local step)')
+        if self.compute != "profile" and (self.step_ms is not None or self.merge_ms):
+            raise ValueError(
+                'step_ms and merge_ms are a device profile\'s: set compute = "profile"'
+            )
         if self.compute == "profile" and self.clock == "wall":
             raise ValueError('compute = "profile" needs clock = "virtual"')
         if self.speeds is not None and self.speed_sigma > 0:
@@ -128,6 +132,8 @@ class NetworkSettings(Settings):
         self.load(config.nodes)
         taken: set[int] = set()
         for i, cls in enumerate(self.classes):
+            if len(set(cls.nodes or [])) != len(cls.nodes or []):
+                raise FieldError(f"classes.{i}.nodes", "a node is listed twice")
             for node in cls.nodes or []:
                 if not 0 <= node < config.nodes:
                     raise FieldError(

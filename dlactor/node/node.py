@@ -164,6 +164,8 @@ class Node:
         self.transport.set_peers(addresses)
         self.link.ready.set()
         self.t0 = time.time() if t0 is None else t0
+        if self._emulated is not None:
+            self._emulated.begin(self.t0)
 
     async def run(self) -> None:
         for r in range(self.rounds):

@@ -19,6 +19,7 @@ degrees in the answer (for a d-regular graph, ``1 / (d + 1)`` everywhere).
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
 
@@ -27,6 +28,7 @@ from dlactor.topology.base import OverlayLink
 from dlactor.topology.dynamic import random_regular_at
 from dlactor.topology.mixing import metropolis_hastings_row
 from dlactor.transport.base import Address, Deliver, Transport
+from dlactor.transport.emulated import EmulatedTransport
 from dlactor.transport.link import Link
 from dlactor.wire.errors import RemoteProtocolError
 
@@ -112,6 +114,8 @@ class PeerSampler:
     def connect(self, addresses: Mapping[int, Address], t0: float | None = None) -> None:
         self.transport.set_peers(addresses)
         self.link.ready.set()
+        if isinstance(self.transport, EmulatedTransport):
+            self.transport.begin(time.time() if t0 is None else t0)
 
     async def run(self) -> None:
         """Serve until every node has asked for the last round and been answered."""

@@ -56,6 +56,14 @@ SENT_AT: contextvars.ContextVar[float | None] = contextvars.ContextVar(
     "dlactor_sent_at", default=None
 )
 
+#: A held queue: (sender, whether it holds overlay messages).
+_Queue = tuple[int, bool]
+#: Most stamps kept for shares not yet taken, per process of the run: an honest peer has
+#: at most two rounds' shares buffered (the mailbox's own bound).
+_STAMPS_PER_PEER = 4
+#: Most rounds whose overlay arrivals are kept (a process that never asks, the peer
+#: sampler, keeps the latest).
+_OVERLAY_ROUNDS = 64
 #: A placeholder stamp: msgpack writes every float in 9 bytes, so a message's size with it
 #: is its size with its real stamp.
 _PLACEHOLDER = (0.0, 0.0)
@@ -94,9 +102,10 @@ class EmulatedTransport:
         # virtual: shares delivered, not yet taken by a round: (sender, round) -> stamp, size
         self._shares: dict[tuple[int, int], tuple[float, float, int]] = {}
         self._overlay: dict[int, float] = {}  # virtual: round -> its overlay's last arrival
-        # wall: messages held until their time, per sender (in order), and their timers
-        self._held: dict[int, deque[tuple[float, Message, int]]] = {}
-        self._timers: dict[int, asyncio.TimerHandle] = {}
+        # wall: messages held until their time, per sender and kind (shares, overlay
+        # messages: the latter do not wait behind the former), in order, and their timers
+        self._held: dict[_Queue, deque[tuple[float, Message, int]]] = {}
+        self._timers: dict[_Queue, asyncio.TimerHandle] = {}
 
     # --- the Transport interface, delegated -------------------------------------------
 
@@ -136,9 +145,16 @@ class EmulatedTransport:
     # --- sending ------------------------------------------------------------------------
 
     def send_time(self) -> float:
-        """When a message sent now leaves: ``SENT_AT`` if set, else the clock's now."""
+        """When a message sent now leaves: ``SENT_AT`` if set, else the clock's now (never
+        before 0: a wall clock stepped back, or a machine's skew under Ray)."""
         t = SENT_AT.get()
-        return self.clock.now() if t is None else t
+        return max(0.0, self.clock.now() if t is None else t)
+
+    def begin(self, t0: float) -> None:
+        """The run starts at wall time ``t0`` (the start barrier): the wall clock's 0, as
+        for the records' ``t_wall``."""
+        if not self.clock.virtual:
+            self.clock.epoch = t0
 
     def depart(
         self, peers: list[int], t: float, nbytes: int, *, queued: bool
@@ -230,25 +246,36 @@ class EmulatedTransport:
         if self.clock.virtual:
             if isinstance(msg, Share):
                 self._handle(msg, nbytes, t_last)
-                self._shares[(msg.sender, msg.round)] = (t_first, t_last, nbytes)
+                self._keep_stamp((msg.sender, msg.round), (t_first, t_last, nbytes))
             else:
                 arrival = self._overlay_arrival(t_first, t_last, nbytes)
                 self._handle(msg, nbytes, arrival)
                 self._overlay[msg.round] = max(self._overlay.get(msg.round, 0.0), arrival)
+                if len(self._overlay) > _OVERLAY_ROUNDS:
+                    del self._overlay[min(self._overlay)]
             return
         if isinstance(msg, Share):
             arrival = self._through_downlink(t_first, t_last, nbytes)
         else:
             arrival = self._overlay_arrival(t_first, t_last, nbytes)
-        held = self._held.get(msg.sender)
+        queue = (msg.sender, isinstance(msg, Overlay))
+        held = self._held.get(queue)
         if held is None and arrival <= self.clock.now():
             self._handle(msg, nbytes, arrival)
             return
         if held is None:
-            held = self._held[msg.sender] = deque()
+            held = self._held[queue] = deque()
         held.append((arrival, msg, nbytes))
-        if msg.sender not in self._timers:
-            self._wake_at(msg.sender, arrival)
+        if queue not in self._timers:
+            self._wake_at(queue, arrival)
+
+    def _keep_stamp(self, key: tuple[int, int], stamp: tuple[float, float, int]) -> None:
+        """Keep a delivered share's stamp until its round takes it. The mailbox drops some
+        shares without a word (a round past the run's last): their stamps are pruned with
+        the rounds below the one taken, and beyond a bound the latest rounds' go first."""
+        self._shares[key] = stamp
+        if len(self._shares) > _STAMPS_PER_PEER * self.model.processes:
+            del self._shares[max(self._shares, key=lambda k: (k[1], k[0]))]
 
     def _handle(self, msg: Message, nbytes: int, arrival: float) -> None:
         """Deliver, with replies sent meanwhile leaving at the message's arrival."""
@@ -258,26 +285,40 @@ class EmulatedTransport:
         finally:
             SENT_AT.reset(token)
 
-    def _wake_at(self, sender: int, t: float) -> None:
+    def _wake_at(self, queue: _Queue, t: float) -> None:
         delay = max(0.0, t - self.clock.now())
-        self._timers[sender] = asyncio.get_running_loop().call_later(delay, self._release, sender)
+        self._timers[queue] = asyncio.get_running_loop().call_later(delay, self._release, queue)
 
-    def _release(self, sender: int) -> None:
-        """Wall clock: deliver ``sender``'s held messages whose time has come, in order."""
-        del self._timers[sender]
-        held = self._held[sender]
+    def _release(self, queue: _Queue) -> None:
+        """Wall clock: deliver a queue's held messages whose time has come, in order.
+
+        A held message that breaks the protocol cannot drop its connection any more (it
+        arrived long ago, and others may have followed on it): it is dropped with the rest
+        of that sender's held messages of its kind, logged and counted."""
+        del self._timers[queue]
+        held = self._held[queue]
         now = self.clock.now()
-        while held and held[0][0] <= now + 1e-4:
-            arrival, msg, nbytes = held.popleft()
-            try:
+        try:
+            while held and held[0][0] <= now + 1e-4:
+                arrival, msg, nbytes = held.popleft()
                 self._handle(msg, nbytes, arrival)
-            except ProtocolError as exc:  # its connection may have moved on: drop the message
-                log.warning("node %d: dropped a message from %d: %s", self.process, sender, exc)
-                self.inner.stats.dropped_connections += 1
-        if held:
-            self._wake_at(sender, held[0][0])
-        else:
-            del self._held[sender]
+        except Exception as exc:  # a peer's bad message must not kill this node's loop
+            if not isinstance(exc, ProtocolError):
+                log.exception("node %d: delivering a held message failed", self.process)
+            log.warning(
+                "node %d: dropped %d held message(s) from process %d: %s",
+                self.process,
+                len(held) + 1,
+                queue[0],
+                exc,
+            )
+            self.inner.stats.dropped_connections += 1
+            held.clear()
+        finally:
+            if held:
+                self._wake_at(queue, held[0][0])
+            else:
+                del self._held[queue]
 
     # --- the virtual clock's side -------------------------------------------------------
 
