@@ -7,6 +7,7 @@ in temp directories of their own: nothing here depends on, or leaves, ~/.ray or 
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import secrets
@@ -28,6 +29,8 @@ from typer.testing import CliRunner
 
 from dlactor.cli import app
 from dlactor.config import RayLauncher, load_config
+from dlactor.launch.plan import make_plan
+from dlactor.testing import run_in_memory
 from tests.conftest import small_plan
 from tests.launch.test_end_to_end import EXAMPLE, FAULTY, records
 
@@ -395,34 +398,19 @@ def ray_cluster(ray_env: dict[str, str]) -> Iterator[tuple[str, psutil.Process]]
             p.kill()
 
 
-def test_a_run_on_a_running_cluster_given_by_address_completes_and_leaves_no_worker(
+def test_a_fedavg_run_on_a_running_cluster_given_by_address_completes_and_leaves_no_worker(
     tmp_path: Path, ray_env: dict[str, str], ray_cluster: tuple[str, psutil.Process]
 ) -> None:
+    """FedAvg's server is an actor like its clients; on an emulated network with a device
+    profile, every process's virtual timeline is the one the same config gives in one
+    process on the in-memory transport; the nodes listen where node_port_base says."""
     address, head = ray_cluster
     base = 20000 + secrets.randbelow(20000)
-    overrides = [*SMALL_RUN, f"launcher.address={address}", f"launcher.node_port_base={base}"]
-    launch = Launch(tmp_path, ray_env, overrides)
-
-    code, _out, err = launch.finish(root=head.pid)
-
-    assert code == 0, err
-    assert_complete_results(launch.run_dir(), nodes=4, rounds=3)
-    assert len(launch.workers) == 4
-    # Where the nodes listened, as they registered it (sampling the workers' listening
-    # sockets of a 3-round run missed some of them now and then).
-    manifest = json.loads((launch.run_dir() / "manifest.json").read_text())
-    ports = {int(a.rsplit(":", 1)[1]) for a in manifest["addresses"].values()}
-    assert ports == {base, base + 1, base + 2, base + 3}
-    assert_gone(launch.workers)
-    assert node_workers(head.pid) == set()
-
-
-def test_a_fedavg_run_on_a_ray_cluster_runs_its_server_as_an_actor_too(
-    tmp_path: Path, ray_env: dict[str, str], ray_cluster: tuple[str, psutil.Process]
-) -> None:
-    address, head = ray_cluster
-    overrides = ["launcher.kind=ray", f"launcher.address={address}", "nodes=4", "rounds=3",
-                 "evaluation.every=1", "algorithm.fraction=0.5"]  # fmt: skip
+    run = ["nodes=4", "rounds=3", "evaluation.every=1", "algorithm.fraction=0.5",
+           "network.uplink_mbps=20", "network.latency_ms=25", "network.jitter_ms=5",
+           'network.compute="profile"', "network.step_ms=3"]  # fmt: skip
+    overrides = ["launcher.kind=ray", f"launcher.address={address}",
+                 f"launcher.node_port_base={base}", *run]  # fmt: skip
     launch = Launch(tmp_path, ray_env, overrides, config=QUICKSTART.parent / "fedavg.toml")
 
     code, _out, err = launch.finish(root=head.pid)
@@ -438,7 +426,18 @@ def test_a_fedavg_run_on_a_ray_cluster_runs_its_server_as_an_actor_too(
         assert [r["sampled"] for r in recs] == [node in r["clients"] for r in server]
     summary = json.loads((rd / "summary.json").read_text())
     assert summary["status"] == "ok" and summary["final"]["test_acc_mean"] == server[-1]["test_acc"]
+    # Where the processes listened, as they registered it.
+    manifest = json.loads((rd / "manifest.json").read_text())
+    ports = {int(a.rsplit(":", 1)[1]) for a in manifest["addresses"].values()}
+    assert ports == set(range(base, base + 5))
     assert_gone(launch.workers)
+    assert node_workers(head.pid) == set()
+    plan = make_plan(load_config(QUICKSTART.parent / "fedavg.toml", run))
+    in_memory = asyncio.run(run_in_memory(plan))
+    for process, expected in in_memory.items():
+        name = f"server-{process}" if process == 4 else str(process)
+        got = records(rd / "nodes" / f"{name}.jsonl")
+        assert [r["t_virtual"] for r in got] == [r["t_virtual"] for r in expected]
 
 
 def test_a_node_that_raises_on_a_ray_cluster_fails_the_run_once_and_stops_every_worker(
