@@ -9,6 +9,8 @@
 7. start-up, command to start barrier, from the same runs (bench_startup.py)
 8. security: the handshake per connection, TLS against plain TCP, the quickstart's round
    time against the revision before per-node identity (bench_security.py)
+9. network: how precisely the emulated network's wall clock holds messages over real TCP,
+   and what its virtual clock costs a run (bench_network.py)
 
 Every figure in the file is measured by this script, except the targets and the quoted
 decentralizepy reference figures, which say so where they appear.
@@ -29,6 +31,7 @@ import torch
 from bench_codec import codec_section, run_codec
 from bench_e2e import NODE_COUNTS, e2e_section, eval_section, run_e2e
 from bench_memory import memory_section
+from bench_network import network_section, run_network
 from bench_overhead import FLOOR_NODES, overhead_section, run_floors
 from bench_security import run_security, security_section
 from bench_startup import startup_section
@@ -63,7 +66,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-PARTS = ("codec", "transport", "e2e", "security")
+PARTS = ("codec", "transport", "e2e", "security", "network")
 
 
 def _node_counts(text: str) -> tuple[int, ...]:
@@ -125,6 +128,9 @@ def run_all(progress: Progress, args: argparse.Namespace) -> tuple[list[Section]
     if "security" in args.parts:
         progress("security benchmark")
         sections.append(security_section(run_security(progress, quick=args.quick)))
+    if "network" in args.parts:
+        progress("network benchmark")
+        sections.append(network_section(run_network(progress, quick=args.quick)))
     return sections, verdicts
 
 
