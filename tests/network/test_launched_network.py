@@ -8,7 +8,6 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -40,27 +39,22 @@ def finished(proc: subprocess.Popen[str], out: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Path]]:
-    """The same run with a device profile and with measured CPU time: on the idle machine
-    with both cores, then on one core shared by both runs and a process burning it."""
+def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """The same run with a device profile and with measured CPU time: each alone on the
+    idle machine with both cores, then both at once on one core, each loading the other."""
     root = tmp_path_factory.mktemp("network-runs")
     variants = {"profile": PROFILE, "measured": []}
     done = {}
     for name, overrides in variants.items():
         out = root / f"idle-{name}"
         done[f"idle-{name}"] = finished(launch(out, *overrides), out)
-    burner = subprocess.Popen([sys.executable, "-c", "while True: pass"])
-    try:
-        busy = {
-            f"busy-{name}": (launch(root / f"busy-{name}", *o, cpus="0"), root / f"busy-{name}")
-            for name, o in variants.items()
-        }
-        for name, (proc, out) in busy.items():
-            done[name] = finished(proc, out)
-    finally:
-        burner.kill()
-        burner.wait()
-    yield done
+    busy = {
+        f"busy-{name}": (launch(root / f"busy-{name}", *o, cpus="0"), root / f"busy-{name}")
+        for name, o in variants.items()
+    }
+    for name, (proc, out) in busy.items():
+        done[name] = finished(proc, out)
+    return done
 
 
 def timeline(run_dir: Path) -> dict[int, list[tuple[float, float, float]]]:
