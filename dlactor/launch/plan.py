@@ -17,7 +17,6 @@ import torch
 from dlactor.config import ConfigError, FieldError, LocalLauncher, RunConfig
 from dlactor.context import NodeEnv, Service, ServiceEnv
 from dlactor.data.base import Dataset
-from dlactor.network.clock import Clock
 from dlactor.network.model import NetworkModel
 from dlactor.node.node import Node, Record
 from dlactor.security.credentials import RunKeys
@@ -263,10 +262,10 @@ def build_service(plan: Plan, process: int, transport: Callable[[Deliver], Trans
 
 
 def emulated(
-    plan: Plan, process: int, transport: Callable[[Deliver], Transport], clock: Clock | None = None
+    plan: Plan, process: int, transport: Callable[[Deliver], Transport]
 ) -> Callable[[Deliver], Transport]:
-    """``transport`` through the plan's emulated network (as it is without one), on
-    ``clock`` (default: a clock of its own)."""
+    """``transport`` through the plan's emulated network, on a clock of the process's own
+    (``transport`` as it is without one)."""
     network = plan.network
     if network is None:
         return transport
@@ -275,7 +274,7 @@ def emulated(
         transport,
         process=process,
         model=network,
-        clock=network.clock(process) if clock is None else clock,
+        clock=network.clock(process),
     )
 
 
@@ -301,10 +300,9 @@ def build_node(
         sharing = Lossless(sharing, cfg.sharing.compression, bound)
     server = node in plan.servers
     algorithm = cfg.algorithm.server(env) if server else cfg.algorithm.build(env)
-    clock = None if plan.network is None else plan.network.clock(node)
     return Node(
         node=node,
-        transport=emulated(plan, node, transport, clock),
+        transport=emulated(plan, node, transport),
         topology=None
         if server or not cfg.algorithm.needs_topology(cfg)
         else cfg.topology.build(env),
@@ -320,5 +318,4 @@ def build_node(
         algorithm=algorithm,
         processes=plan.processes,
         lookahead=cfg.algorithm.lookahead(cfg),
-        clock=clock,
     )

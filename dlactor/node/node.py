@@ -86,7 +86,6 @@ class Node:
         algorithm: Algorithm | None = None,
         processes: int | None = None,
         lookahead: int = 1,
-        clock: Clock | None = None,
     ) -> None:
         from dlactor.algorithms.dpsgd import DPSGD
 
@@ -112,9 +111,9 @@ class Node:
         self._peers: frozenset[int] = frozenset()  # the last round's neighbours
         self._recorded_row: tuple[tuple[int, ...], tuple[float, ...]] | None = None
         self.link = Link(node, self.transport)
-        #: The emulated network's clock and transport (``[network]``), else None.
-        self.clock = clock
+        #: The emulated network's transport and its clock (``[network]``), else None.
         self._emulated = self.transport if isinstance(self.transport, EmulatedTransport) else None
+        self.clock: Clock | None = None if self._emulated is None else self._emulated.clock
         self._t_compute = self._t_wait = 0.0  # this round's, on the clock
         if self._overlay is not None:
             self._overlay.attach(self.link)
@@ -224,9 +223,10 @@ class Node:
         the last of them is in (and the wait is this round's ``t_wait``)."""
         t_start = time.perf_counter()
         got = await self.mailbox.wait_round(r, senders, timeout, deadline=deadline)
-        if self.clock is not None and self._emulated is not None:
-            if self.clock.virtual:
-                self._t_wait += self.clock.reach(self._emulated.take_shares(r, got))
+        if self._emulated is not None:
+            clock = self._emulated.clock
+            if clock.virtual:
+                self._t_wait += clock.reach(self._emulated.take_shares(r, got))
             else:
                 self._t_wait += time.perf_counter() - t_start
         return got
@@ -237,8 +237,8 @@ class Node:
         topology = self.require_topology()
         peers = await topology.neighbors(self.node, r)
         weights = await topology.weights(self.node, r)
-        if self.clock is not None and self._emulated is not None:
-            self._t_wait += self.clock.reach(self._emulated.overlay_arrival(r))
+        if self._emulated is not None:
+            self._t_wait += self._emulated.clock.reach(self._emulated.overlay_arrival(r))
         return peers, weights
 
     def check_finite_own(

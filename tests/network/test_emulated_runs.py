@@ -4,6 +4,7 @@ what the records say about time, and that the network changes time and nothing e
 from __future__ import annotations
 
 from itertools import pairwise
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -14,6 +15,7 @@ from dlactor.testing import run_in_memory
 from tests.algorithms.servers import server_config
 from tests.conftest import small_plan
 
+ROOT = Path(__file__).parents[2]
 WAN = ("network.uplink_mbps=50", "network.downlink_mbps=50", "network.latency_ms=40")
 PROFILE = ('network.compute="profile"', "network.step_ms=10")
 
@@ -102,3 +104,35 @@ async def test_a_fedavg_server_and_its_clients_share_the_virtual_clock() -> None
     assert [r["t_virtual"] for r in server] == sorted(r["t_virtual"] for r in server)
     # a round of the server: send the model (40 ms + transfer), train 20 ms, upload (40 ms +)
     assert all(b["t_virtual"] - a["t_virtual"] > 0.1 for a, b in pairwise(server))
+
+
+async def test_on_the_wall_clock_a_round_really_takes_the_networks_time() -> None:
+    """The same run, in memory, with 60 ms of latency on the wall clock: every round waits
+    at least that long (a held share), and the learning is the plain run's."""
+    plain = await run_in_memory(small_plan("rounds=3"))
+    wall = await run_in_memory(
+        small_plan("rounds=3", 'network.clock="wall"', "network.latency_ms=60")
+    )
+    assert _learning(wall) == _learning(plain)
+    for records in wall.values():
+        assert all("t_virtual" not in r for r in records)
+        assert all(r["t_round"] >= 0.06 and r["t_wait"] >= 0.03 for r in records)
+        assert records[-1]["t_wall"] >= 3 * 0.06
+
+
+async def test_the_shipped_wan_config_runs_with_its_trace_and_its_mobile_class() -> None:
+    """configs/wan.toml end to end in memory: its trace slows node 3 from 4 s to 7 s and
+    its mobile nodes (5, 11) compute at half speed on slower links."""
+    from dlactor.config import load_config
+
+    config = load_config(ROOT / "configs" / "wan.toml", ["nodes=12", "rounds=30"])
+    records = await run_in_memory(make_plan(config))
+    compute = {i: rs[0]["t_compute"] for i, rs in records.items()}
+    assert compute[5] == pytest.approx(2 * compute[0]) and compute[11] == compute[5]
+    assert records[0][-1]["t_virtual"] > 7.0  # the run outlasts the trace's changes
+    # node 3's rounds while its links ran at 2 Mbit/s were the slowest of its own
+    slow = [b["t_virtual"] - a["t_virtual"] for a, b in pairwise(records[3])
+            if 4.0 <= a["t_virtual"] < 7.0]  # fmt: skip
+    fast = [b["t_virtual"] - a["t_virtual"] for a, b in pairwise(records[3])
+            if a["t_virtual"] >= 7.5]  # fmt: skip
+    assert slow and fast and min(slow) > max(fast)

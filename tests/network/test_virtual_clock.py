@@ -67,8 +67,8 @@ async def test_two_senders_into_one_downlink_share_it() -> None:
 
 
 async def test_the_slower_end_of_a_link_sets_its_pace() -> None:
-    emu = Emulation(2, uplink_mbps=100, downlink_mbps=100, latency_ms=10)
-    emu.model._down[1].set(0.0, 5 * MBPS)  # a slow downlink at the receiver
+    slow = [{"name": "slow", "nodes": [1], "downlink_mbps": 5}]  # the receiver's downlink
+    emu = Emulation(2, uplink_mbps=100, downlink_mbps=100, latency_ms=10, classes=slow)
     await emu.start()
     nbytes = emu.transports[0].wire_size(share(0))
     await emu.transports[0].send_all([1], share(0))
