@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Coroutine, Iterable, Mapping
+from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
@@ -140,6 +140,11 @@ class Transport(Protocol):
         Raises PeerUnreachable (socket-level failure), UnknownPeer (no address for ``peer``)
         or TransportClosed (after ``stop``).
         """
+        ...
+
+    async def send_frame(self, peer: int, buffers: Sequence[bytes | memoryview]) -> int:
+        """``send`` for a message already encoded (``dlactor.wire.codec.encode``): its
+        frame's buffers. Raises what ``send`` raises."""
         ...
 
     async def send_all(

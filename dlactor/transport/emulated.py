@@ -28,7 +28,7 @@ import contextvars
 import dataclasses
 import logging
 from collections import deque
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 
 from dlactor.messages import Message, Overlay, Share
 from dlactor.network.clock import Clock
@@ -42,8 +42,9 @@ from dlactor.transport.base import (
     Transport,
     all_or_first_error,
 )
-from dlactor.wire.codec import encode, encoded_size
+from dlactor.wire.codec import encode, encoded_size, restamp
 from dlactor.wire.errors import ProtocolError, RemoteProtocolError
+from dlactor.wire.framing import DEFAULT_MAX_FRAME
 
 __all__ = ["SENT_AT", "EmulatedTransport", "sending_context"]
 
@@ -56,6 +57,7 @@ SENT_AT: contextvars.ContextVar[float | None] = contextvars.ContextVar(
     "dlactor_sent_at", default=None
 )
 
+Buffer = bytes | memoryview
 #: A held queue: (sender, whether it holds overlay messages).
 _Queue = tuple[int, bool]
 #: Most stamps kept for shares not yet taken, per process of the run: an honest peer has
@@ -189,27 +191,37 @@ class EmulatedTransport:
             msg = dataclasses.replace(msg, clock=_PLACEHOLDER)
         return encoded_size(encode(msg))
 
-    def _stamped(self, peers: list[int], msg: Message) -> dict[int, Message]:
-        """``msg`` for each of ``peers``, with its own stamp."""
-        if not isinstance(msg, Share | Overlay):
-            return dict.fromkeys(peers, msg)  # nothing else crosses a peer connection
+    def _frames(self, peers: list[int], msg: Share | Overlay) -> dict[int, list[Buffer]]:
+        """``msg``'s frame for each of ``peers``, each with its own stamp: encoded once with
+        a placeholder stamp (its size is the stamped size), then restamped per peer."""
+        max_frame = getattr(self.inner, "max_frame", DEFAULT_MAX_FRAME)
+        buffers = encode(dataclasses.replace(msg, clock=_PLACEHOLDER), max_frame=max_frame)
         queued = isinstance(msg, Share)
-        stamps = self.depart(peers, self.send_time(), self.wire_size(msg), queued=queued)
-        return {peer: dataclasses.replace(msg, clock=stamps[peer]) for peer in peers}
+        stamps = self.depart(peers, self.send_time(), encoded_size(buffers), queued=queued)
+        return {peer: restamp(buffers, stamps[peer]) for peer in peers}
 
     async def send(self, peer: int, msg: Message) -> int:
-        return await self.inner.send(peer, self._stamped([peer], msg)[peer])
+        if not isinstance(msg, Share | Overlay):
+            return await self.inner.send(peer, msg)  # nothing else crosses a peer connection
+        return await self.inner.send_frame(peer, self._frames([peer], msg)[peer])
+
+    async def send_frame(self, peer: int, buffers: Sequence[Buffer]) -> int:
+        """A frame as it is: unstamped, so a peer on the emulated network refuses it."""
+        return await self.inner.send_frame(peer, buffers)
 
     async def send_all(
         self, peers: Iterable[int], msg: Message, *, timeout: float | None = None
     ) -> None:
         """Into the uplink together (they share it), each with its own stamp."""
+        if not isinstance(msg, Share | Overlay):
+            await self.inner.send_all(peers, msg, timeout=timeout)
+            return
         order = sorted(set(peers))
-        stamped = self._stamped(order, msg)
+        frames = self._frames(order, msg)
         unsent = set(order)
 
         async def send_one(peer: int) -> None:
-            await self.inner.send(peer, stamped[peer])
+            await self.inner.send_frame(peer, frames[peer])
             unsent.discard(peer)
 
         try:

@@ -378,6 +378,9 @@ class TcpTransport:
     async def send(self, peer: int, msg: Message) -> int:
         return await self._send_buffers(peer, encode(msg, max_frame=self.max_frame))
 
+    async def send_frame(self, peer: int, buffers: Buffers) -> int:
+        return await self._send_buffers(peer, buffers)
+
     async def send_all(
         self, peers: Iterable[int], msg: Message, *, timeout: float | None = None
     ) -> None:

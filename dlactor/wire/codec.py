@@ -13,6 +13,7 @@ a peer running this code accepts, and whatever we accept, we could have sent.
 from __future__ import annotations
 
 import math
+import struct
 import sys
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, NamedTuple, NoReturn
@@ -39,7 +40,7 @@ from dlactor.messages import (
     Stop,
 )
 from dlactor.wire.errors import LocalProtocolError, RemoteProtocolError
-from dlactor.wire.framing import DEFAULT_MAX_FRAME, frame_prefix
+from dlactor.wire.framing import DEFAULT_MAX_FRAME, PREFIX_LEN, frame_prefix
 
 __all__ = [
     "ALIGN",
@@ -61,6 +62,7 @@ __all__ = [
     "decode",
     "encode",
     "encoded_size",
+    "restamp",
 ]
 
 if sys.byteorder != "little":  # pragma: no cover - tensor bytes go on the wire as they are
@@ -199,6 +201,32 @@ def encode(msg: Message, *, max_frame: int = DEFAULT_MAX_FRAME) -> list[bytes | 
             f"cannot encode {header['k']}: frame body of {body_len} bytes exceeds {max_frame}"
         )
     return _assemble(body_len, packed, views, starts)
+
+
+#: A stamp's tail in a packed header: ``"c"`` is the last key, its value an array of two
+#: msgpack float64s (0xcb and 8 big-endian bytes each).
+_STAMP_TAIL = 18
+_FLOAT64 = 0xCB
+
+
+def restamp(buffers: list[Buffer], clock: tuple[float, float]) -> list[Buffer]:
+    """The frame ``buffers`` (``encode`` of a Share or Overlay that has a ``clock``) with
+    ``clock`` instead: the header's stamp rewritten in a copy of the first buffer, the tensor
+    buffers shared. A send to k peers encodes its message once, not k times."""
+    t_first, t_last = clock
+    if not (math.isfinite(t_first) and math.isfinite(t_last) and 0 <= t_first <= t_last):
+        raise LocalProtocolError(f"cannot stamp a message with {clock}")
+    if t_last > MAX_CLOCK:
+        raise LocalProtocolError(f"cannot stamp a message with {clock}")
+    head = bytearray(buffers[0])
+    end = (
+        PREFIX_LEN + _LEN_BYTES + int.from_bytes(head[PREFIX_LEN : PREFIX_LEN + _LEN_BYTES], "big")
+    )
+    start = end - _STAMP_TAIL
+    if head[start] != _FLOAT64 or head[start + 9] != _FLOAT64:
+        raise LocalProtocolError("cannot restamp a frame whose header does not end in a stamp")
+    head[start:end] = struct.pack(">BdBd", _FLOAT64, t_first, _FLOAT64, t_last)
+    return [bytes(head), *buffers[1:]]
 
 
 def encoded_size(buffers: Iterable[bytes | memoryview]) -> int:

@@ -4,8 +4,10 @@ uplink and downlink queues, traces (the issue's "done when" cases)."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 
 import pytest
+import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -164,3 +166,29 @@ def test_no_message_arrives_before_it_was_sent(
         await emu.stop()
 
     asyncio.run(main())
+
+
+def test_a_frame_encoded_once_is_restamped_per_peer_without_copying_its_tensors() -> None:
+    from dlactor.messages import Overlay, Payload, Share
+    from dlactor.wire.codec import decode, encode, restamp
+    from dlactor.wire.errors import LocalProtocolError
+    from dlactor.wire.framing import PREFIX_LEN
+
+    def decoded(buffers: list[bytes | memoryview]) -> object:
+        return decode(bytearray(b"".join(buffers)[PREFIX_LEN:]))
+
+    tensors = {"w": torch.arange(1000, dtype=torch.float32), "b": torch.ones(3)}
+    share = Share(2, 5, Payload(tensors, {"k": 1}), (0.0, 0.0))
+    frame = encode(share)
+    again = restamp(frame, (1.25, 3.5))
+    got = decoded(again)
+    assert isinstance(got, Share) and (got.sender, got.round, got.clock) == (2, 5, (1.25, 3.5))
+    assert got.payload.meta == {"k": 1}
+    assert all(torch.equal(got.payload.tensors[k], v) for k, v in tensors.items())
+    assert all(a is b for a, b in zip(frame[1:], again[1:], strict=True))  # tensors shared
+    ask = Overlay(2, 5, "ask", [1, 2], [3, 4], clock=(0.0, 0.0))
+    assert decoded(restamp(encode(ask), (0.5, 0.75))) == dataclasses.replace(ask, clock=(0.5, 0.75))
+    with pytest.raises(LocalProtocolError):
+        restamp(encode(Overlay(2, 5, "ask")), (1.0, 2.0))  # no stamp to rewrite
+    with pytest.raises(LocalProtocolError):
+        restamp(encode(Overlay(2, 5, "ask", clock=(0.0, 0.0))), (2.0, 1.0))
