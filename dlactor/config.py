@@ -174,6 +174,10 @@ class SharingSettings(Settings):
     def check(self, config: RunConfigBase) -> None:
         """Raise ValueError if this strategy cannot run with the rest of ``config``."""
 
+    def check_graph(self, graph: nx.Graph, config: RunConfigBase) -> None:
+        """Raise FieldError if this strategy cannot run on the topology's graph (called when
+        the plan is made, after ``check``, for runs with a topology)."""
+
     def max_payload_bytes(self, model_bytes: int) -> int:
         """The most bytes of tensors one payload can hold for a model of ``model_bytes``: the
         largest frame a peer may announce follows from it (``Plan.max_frame``). The built-in

@@ -25,6 +25,7 @@ __all__ = [
     "EvalStats",
     "ModelDiverged",
     "NodeEnv",
+    "Roster",
     "RoundContext",
     "SendStalled",
     "Service",
@@ -53,6 +54,8 @@ class NodeEnv:
     #: The whole run config, for strategies that read another table (a parameter server
     #: builds its optimizer from ``[training]``).
     config: RunConfigBase | None = None
+    #: The run's id (what per-run key derivations bind to).
+    run_id: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,6 +84,15 @@ class Service(Protocol):
     async def stop(self) -> None: ...
 
 
+@dataclass(frozen=True, slots=True)
+class Roster:
+    """What one receiver aggregates in a round, as a sender to it sees it: every process
+    that sends to it (this one included), and the weight it gives this one's payload."""
+
+    senders: frozenset[int]
+    weight: float
+
+
 @dataclass(slots=True)
 class RoundContext:
     """One node's view of one round, passed to every strategy call of that round."""
@@ -93,6 +105,9 @@ class RoundContext:
     #: What ``outgoing`` returned this round, set by the node before ``aggregate``: the model
     #: has not changed in between, so a strategy can reuse it instead of flattening again.
     sent: Payload | None = None
+    #: For a strategy that sends each peer its own payload (``SharesPerPeer``) and asks for
+    #: them (``needs_rosters``): each peer's :class:`Roster` this round.
+    rosters: Mapping[int, Roster] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)

@@ -109,21 +109,25 @@ class Overlay:
 
 @dataclass(frozen=True, slots=True)
 class Register:
-    """Node -> launcher: I listen on ``host:port`` and am ready for the start barrier."""
+    """Node -> launcher: I listen on ``host:port`` and am ready for the start barrier;
+    ``agreement`` is my X25519 public key when my sharing masks (secure aggregation)."""
 
     sender: int
     host: str
     port: int
+    agreement: bytes = b""
 
 
 @dataclass(frozen=True, slots=True)
 class Start:
     """Launcher -> node: everyone registered; here is the address book (the start barrier):
-    where each process listens and its public key."""
+    where each process listens, its public key, and the X25519 public keys of the nodes
+    that mask (``agreement``)."""
 
     addresses: Mapping[int, tuple[str, int]]
     t0: float
     keys: Mapping[int, bytes] = field(default_factory=dict)
+    agreement: Mapping[int, bytes] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)

@@ -176,8 +176,11 @@ async def run_nodes(
     """Connect started nodes (``addresses``: the TCP address book; the memory network needs
     none), run all their rounds concurrently, and stop every one of them however it ends."""
     t0 = time.time()  # the start barrier's, for every process
+    agreement = {n.node: n.agreement.public for n in nodes if isinstance(n, Node) and n.agreement}
     for node in nodes:
         node.connect(addresses or {}, t0)
+        if isinstance(node, Node):
+            node.learn_agreement(agreement)
     try:
         async with asyncio.TaskGroup() as tg:
             for node in nodes:

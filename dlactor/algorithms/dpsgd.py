@@ -25,10 +25,13 @@ class DPSGD:
         stats, t_train = await node.train(ctx)
         ctx.peers, ctx.weights = await node.neighbours(r)
         node.close_former_peers(ctx.peers)
-        share = Share(node.node, r, await node.sharing.outgoing(ctx))
-        node.check_own(share)
-        ctx.sent = share.payload
-        received = await node.exchange(share, ctx.peers)
+        if node.per_peer is None:
+            share = Share(node.node, r, await node.sharing.outgoing(ctx))
+            node.check_own(share)
+            ctx.sent = share.payload
+            received = await node.exchange(share, ctx.peers)
+        else:  # each neighbour gets its own payload (secure aggregation's masks)
+            received = await node.exchange_each(ctx)
         await node.aggregate(ctx, received)
         record.update(
             train_loss=stats.loss,

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from dlactor.algorithms.base import Record
-from dlactor.context import RoundContext
+from dlactor.context import Roster, RoundContext
 from dlactor.messages import Payload, Share
 from dlactor.sharing.lossless import Lossless
 from dlactor.sharing.ops import Layout, check_layout, flat_layout, flatten, unflatten_into
@@ -34,7 +34,7 @@ if TYPE_CHECKING:
     from dlactor.context import NodeEnv
     from dlactor.node.node import Node
 
-__all__ = ["FedAvgClient", "FedAvgServer", "Rebases", "sample_clients"]
+__all__ = ["FedAvgClient", "FedAvgServer", "Rebases", "client_weights", "sample_clients"]
 
 PARAMS = "params"
 
@@ -50,6 +50,14 @@ def sample_clients(seed: int, round: int, nodes: int, k: int) -> list[int]:
         raise ValueError(f"k = {k} clients must be in [1, nodes = {nodes}]")
     rng = np.random.default_rng(np.random.SeedSequence(entropy=seed, spawn_key=(_SAMPLE, round)))
     return sorted(int(j) for j in rng.choice(nodes, size=k, replace=False))
+
+
+def client_weights(samples: list[int], clients: list[int], weighted: bool) -> dict[int, float]:
+    """Each sampled client's share of the average: n_j / sum n, or 1/|S| unweighted."""
+    if not weighted:
+        return {j: 1.0 / len(clients) for j in clients}
+    total = sum(samples[j] for j in clients)
+    return {j: samples[j] / total for j in clients}
 
 
 @runtime_checkable
@@ -94,11 +102,7 @@ class FedAvgServer:
         self.samples = [len(part) for part in env.parts]
 
     def weights(self, clients: list[int]) -> dict[int, float]:
-        """Each sampled client's share of the average: n_j / sum n, or 1/|S| unweighted."""
-        if not self.weighted:
-            return {j: 1.0 / len(clients) for j in clients}
-        total = sum(self.samples[j] for j in clients)
-        return {j: self.samples[j] / total for j in clients}
+        return client_weights(self.samples, clients, self.weighted)
 
     async def round(self, node: Node, r: int) -> Record:
         record, start = node.new_record(r)
@@ -166,12 +170,15 @@ class FedAvgClient:
         self.node, self.seed, self.nodes = env.node, env.seed, env.nodes
         self.k = settings.sampled(env.nodes)
         self.server = env.servers[0]
+        self.weighted = settings.weighted
+        self.samples = [len(part) for part in env.parts]
         self.layout = flat_layout(env.model.parameters(), PARAMS)
         self._waited = -1  # the last round this client took part in
 
     async def round(self, node: Node, r: int) -> Record:
         record, start = node.new_record(r)
-        if self.node not in sample_clients(self.seed, r, self.nodes, self.k):
+        clients = sample_clients(self.seed, r, self.nodes, self.k)
+        if self.node not in clients:
             record["sampled"] = False
             return await node.close_record(record, start, None)
         # The server runs every round between this client's last one and this one (each
@@ -187,7 +194,13 @@ class FedAvgClient:
             node=node.node, round=r, model=node.model, peers=frozenset({self.server})
         )
         stats, t_train = await node.train(ctx)
-        share = Share(node.node, r, await node.sharing.outgoing(ctx))
+        if node.per_peer is None:
+            payload = await node.sharing.outgoing(ctx)
+        else:  # masked for the server, with pairwise masks among this round's clients
+            weight = client_weights(self.samples, clients, self.weighted)[self.node]
+            ctx.rosters = {self.server: Roster(frozenset(clients), weight)}
+            payload = (await node.per_peer.outgoing_each(ctx))[self.server]
+        share = Share(node.node, r, payload)
         node.check_own(share)
         await node.send([self.server], share)
         record.update(sampled=True, train_loss=stats.loss, t_train=t_train)

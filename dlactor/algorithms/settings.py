@@ -98,7 +98,7 @@ class FedAvgSettings(AlgorithmSettings):
 
 #: The sharing strategies a FedAvg client may upload with: whole models, or parts of them
 #: that the server averages coordinate by coordinate (CHOCO needs fixed neighbours).
-UPLOADS = frozenset({"full", "topk", "random", "quantize"})
+UPLOADS = frozenset({"full", "topk", "random", "quantize", "secure"})
 
 
 @register("algorithm")

@@ -126,6 +126,8 @@ def make_plan(config: RunConfig) -> Plan:
         graph = _graph(config)
     with _field("sharing"):
         config.sharing.check(config)
+        if config.algorithm.needs_topology(config):
+            config.sharing.check_graph(graph, config)
     with _field("data"):
         dataset = _subsample_test(config.data.load(config.seed), config)
     with _field("partition"):
@@ -245,6 +247,7 @@ def node_env(plan: Plan, node: int, model: torch.nn.Module) -> NodeEnv:
         parts=plan.parts,
         servers=plan.servers,
         config=cfg,
+        run_id=plan.run_id,
     )
 
 

@@ -135,6 +135,7 @@ class Supervisor:
         self.n = plan.processes  # the learning nodes, the topology's services, the servers
         self.outcome = Outcome()
         self.addresses: dict[int, Address] = {}
+        self.agreement: dict[int, bytes] = {}  # the X25519 public keys of nodes that mask
         self.streams: dict[int, ControlStream] = {}
         self.done: set[int] = set()
         self.reported: set[int] = set()  # said Done or Failed: its exit is no news
@@ -201,7 +202,7 @@ class Supervisor:
         self.outcome.t_start_barrier = time.time()
         ring = self.credentials.ring
         keys = {process: ring[process] for process in self.addresses}
-        start = Start(dict(self.addresses), self.outcome.t_start_barrier, keys)
+        start = Start(dict(self.addresses), self.outcome.t_start_barrier, keys, self.agreement)
         for stream in self.streams.values():
             stream.post(start)
 
@@ -260,8 +261,10 @@ class Supervisor:
 
     def _on_message(self, msg: object) -> None:
         match msg:
-            case Register(sender=node, host=host, port=port):
+            case Register(sender=node, host=host, port=port, agreement=agreement):
                 self.addresses[node] = (host, port)
+                if agreement:
+                    self.agreement[node] = agreement
                 self.outcome.addresses[node] = f"{host}:{port}"
                 if len(self.addresses) == self.n:
                     self._all_registered.set()

@@ -216,11 +216,15 @@ def _clip(text: str, limit: int = 64 << 10) -> str:
 
 async def _lifecycle(actor: Node | Service, ctl: ControlStream, credentials: Credentials) -> int:
     host, port = await actor.start()
-    await ctl.send(Register(actor.node, host, port))
+    agreement = actor.agreement if isinstance(actor, Node) else None
+    public = agreement.public if agreement is not None else b""
+    await ctl.send(Register(actor.node, host, port, public))
     start = await ctl.receive()
     if not isinstance(start, Start):
         return EXIT_STOPPED  # Stop, or the launcher went away, before the barrier
     credentials.learn(start.keys)  # the address book's keys: from the launcher, proven
+    if isinstance(actor, Node):
+        actor.learn_agreement(start.agreement)
     actor.connect(start.addresses, start.t0)
     stop = asyncio.ensure_future(ctl.receive())
     try:

@@ -23,11 +23,13 @@ import psutil
 import torch
 
 from dlactor.algorithms.base import Record
-from dlactor.context import ModelDiverged, RoundContext, SendStalled, TrainStats
+from dlactor.context import ModelDiverged, Roster, RoundContext, SendStalled, TrainStats
 from dlactor.messages import Message, Overlay, Payload, Share
 from dlactor.network.clock import Clock
 from dlactor.node.mailbox import Mailbox
-from dlactor.sharing.base import ChecksPayloads, Sharing
+from dlactor.node.rosters import ROSTER, RosterBook, roster_message
+from dlactor.security.agreement import PairwiseKeys
+from dlactor.sharing.base import ChecksPayloads, Reports, SharesPerPeer, Sharing
 from dlactor.sharing.lossless import Lossless
 from dlactor.sharing.ops import all_finite, check_finite
 from dlactor.topology.base import Topology, UsesOverlay
@@ -103,6 +105,18 @@ class Node:
         self._persistent: frozenset[int] = frozenset(getattr(topology, "persistent_peers", ()))
         self._checks = sharing if isinstance(sharing, ChecksPayloads) else None
         self._lossless = sharing if isinstance(sharing, Lossless) else None
+        self._reports = sharing if isinstance(sharing, Reports) else None
+        #: The sharing strategy when it sends each peer its own payload, else None.
+        self.per_peer = sharing if isinstance(sharing, SharesPerPeer) else None
+        #: This process's X25519 key pair when its sharing masks (its public key goes into
+        #: the address book; ``learn_agreement`` takes everyone's at the start barrier).
+        agreement = getattr(sharing, "agreement", None)
+        self.agreement = agreement if isinstance(agreement, PairwiseKeys) else None
+        # Rosters come as messages only where the topology cannot tell a sender them.
+        asks = self.per_peer is not None and self.per_peer.needs_rosters
+        sees = topology is None or getattr(topology, "sees_every_node", False)
+        self._rosters = RosterBook(node) if asks and not sees else None
+        self._secure_bytes = 0  # this round's bytes of rosters sent
         self.model = model
         self.rounds, self.eval_every, self.round_timeout = rounds, eval_every, round_timeout
         self.on_round = on_round
@@ -132,6 +146,10 @@ class Node:
         RemoteProtocolError here makes the transport drop and log that connection, and the
         node carries on.
         """
+        if isinstance(msg, Overlay) and msg.op == ROSTER and self._rosters is not None:
+            self._rosters.put(msg)
+            self.mailbox.count(nbytes)
+            return
         if isinstance(msg, Overlay) and self._overlay is not None:
             self._overlay.on_overlay(msg)
             self.link.received(nbytes)
@@ -157,6 +175,12 @@ class Node:
 
     async def start(self) -> Address:
         return await self.transport.start()
+
+    def learn_agreement(self, keys: Mapping[int, bytes]) -> None:
+        """The run's X25519 public keys (the start barrier's address book), if this node
+        masks: ValueError if its own is not among them as it made it."""
+        if self.agreement is not None:
+            self.agreement.learn(keys)
 
     def connect(self, addresses: Mapping[int, Address], t0: float | None = None) -> None:
         """Give the transport the address book; ``t0`` is the start barrier's wall time."""
@@ -186,6 +210,7 @@ class Node:
             self.transport.stats.snapshot(), self.link.counters(), time.perf_counter()
         )
         self._t_compute = self._t_wait = 0.0
+        self._secure_bytes = 0
         return {"node": self.node, "round": r}, start
 
     async def train(self, ctx: RoundContext) -> tuple[TrainStats, float]:
@@ -268,6 +293,10 @@ class Node:
             if self.clock.virtual:
                 record["t_virtual"] = self.clock.t
             record.update(t_compute=self._t_compute, t_wait=self._t_wait)
+        if self.agreement is not None or self.per_peer is not None:
+            record["secure_bytes_sent"] = self._secure_bytes
+        if self._reports is not None:
+            record.update(self._reports.report())
         if ctx is not None and self.evaluates(r):
             record.update(await self.evaluate(ctx))
         # After evaluating: a challenge this node wrote meanwhile (to a peer connecting to
@@ -338,6 +367,56 @@ class Node:
         deadline = asyncio.get_running_loop().time() + self.round_timeout
         await self.send(peers, share, deadline)
         return await self.collect(share.round, peers, self.round_timeout, deadline=deadline)
+
+    async def exchange_each(self, ctx: RoundContext) -> dict[int, Payload]:
+        """``exchange`` for a strategy that sends each peer its own payload: the receivers'
+        rosters first (when it needs them), then its payloads, then the peers'; all within
+        one round timeout."""
+        if self.per_peer is None:
+            raise RuntimeError(f"node {self.node}'s sharing sends one payload to everyone")
+        deadline = asyncio.get_running_loop().time() + self.round_timeout
+        if self.per_peer.needs_rosters:
+            ctx.rosters = await self.rosters(ctx, deadline)
+        payloads = await self.per_peer.outgoing_each(ctx)
+        shares = {peer: Share(self.node, ctx.round, payloads[peer]) for peer in sorted(ctx.peers)}
+        for share in shares.values():
+            self.check_own(share)
+        await self.send_each(shares, deadline)
+        return await self.collect(ctx.round, ctx.peers, self.round_timeout, deadline=deadline)
+
+    async def rosters(self, ctx: RoundContext, deadline: float) -> dict[int, Roster]:
+        """Each peer's roster this round: from the topology when it sees every node, else
+        sent (this node's own to its peers) and received (theirs), by ``deadline``."""
+        topology = self.require_topology()
+        peers, r = ctx.peers, ctx.round
+        if self._rosters is None:
+            out = {}
+            for peer in sorted(peers):
+                weights = await topology.weights(peer, r)
+                out[peer] = Roster(await topology.neighbors(peer, r), weights[self.node])
+            return out
+        loop = asyncio.get_running_loop()
+        before = self.transport.stats.bytes_sent
+        msg = roster_message(self.node, r, {p: ctx.weights[p] for p in peers})
+        try:
+            remaining = max(deadline - loop.time(), 0.0)
+            await self.transport.send_all(sorted(peers), msg, timeout=remaining)
+        except SendTimeout as exc:
+            raise SendStalled(r, exc.peers, self.round_timeout) from exc
+        self._secure_bytes += self.transport.stats.bytes_sent - before
+        got = await self._rosters.wait(r, peers, max(deadline - loop.time(), 0.0))
+        if self._emulated is not None:
+            self._t_wait += self._emulated.clock.reach(self._emulated.overlay_arrival(r))
+        return got
+
+    async def send_each(self, shares: Mapping[int, Share], deadline: float) -> None:
+        """Send each peer its own share by ``deadline`` (loop time), as ``send`` does."""
+        remaining = max(deadline - asyncio.get_running_loop().time(), 0.0)
+        try:
+            await self.transport.send_each(shares, timeout=remaining)
+        except SendTimeout as exc:
+            rounds = {share.round for share in shares.values()}
+            raise SendStalled(min(rounds), exc.peers, self.round_timeout) from exc
 
     async def send(self, peers: Iterable[int], share: Share, deadline: float | None = None) -> None:
         """Send ``share`` to ``peers`` by ``deadline`` (loop time; default: a round timeout

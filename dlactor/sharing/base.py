@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Generic, Protocol, TypeVar, runtime_checkable
+from typing import Any, Generic, Protocol, TypeVar, runtime_checkable
 
 import torch
 
 from dlactor.context import RoundContext
 from dlactor.messages import Payload
 
-__all__ = ["Checked", "ChecksPayloads", "Sharing"]
+__all__ = ["Checked", "ChecksPayloads", "Reports", "Sharing", "SharesPerPeer"]
 
 T = TypeVar("T")
 
@@ -25,6 +25,32 @@ class Sharing(Protocol):
     async def aggregate(self, ctx: RoundContext, received: Mapping[int, Payload]) -> None:
         """Fold the neighbours' payloads (by sender) into ``ctx.model``."""
         ...
+
+
+@runtime_checkable
+class SharesPerPeer(Protocol):
+    """Optional: a strategy whose neighbours each get a payload of their own (secure
+    aggregation masks each one differently). The algorithm then calls ``outgoing_each``
+    instead of ``outgoing``, and the node sends each payload to its peer alone; a strategy
+    without it sends one payload to everyone, encoded once, as before.
+
+    With ``needs_rosters`` True, ``ctx.rosters`` holds, for each peer, who else sends to it
+    this round and the weight it gives this node (from the topology when every node can
+    work it out, else from a message each receiver sends its senders first)."""
+
+    needs_rosters: bool
+
+    async def outgoing_each(self, ctx: RoundContext) -> Mapping[int, Payload]:
+        """A payload for each peer in ``ctx.peers`` (none may alias live parameters)."""
+        ...
+
+
+@runtime_checkable
+class Reports(Protocol):
+    """Optional: a strategy with fields of its own for each round's record (what its last
+    ``aggregate`` did). The node calls ``report`` once per round, as it closes the record."""
+
+    def report(self) -> Mapping[str, Any]: ...
 
 
 @runtime_checkable

@@ -12,14 +12,23 @@ from typing import TYPE_CHECKING, Annotated, Literal
 import torch
 from pydantic import Field
 
-from dlactor.config import MAX_BUCKET, RunConfigBase, SharingSettings
+from dlactor.config import MAX_BUCKET, FieldError, RunConfigBase, SharingSettings
 from dlactor.plugins import register
 
 if TYPE_CHECKING:
+    import networkx as nx
+
     from dlactor.context import NodeEnv
     from dlactor.sharing.base import Sharing
 
-__all__ = ["ChocoSettings", "FullSettings", "QuantizeSettings", "RandomSettings", "TopKSettings"]
+__all__ = [
+    "ChocoSettings",
+    "FullSettings",
+    "QuantizeSettings",
+    "RandomSettings",
+    "SecureSharingSettings",
+    "TopKSettings",
+]
 
 
 @register("sharing")
@@ -135,3 +144,84 @@ class ChocoSettings(SharingSettings):
                 bits=self.bits, bucket_size=self.bucket_size, seed=_quantizer_seed(env)
             )
         return ChocoSharing(compressor=compressor, gamma=self.gamma)
+
+
+#: The algorithms whose averages secure sharing can mask: a node's weighted neighbours
+#: (D-PSGD), a server's weighted clients (FedAvg).
+SECURE_ALGORITHMS = ("dpsgd", "fedavg")
+
+
+@register("sharing")
+class SecureSharingSettings(SharingSettings):
+    """Full sharing under pairwise masks (secure aggregation): a node, or a FedAvg server,
+    learns the weighted sum of what its senders sent and no single model (docs/secure.md).
+    Exact: fixed point modulo 2**32, ``fraction_bits`` of them below the point."""
+
+    kind: Literal["secure"] = "secure"
+    fraction_bits: int = Field(
+        24,
+        ge=8,
+        le=28,
+        description="fixed-point bits below the point: a precision of 2**-fraction_bits, "
+        "model values within +-2**(30 - fraction_bits) (24: 6e-8 and +-64)",
+    )
+
+    def check(self, config: RunConfigBase) -> None:
+        if self.compression != "none":
+            raise FieldError(
+                "sharing.compression",
+                "masked words are uniformly random: lossless compression cannot shrink them",
+            )
+        algorithm = getattr(config, "algorithm", None)
+        kind = getattr(algorithm, "kind", "dpsgd")
+        if kind not in SECURE_ALGORITHMS:
+            raise FieldError(
+                "sharing.kind",
+                f"secure aggregation masks D-PSGD's or FedAvg's averages, not {kind!r}'s",
+            )
+        if kind == "fedavg":
+            sampled = algorithm.sampled(config.nodes)  # type: ignore[union-attr]
+            if sampled < 2:
+                raise FieldError(
+                    "algorithm.fraction",
+                    f"{sampled} client per round: the server would learn its model (secure "
+                    "aggregation needs at least 2 sampled clients)",
+                )
+            return
+        degree = getattr(getattr(config, "topology", None), "degree", None)
+        if isinstance(degree, int) and degree < 2:
+            raise FieldError(
+                "topology.degree",
+                f"{degree}: a node with one neighbour would learn its model (secure "
+                "aggregation needs at least 2 neighbours)",
+            )
+
+    def check_graph(self, graph: nx.Graph, config: RunConfigBase) -> None:
+        """A static graph (every graph of its schedule) gives every node 2 neighbours."""
+        from dlactor.topology.settings import StaticSettings
+        from dlactor.topology.static import StaticTopology
+
+        topology = getattr(config, "topology", None)
+        if not isinstance(topology, StaticSettings):
+            return  # dynamic: a round with fewer is skipped and recorded (docs/secure.md)
+        changes = {c.round: (list(c.add), list(c.remove)) for c in topology.schedule}
+        static = StaticTopology(graph=graph, changes=changes)
+        for r in [0, *sorted(changes)]:
+            degrees = dict(static.graph_at(r).degree)
+            fewest = min(degrees.values(), default=2)
+            if fewest < 2:
+                node = min(n for n, d in degrees.items() if d == fewest)
+                when = f" from round {r}" if r else ""
+                raise FieldError(
+                    "topology",
+                    f"node {node} has {fewest} neighbour(s){when}: secure aggregation needs "
+                    "at least 2 (with one, that neighbour's model is what it receives)",
+                )
+
+    def build(self, env: NodeEnv) -> Sharing:
+        from dlactor.security.agreement import PairwiseKeys
+        from dlactor.sharing.secure import SecureSharing
+
+        # Only a learning node masks; a FedAvg server only sums, and needs no key.
+        keys = PairwiseKeys(env.node, env.run_id) if env.node < env.nodes else None
+        return SecureSharing(node=env.node, fraction_bits=self.fraction_bits, keys=keys)

@@ -5,6 +5,11 @@ sampling) also implements :class:`UsesOverlay`: the node gives it an :class:`Ove
 before the first round and hands it every ``Overlay`` message that arrives, and keeps the
 connections to its optional ``persistent_peers`` open across rounds even when they are not
 neighbours (the peer sampler).
+
+A topology whose ``neighbors`` and ``weights`` answer for any node, not only the one asking
+(a graph fixed in advance, a draw from the run's seed), says so with a class attribute
+``sees_every_node = True``: a secure sender then works out its receivers' rosters itself,
+where otherwise each receiver sends its senders one (``dlactor.node.rosters``).
 """
 
 from __future__ import annotations

@@ -58,6 +58,9 @@ class RandomRegularDynamic:
     round's neighbour lists are kept (``nodes x degree`` integers), not the graph.
     """
 
+    #: Any node's neighbours and weights can be asked for, not only this node's.
+    sees_every_node = True
+
     def __init__(self, *, nodes: int, degree: int, seed: int) -> None:
         _check(nodes, degree, seed)
         self.nodes, self.degree, self.seed = nodes, degree, seed

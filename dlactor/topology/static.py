@@ -23,6 +23,9 @@ class StaticTopology:
     changes the graph is used as it is (the launcher's, shared by every forked node).
     """
 
+    #: Any node's neighbours and weights can be asked for, not only this node's.
+    sees_every_node = True
+
     def __init__(self, *, graph: nx.Graph, changes: Changes | None = None) -> None:
         self._start = graph
         self._changes = dict(sorted((changes or {}).items()))

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
@@ -22,6 +22,7 @@ __all__ = [
     "TransportClosed",
     "UnknownPeer",
     "all_or_first_error",
+    "send_frames",
 ]
 
 Address = tuple[str, int]
@@ -156,6 +157,11 @@ class Transport(Protocol):
         """
         ...
 
+    async def send_each(self, msgs: Mapping[int, Message], *, timeout: float | None = None) -> None:
+        """Send each peer its own message (``msgs``, by peer) concurrently, as ``send_all``
+        sends one to all (its errors and ``timeout`` too)."""
+        ...
+
     async def stop(self) -> None:
         """Close every connection and stop accepting; later sends raise TransportClosed."""
         ...
@@ -170,6 +176,26 @@ async def all_or_first_error(coros: list[Coroutine[Any, Any, None]]) -> None:
                 tg.create_task(coro)
     except BaseExceptionGroup as group:
         raise _first_leaf(group) from None
+
+
+async def send_frames(
+    send: Callable[[int, Sequence[bytes | memoryview]], Awaitable[int]],
+    frames: Mapping[int, Sequence[bytes | memoryview]],
+    timeout: float | None,
+) -> None:
+    """``send`` each peer its frame concurrently (``all_or_first_error``); with a
+    ``timeout``, SendTimeout names the peers whose sends had not finished by then."""
+    unsent = set(frames)
+
+    async def send_one(peer: int) -> None:
+        await send(peer, frames[peer])
+        unsent.discard(peer)
+
+    try:
+        async with asyncio.timeout(timeout):
+            await all_or_first_error([send_one(peer) for peer in sorted(unsent)])
+    except TimeoutError:
+        raise SendTimeout(unsent, timeout or 0.0) from None
 
 
 def _first_leaf(group: BaseExceptionGroup) -> BaseException:

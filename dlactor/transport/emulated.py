@@ -37,10 +37,9 @@ from dlactor.transport.base import (
     Address,
     Deliver,
     HandshakeSeen,
-    SendTimeout,
     TrafficStats,
     Transport,
-    all_or_first_error,
+    send_frames,
 )
 from dlactor.wire.codec import encode, encoded_size, restamp
 from dlactor.wire.errors import ProtocolError, RemoteProtocolError
@@ -217,18 +216,26 @@ class EmulatedTransport:
             await self.inner.send_all(peers, msg, timeout=timeout)
             return
         order = sorted(set(peers))
-        frames = self._frames(order, msg)
-        unsent = set(order)
+        await send_frames(self.inner.send_frame, self._frames(order, msg), timeout)
 
-        async def send_one(peer: int) -> None:
-            await self.inner.send_frame(peer, frames[peer])
-            unsent.discard(peer)
-
-        try:
-            async with asyncio.timeout(timeout):
-                await all_or_first_error([send_one(peer) for peer in order])
-        except TimeoutError:
-            raise SendTimeout(unsent, timeout or 0.0) from None
+    async def send_each(self, msgs: Mapping[int, Message], *, timeout: float | None = None) -> None:
+        """Into the uplink together, as ``send_all``'s copies: each peer's message is
+        encoded with a placeholder stamp, the batch departs at the size of its largest, and
+        each is restamped for its peer."""
+        stamped = {p: m for p, m in msgs.items() if isinstance(m, Share | Overlay)}
+        if len(stamped) != len(msgs):
+            raise TypeError("send_each on the emulated network takes shares and overlays")
+        max_frame = getattr(self.inner, "max_frame", DEFAULT_MAX_FRAME)
+        order = sorted(stamped)
+        encoded = {
+            p: encode(dataclasses.replace(stamped[p], clock=_PLACEHOLDER), max_frame=max_frame)
+            for p in order
+        }
+        queued = all(isinstance(m, Share) for m in stamped.values())
+        nbytes = max((encoded_size(b) for b in encoded.values()), default=0)
+        stamps = self.depart(order, self.send_time(), nbytes, queued=queued)
+        frames = {p: restamp(encoded[p], stamps[p]) for p in order}
+        await send_frames(self.inner.send_frame, frames, timeout)
 
     # --- receiving ----------------------------------------------------------------------
 

@@ -140,6 +140,12 @@ class MemoryTransport:
         self._post(peers, msg)
         await asyncio.sleep(0)
 
+    async def send_each(self, msgs: Mapping[int, Message], *, timeout: float | None = None) -> None:
+        """Hand each peer its message; it never blocks, so ``timeout`` cannot expire."""
+        for peer, msg in sorted(msgs.items()):
+            self._post([peer], msg)
+        await asyncio.sleep(0)
+
     def _post(self, peers: Iterable[int], msg: Message) -> int:
         """Queue ``msg`` for every peer; the bytes of one copy on the wire."""
         if self._closed:

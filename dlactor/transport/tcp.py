@@ -51,11 +51,10 @@ from dlactor.transport.base import (
     HandshakeFailed,
     HandshakeSeen,
     PeerUnreachable,
-    SendTimeout,
     TrafficStats,
     TransportClosed,
     UnknownPeer,
-    all_or_first_error,
+    send_frames,
 )
 from dlactor.wire.codec import decode, encode, encoded_size
 from dlactor.wire.errors import ProtocolError, RemoteProtocolError
@@ -385,17 +384,11 @@ class TcpTransport:
         self, peers: Iterable[int], msg: Message, *, timeout: float | None = None
     ) -> None:
         buffers = encode(msg, max_frame=self.max_frame)
-        unsent = set(peers)
+        await send_frames(self._send_buffers, dict.fromkeys(peers, buffers), timeout)
 
-        async def send_one(peer: int) -> None:
-            await self._send_buffers(peer, buffers)
-            unsent.discard(peer)
-
-        try:
-            async with asyncio.timeout(timeout):
-                await all_or_first_error([send_one(peer) for peer in sorted(unsent)])
-        except TimeoutError:
-            raise SendTimeout(unsent, timeout or 0.0) from None
+    async def send_each(self, msgs: Mapping[int, Message], *, timeout: float | None = None) -> None:
+        frames = {peer: encode(msg, max_frame=self.max_frame) for peer, msg in msgs.items()}
+        await send_frames(self._send_buffers, frames, timeout)
 
     async def _send_buffers(self, peer: int, buffers: Buffers) -> int:
         if self._closed:

@@ -152,8 +152,13 @@ _KEYS: dict[str, frozenset[str]] = {
     }.items()
 }
 #: Header keys a kind may carry or not: ``c``, a message's times on an emulated network's
-#: clock (``[t_first, t_last]``, seconds), only in a run with a ``[network]`` table.
-_OPTIONAL: dict[str, frozenset[str]] = {"share": frozenset({"c"}), "overlay": frozenset({"c"})}
+#: clock (``[t_first, t_last]``, seconds), only in a run with a ``[network]`` table; ``ak``,
+#: a node's X25519 public key for secure aggregation, only when its sharing masks.
+_OPTIONAL: dict[str, frozenset[str]] = {
+    "share": frozenset({"c"}),
+    "overlay": frozenset({"c"}),
+    "register": frozenset({"ak"}),
+}
 #: The latest time on an emulated network's clock a message may carry (about 31.7 years).
 MAX_CLOCK = 1e9
 _KIND_OF: dict[type, str] = {
@@ -324,13 +329,16 @@ def _overlay_fields(msg: Overlay) -> Header:
 
 
 def _register_fields(msg: Register) -> Header:
-    return {"s": msg.sender, "host": msg.host, "port": msg.port}
+    header: Header = {"s": msg.sender, "host": msg.host, "port": msg.port}
+    if msg.agreement:
+        header["ak"] = msg.agreement
+    return header
 
 
 def _start_fields(msg: Start) -> Header:
     if not isinstance(msg.addresses, Mapping):
         raise LocalProtocolError("cannot encode start: addresses is not a mapping")
-    if not set(msg.keys) <= set(msg.addresses):
+    if not set(msg.keys) | set(msg.agreement) <= set(msg.addresses):
         raise LocalProtocolError("cannot encode start: a key for a node without an address")
     triples = []
     for node, where in msg.addresses.items():
@@ -338,7 +346,10 @@ def _start_fields(msg: Start) -> Header:
             raise LocalProtocolError(
                 f"cannot encode start: address of {node!r} is not (host, port)"
             )
-        triples.append([node, where[0], where[1], msg.keys.get(node, b"")])
+        entry = [node, where[0], where[1], msg.keys.get(node, b"")]
+        if node in msg.agreement:
+            entry.append(msg.agreement[node])
+        triples.append(entry)
     t0 = msg.t0
     if isinstance(t0, int) and not isinstance(t0, bool):
         t0 = float(t0)
@@ -695,6 +706,7 @@ def _read_register(header: Header) -> Register:
         sender=_uint(header["s"], "sender"),
         host=_text(header["host"], "host", MAX_SHORT, min_len=1),
         port=_port(header["port"]),
+        agreement=_bin(header["ak"], "agreement key", KEY_LEN) if "ak" in header else b"",
     )
 
 
@@ -704,19 +716,22 @@ def _read_start(header: Header) -> Start:
         _bad(f"addresses is a {type(raw).__name__}, not a list")
     addresses: dict[int, tuple[str, int]] = {}
     keys: dict[int, bytes] = {}
+    agreement: dict[int, bytes] = {}
     for entry in raw:
-        if not isinstance(entry, list) or len(entry) != 4:
-            _bad("an address is not [node, host, port, public key]")
+        if not isinstance(entry, list) or len(entry) not in (4, 5):
+            _bad("an address is not [node, host, port, public key(, agreement key)]")
         node = _uint(entry[0], "node id")
         if node in addresses:
             _bad(f"node {node} has two addresses")
         addresses[node] = (_text(entry[1], "host", MAX_SHORT, min_len=1), _port(entry[2]))
         if entry[3] != b"":
             keys[node] = _bin(entry[3], "public key", KEY_LEN)
+        if len(entry) == 5:
+            agreement[node] = _bin(entry[4], "agreement key", KEY_LEN)
     t0 = header["t0"]
     if not isinstance(t0, float) or not math.isfinite(t0):
         _bad(f"t0 must be a finite float, got {_show(t0)}")
-    return Start(addresses=addresses, t0=t0, keys=keys)
+    return Start(addresses=addresses, t0=t0, keys=keys, agreement=agreement)
 
 
 def _read_progress(header: Header) -> Progress:
