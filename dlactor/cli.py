@@ -173,6 +173,7 @@ def summary_rows(summary: dict[str, Any]) -> list[tuple[str, str]]:
         *_virtual_rows(summary),
         ("median round (ms)", _fmt(None if med is None else med * 1000, ".1f")),
         ("bytes sent per node per round", _fmt(per_round, ",.0f")),
+        *_secure_rows(summary),
         *_metric_rows(final),
         ("test loss mean", _fmt(final.get("test_loss_mean"), ".4f")),
         ("peak memory, whole run (PSS MiB)", _fmt(None if pss is None else pss / 2**20, ",.0f")),
@@ -306,6 +307,20 @@ def main() -> None:
         app()
     except KeyboardInterrupt:
         sys.exit(EXIT_INTERRUPTED)
+
+
+def _secure_rows(summary: dict[str, Any]) -> list[tuple[str, str]]:
+    """That the run was secure, and what it cost beyond the shares."""
+    secure = summary.get("secure")
+    if not isinstance(secure, dict):
+        return []
+    extra = _fmt(secure["extra_bytes_per_node_per_round"], ",.0f")
+    kept = secure["rounds_skipped"] + secure["sums_rejected"]
+    return [
+        ("secure aggregation", f"on (fixed point, {secure.get('fraction_bits')} fraction bits)"),
+        ("  extra bytes per node per round", extra),
+        ("  rounds a receiver kept its model", str(kept)),
+    ]
 
 
 def _virtual_rows(summary: dict[str, Any]) -> list[tuple[str, str]]:

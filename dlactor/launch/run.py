@@ -284,6 +284,10 @@ def _summary(
         model_params=plan.model_params,
         model_bytes=plan.model_bytes,
     )
+    secure = summary.get("secure")
+    if isinstance(secure, dict):  # the fixed point the run's sums were exact in
+        sharing = plan.config.sharing
+        secure.update(word_bits=32, fraction_bits=getattr(sharing, "fraction_bits", None))
     if plan.config.network is not None:  # what the run's time axis means
         summary["network"] = plan.config.network.model_dump(mode="json", exclude_defaults=True)
         summary["network"]["clock"] = plan.config.network.clock

@@ -96,6 +96,26 @@ def _overlay(records: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
+def _secure(records: list[dict[str, Any]], servers: list[dict[str, Any]]) -> dict[str, Any]:
+    """Secure aggregation's own figures, when the run masked: the bytes its rosters cost
+    beyond the shares, and the rounds a receiver kept its model (fewer than two senders, or
+    an unmasked sum out of range)."""
+    rows = [r for r in records if "secure_bytes_sent" in r]
+    if not rows:
+        return {}
+    received = [r for r in [*records, *servers] if "secure_skipped" in r]
+    extra = [r["secure_bytes_sent"] for r in rows]
+    return {
+        "secure": {
+            "masked": True,
+            "extra_bytes_total": sum(extra),
+            "extra_bytes_per_node_per_round": statistics.fmean(extra),
+            "rounds_skipped": sum(bool(r["secure_skipped"]) for r in received),
+            "sums_rejected": sum(bool(r.get("secure_rejected")) for r in received),
+        }
+    }
+
+
 def mean_curve(
     by_process: dict[int, list[dict[str, Any]]], metric: str = "test_acc"
 ) -> list[tuple[int, float, float, float | None]]:
@@ -181,6 +201,8 @@ def summarize(
         "bytes_sent_total": sum(r["bytes_sent"] for r in records),
         # what the topology's own messages cost (peer sampler, gossip); absent otherwise
         **_overlay(records),
+        # secure aggregation (absent for a run that did not mask)
+        **_secure(records, [r for rs in servers.values() for r in rs]),
         "rss_bytes_max_node": max((r["rss_bytes"] for r in records), default=None),
         # the model that counts is the server's, where there is one (FedAvg, parameter server)
         "final": {**_final(servers or by_node), "consensus_distance": _last_consensus(run_dir)},

@@ -37,6 +37,7 @@ from dlactor.training.base import Trainer
 from dlactor.transport.base import Address, Deliver, SendTimeout, TrafficStats, Transport
 from dlactor.transport.emulated import EmulatedTransport
 from dlactor.transport.link import Link
+from dlactor.wire.codec import encode, encoded_size
 from dlactor.wire.errors import RemoteProtocolError
 
 if TYPE_CHECKING:
@@ -396,14 +397,15 @@ class Node:
                 out[peer] = Roster(await topology.neighbors(peer, r), weights[self.node])
             return out
         loop = asyncio.get_running_loop()
-        before = self.transport.stats.bytes_sent
         msg = roster_message(self.node, r, {p: ctx.weights[p] for p in peers})
         try:
             remaining = max(deadline - loop.time(), 0.0)
             await self.transport.send_all(sorted(peers), msg, timeout=remaining)
         except SendTimeout as exc:
             raise SendStalled(r, exc.peers, self.round_timeout) from exc
-        self._secure_bytes += self.transport.stats.bytes_sent - before
+        # the rosters' own frames (a connection's handshake the share would need anyway)
+        size = EmulatedTransport.wire_size(msg) if self._emulated else encoded_size(encode(msg))
+        self._secure_bytes += size * len(peers)
         got = await self._rosters.wait(r, peers, max(deadline - loop.time(), 0.0))
         if self._emulated is not None:
             self._t_wait += self._emulated.clock.reach(self._emulated.overlay_arrival(r))

@@ -184,12 +184,14 @@ def test_an_invalid_config_exits_2_and_starts_nothing(
     assert not tmp_path.exists() or not any(tmp_path.iterdir())
 
 
-@pytest.mark.parametrize("kind", ["peer_sampler", "gossip"])
+@pytest.mark.parametrize(("kind", "sharing"), [("peer_sampler", "secure"), ("gossip", "full")])
 def test_dynamic_topologies_run_over_real_sockets_and_record_every_rounds_graph(
-    tmp_path: Path, launch: Callable[..., subprocess.Popen[str]], kind: str
+    tmp_path: Path, launch: Callable[..., subprocess.Popen[str]], kind: str, sharing: str
 ) -> None:
-    code, _, err = finish(launch(tmp_path, f"topology.kind={kind}", "topology.degree=3",
-                                 "rounds=5", "sharing.kind=full"))  # fmt: skip
+    """The peer sampler's run masks too (secure aggregation over real processes: X25519
+    keys through the address book, rosters and masked shares over TCP)."""
+    code, out, err = finish(launch(tmp_path, f"topology.kind={kind}", "topology.degree=3",
+                                   "rounds=5", f"sharing.kind={sharing}"))  # fmt: skip
     assert code == 0, err
     rd = run_dir(tmp_path)
     manifest = json.loads((rd / "manifest.json").read_text())
@@ -210,3 +212,9 @@ def test_dynamic_topologies_run_over_real_sockets_and_record_every_rounds_graph(
         assert sum(r["overlay_bytes_sent"] for r in recs) > 0
     summary = json.loads((rd / "summary.json").read_text())
     assert summary["status"] == "ok" and summary["overlay_bytes_sent_total"] > 0
+    if sharing == "secure":
+        secure = summary["secure"]
+        assert secure["masked"] and secure["fraction_bits"] == 24
+        assert secure["extra_bytes_per_node_per_round"] > 0  # the rosters
+        assert secure["rounds_skipped"] == secure["sums_rejected"] == 0
+        assert "secure aggregation" in out and "on (fixed point, 24 fraction bits)" in out
