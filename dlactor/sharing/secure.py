@@ -7,7 +7,8 @@ plus a mask: ``y_ji = enc(W_ij x_j) + sum_{k in S_i, k != j} +-PRG(s_jk; round, 
 Each pair's two terms cancel in ``sum_j y_ji``, which is therefore exactly
 ``sum_j enc(W_ij x_j)``: the receiver decodes it and adds its own ``W_ii x_i``. ``enc``
 scales by ``2**fraction_bits`` and rounds to the nearest integer; the pairwise secrets
-``s_jk`` and their keystreams are :class:`~dlactor.security.agreement.PairwiseKeys`'.
+``s_jk`` and their keystreams (AES-256-CTR) are
+:class:`~dlactor.security.agreement.PairwiseKeys`'.
 
 Words are 32 bits, as many bytes as the float32 model they replace. A sender refuses to
 send a value beyond ``2**(30 - fraction_bits)`` (SecureRangeError: its model left the
@@ -27,7 +28,7 @@ import torch
 
 from dlactor.context import RoundContext
 from dlactor.messages import Payload
-from dlactor.security.agreement import PairwiseKeys
+from dlactor.security.agreement import PairwiseKeys, scratch_size
 from dlactor.sharing.ops import flatten, unflatten_into
 from dlactor.wire.errors import RemoteProtocolError
 
@@ -74,13 +75,14 @@ def headroom(fraction_bits: int) -> float:
 def encode(x: np.ndarray, weight: float, fraction_bits: int) -> np.ndarray:
     """``round(weight * x * 2**fraction_bits)`` as uint32 words (two's complement). The
     caller has checked that ``|x| <= headroom``, so every value fits."""
-    scaled = np.rint(x.astype(np.float64) * (weight * 2.0**fraction_bits))
+    scaled = np.multiply(x, weight * 2.0**fraction_bits, dtype=np.float64)
+    np.rint(scaled, out=scaled)
     return scaled.astype(np.int32).view(np.uint32)
 
 
 def decode(words: np.ndarray, fraction_bits: int) -> np.ndarray:
     """The float64 values of signed fixed-point ``words``."""
-    return words.view(np.int32).astype(np.float64) * 2.0**-fraction_bits
+    return np.multiply(words.view(np.int32), 2.0**-fraction_bits, dtype=np.float64)
 
 
 def mask_for(
@@ -91,8 +93,9 @@ def mask_for(
     so that the masks of all ``senders`` sum to zero modulo 2**32."""
     me = keys.process
     total = np.zeros(words, dtype=np.uint32)
+    scratch = bytearray(scratch_size(words))
     for other in sorted(senders - {me}):
-        stream = keys.mask(other, receiver, round, words)
+        stream = keys.mask(other, receiver, round, words, scratch)
         if me < other:
             total += stream
         else:
@@ -129,13 +132,16 @@ class SecureSharing:
         if not peak <= headroom(self.fraction_bits):  # NaN too
             raise SecureRangeError(self.node, ctx.round, peak, self.fraction_bits)
         out: dict[int, Payload] = {}
+        encoded: dict[float, np.ndarray] = {}  # by weight: a regular graph's are all one
         for peer in sorted(ctx.peers):
             roster = ctx.rosters[peer]
             if len(roster.senders) < 2:
                 out[peer] = Payload(meta={SKIP: True})
                 continue
-            words = encode(x, roster.weight, self.fraction_bits)
-            words += mask_for(self.agreement, roster.senders, peer, ctx.round, x.size)
+            plain = encoded.get(roster.weight)
+            if plain is None:
+                plain = encoded[roster.weight] = encode(x, roster.weight, self.fraction_bits)
+            words = plain + mask_for(self.agreement, roster.senders, peer, ctx.round, x.size)
             out[peer] = Payload({MASKED: torch.from_numpy(words.view(np.int32))})
         return out
 
@@ -175,7 +181,7 @@ class SecureSharing:
         summed = total.view(np.int32)
         weight = sum(ctx.weights.get(j, 0.0) for j in received)
         bound = weight * LIMIT + len(received)
-        if summed.size and float(np.abs(summed.astype(np.int64)).max()) > bound:
+        if summed.size and max(int(summed.max()), -int(summed.min())) > bound:
             self._report["secure_rejected"] = True
             log.warning(
                 "node %d: round %d's secure sum from %s is out of range (a sender lied or "
@@ -185,8 +191,8 @@ class SecureSharing:
                 sorted(received),
             )
             return
-        mixed = own.astype(np.float64) * ctx.weights.get(ctx.node, 0.0)
-        mixed += decode(summed, self.fraction_bits)
+        mixed = decode(summed, self.fraction_bits)
+        mixed += np.multiply(own, ctx.weights.get(ctx.node, 0.0), dtype=np.float64)
         unflatten_into(torch.from_numpy(mixed.astype(np.float32)), ctx.model.parameters())
 
     def report(self) -> dict[str, Any]:

@@ -10,11 +10,7 @@ plain and with a virtual-clock ``[network]`` table, the two launched in turn.
 from __future__ import annotations
 
 import asyncio
-import json
-import shutil
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -22,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from launches import quickstart_summary
 from report import Section, Table
 
 from dlactor.messages import Message, Payload, Share
@@ -74,14 +71,7 @@ async def _precision(rate: float, floats: int, reps: int) -> tuple[int, float, l
 
 
 def _round_ms(out: Path, *overrides: str) -> float:
-    sets = [arg for o in overrides for arg in ("--set", o)]
-    cmd = [sys.executable, "-m", "dlactor", "launch", "configs/quickstart.toml", "--out",
-           str(out), "--no-progress", *sets]  # fmt: skip
-    subprocess.run(cmd, cwd=REPO, check=True, capture_output=True, timeout=600)
-    (run_dir,) = out.iterdir()
-    summary = json.loads((run_dir / "summary.json").read_text())
-    shutil.rmtree(out)
-    return float(summary["round_s_median"]) * 1000
+    return float(quickstart_summary(out, *overrides)["round_s_median"]) * 1000
 
 
 def run_network(progress: Callable[[str], None], *, quick: bool = False) -> NetworkResult:

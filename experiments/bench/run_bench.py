@@ -11,6 +11,8 @@
    time against the revision before per-node identity (bench_security.py)
 9. network: how precisely the emulated network's wall clock holds messages over real TCP,
    and what its virtual clock costs a run (bench_network.py)
+10. secure aggregation: CPU per round against full sharing, the quickstart's round time
+   and bytes, plain against secure (bench_secure.py)
 
 Every figure in the file is measured by this script, except the targets and the quoted
 decentralizepy reference figures, which say so where they appear.
@@ -33,6 +35,7 @@ from bench_e2e import NODE_COUNTS, e2e_section, eval_section, run_e2e
 from bench_memory import memory_section
 from bench_network import network_section, run_network
 from bench_overhead import FLOOR_NODES, overhead_section, run_floors
+from bench_secure import run_secure, secure_section
 from bench_security import run_security, security_section
 from bench_startup import startup_section
 from bench_transport import run_transport, transport_section
@@ -60,13 +63,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--parts",
         type=_parts,
         default=PARTS,
-        help="which benchmarks to run, comma-separated, of codec,transport,e2e,security "
-        "(default: all)",
+        help=f"which benchmarks to run, comma-separated, of {','.join(PARTS)} (default: all)",
     )
     return parser.parse_args(argv)
 
 
-PARTS = ("codec", "transport", "e2e", "security", "network")
+PARTS = ("codec", "transport", "e2e", "security", "network", "secure")
 
 
 def _node_counts(text: str) -> tuple[int, ...]:
@@ -131,6 +133,9 @@ def run_all(progress: Progress, args: argparse.Namespace) -> tuple[list[Section]
     if "network" in args.parts:
         progress("network benchmark")
         sections.append(network_section(run_network(progress, quick=args.quick)))
+    if "secure" in args.parts:
+        progress("secure aggregation benchmark")
+        sections.append(secure_section(run_secure(progress, quick=args.quick)))
     return sections, verdicts
 
 
