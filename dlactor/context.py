@@ -87,7 +87,7 @@ class Service(Protocol):
 @dataclass(frozen=True, slots=True)
 class Roster:
     """What one receiver aggregates in a round, as a sender to it sees it: every process
-    that sends to it (this one included), and the weight it gives this one's payload."""
+    that sends to it (this one included), and the weight this one's payload takes in it."""
 
     senders: frozenset[int]
     weight: float

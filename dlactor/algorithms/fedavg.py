@@ -199,7 +199,7 @@ class FedAvgClient:
         else:  # masked for the server, with pairwise masks among this round's clients
             weight = client_weights(self.samples, clients, self.weighted)[self.node]
             ctx.rosters = {self.server: Roster(frozenset(clients), weight)}
-            payload = (await node.per_peer.outgoing_each(ctx))[self.server]
+            payload = (await node.outgoing_each(ctx))[self.server]
         share = Share(node.node, r, payload)
         node.check_own(share)
         await node.send([self.server], share)

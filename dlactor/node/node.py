@@ -116,7 +116,11 @@ class Node:
         # Rosters come as messages only where the topology cannot tell a sender them.
         asks = self.per_peer is not None and self.per_peer.needs_rosters
         sees = topology is None or getattr(topology, "sees_every_node", False)
-        self._rosters = RosterBook(node) if asks and not sees else None
+        self._rosters: RosterBook | None = None
+        if asks and not sees:
+            count = nodes if nodes is not None else 1 << 16
+            limit = getattr(topology, "degree", None)
+            self._rosters = RosterBook(node, count, limit if isinstance(limit, int) else count)
         self._secure_bytes = 0  # this round's bytes of rosters sent
         self.model = model
         self.rounds, self.eval_every, self.round_timeout = rounds, eval_every, round_timeout
@@ -378,24 +382,35 @@ class Node:
         deadline = asyncio.get_running_loop().time() + self.round_timeout
         if self.per_peer.needs_rosters:
             ctx.rosters = await self.rosters(ctx, deadline)
-        payloads = await self.per_peer.outgoing_each(ctx)
+        payloads = await self.outgoing_each(ctx)
         shares = {peer: Share(self.node, ctx.round, payloads[peer]) for peer in sorted(ctx.peers)}
         for share in shares.values():
             self.check_own(share)
         await self.send_each(shares, deadline)
         return await self.collect(ctx.round, ctx.peers, self.round_timeout, deadline=deadline)
 
+    async def outgoing_each(self, ctx: RoundContext) -> Mapping[int, Payload]:
+        """The sharing strategy's payload for each peer, its CPU time charged to the clock
+        (secure aggregation's masks are most of its cost)."""
+        if self.per_peer is None:
+            raise RuntimeError(f"node {self.node}'s sharing sends one payload to everyone")
+        cpu = time.process_time()
+        payloads = await self.per_peer.outgoing_each(ctx)
+        await self.charge(time.process_time() - cpu)
+        return payloads
+
     async def rosters(self, ctx: RoundContext, deadline: float) -> dict[int, Roster]:
         """Each peer's roster this round: from the topology when it sees every node, else
-        sent (this node's own to its peers) and received (theirs), by ``deadline``."""
+        sent (this node's own to its peers) and received (theirs), by ``deadline``.
+
+        A sender weighs its model by its own weight for the receiver, which is the
+        receiver's for it (mixing matrices are symmetric). A roster that says otherwise
+        (a receiver lying to make its other senders send it nothing) gets a skip notice
+        instead of this node's model, logged."""
         topology = self.require_topology()
         peers, r = ctx.peers, ctx.round
         if self._rosters is None:
-            out = {}
-            for peer in sorted(peers):
-                weights = await topology.weights(peer, r)
-                out[peer] = Roster(await topology.neighbors(peer, r), weights[self.node])
-            return out
+            return {p: Roster(await topology.neighbors(p, r), ctx.weights[p]) for p in peers}
         loop = asyncio.get_running_loop()
         msg = roster_message(self.node, r, {p: ctx.weights[p] for p in peers})
         try:
@@ -406,10 +421,25 @@ class Node:
         # the rosters' own frames (a connection's handshake the share would need anyway)
         size = EmulatedTransport.wire_size(msg) if self._emulated else encoded_size(encode(msg))
         self._secure_bytes += size * len(peers)
-        got = await self._rosters.wait(r, peers, max(deadline - loop.time(), 0.0))
-        if self._emulated is not None:
-            self._t_wait += self._emulated.clock.reach(self._emulated.overlay_arrival(r))
-        return got
+        got, arrival = await self._rosters.wait(r, peers, max(deadline - loop.time(), 0.0))
+        if self._emulated is not None and self._emulated.clock.virtual:
+            self._t_wait += self._emulated.clock.reach(arrival)
+        out = {}
+        for peer, roster in got.items():
+            mine = ctx.weights[peer]
+            if roster.weight != mine:
+                log.warning(
+                    "node %d: node %d's roster of round %d weighs this node %r, this node "
+                    "weighs it %r: it gets a skip notice",
+                    self.node,
+                    peer,
+                    r,
+                    roster.weight,
+                    mine,
+                )
+                roster = Roster(frozenset({self.node}), mine)  # one sender: a skip notice
+            out[peer] = Roster(roster.senders, mine)
+        return out
 
     async def send_each(self, shares: Mapping[int, Share], deadline: float) -> None:
         """Send each peer its own share by ``deadline`` (loop time), as ``send`` does."""

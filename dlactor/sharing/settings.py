@@ -149,6 +149,9 @@ class ChocoSettings(SharingSettings):
 #: The algorithms whose averages secure sharing can mask: a node's weighted neighbours
 #: (D-PSGD), a server's weighted clients (FedAvg).
 SECURE_ALGORITHMS = ("dpsgd", "fedavg")
+#: The most nodes a secure run may have: its Start message, with an X25519 key per node
+#: beside the Ed25519 one, must fit the wire's 4 MiB header (about 47,000 nodes).
+MAX_SECURE_NODES = 1 << 15
 
 
 @register("sharing")
@@ -171,6 +174,12 @@ class SecureSharingSettings(SharingSettings):
             raise FieldError(
                 "sharing.compression",
                 "masked words are uniformly random: lossless compression cannot shrink them",
+            )
+        if config.nodes > MAX_SECURE_NODES:
+            raise FieldError(
+                "nodes",
+                f"{config.nodes}: the start barrier's address book holds every node's two "
+                f"public keys within a 4 MiB header, {MAX_SECURE_NODES:,} nodes at most",
             )
         algorithm = getattr(config, "algorithm", None)
         kind = getattr(algorithm, "kind", "dpsgd")

@@ -228,3 +228,42 @@ def test_check_refuses_what_is_not_masked_words_of_this_model() -> None:
     for payload in bad:
         with pytest.raises(RemoteProtocolError):
             s.check(model, payload)
+
+
+async def test_on_the_in_memory_transport_each_message_is_uniform_and_all_are_needed() -> None:
+    """The messages node 0 really receives in a secure run (8 nodes, 3-regular): each one's
+    words pass the chi-square test; together (with node 0's own weighted model) they are the
+    model node 0 ends the round with; without one of them the sum is out of range."""
+    from dlactor.messages import Share
+    from dlactor.testing import build_network, run_nodes
+    from tests.conftest import small_plan
+
+    plan = small_plan("rounds=1", "sharing.kind=secure", "training.lr=0")
+    _, nodes = build_network(plan)
+    node0 = nodes[0]
+    got: dict[int, np.ndarray] = {}
+    deliver = node0.transport.deliver
+
+    def spy(msg: object, nbytes: int) -> None:
+        if isinstance(msg, Share):
+            got[msg.sender] = msg.payload.tensors[MASKED].numpy().view(np.uint32).copy()
+        deliver(msg, nbytes)  # type: ignore[arg-type]
+
+    node0.transport.deliver = spy  # type: ignore[attr-defined]
+    before = flatten(node0.model.parameters()).numpy().astype(np.float64)
+    for node in nodes:
+        await node.start()
+    await run_nodes(nodes)
+    senders = sorted(plan.graph[0])
+    assert sorted(got) == senders and len(senders) == 3
+    for words in got.values():
+        assert chi_square_p(words) > 1e-4
+    weights = {0: 0.25, **dict.fromkeys(senders, 0.25)}  # 3-regular: 1 / (1 + 3)
+    total = np.zeros_like(got[senders[0]])
+    for words in got.values():
+        total += words
+    after = flatten(node0.model.parameters()).numpy()
+    expected = (weights[0] * before + decode(total, F)).astype(np.float32)
+    assert np.array_equal(after, expected)
+    partial = got[senders[0]] + got[senders[1]]
+    assert np.mean(np.abs(decode(partial, F)) > headroom(F)) > 0.4
