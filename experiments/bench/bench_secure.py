@@ -90,7 +90,11 @@ def run_secure(progress: Callable[[str], None], *, quick: bool = False) -> Secur
     result = SecureResult()
     torch.set_num_threads(1)
     keys = _keys(2 * DEGREE + 2)
-    models = {"quickstart MLP": mlp(64, 10, (64,)), "LeNet-5": lenet5(10, 1)}
+    models = {
+        "quickstart MLP": mlp(64, 10, (64,)),
+        "LeNet-5": lenet5(10, 1),
+        "a layer of MovieLens MF's size": torch.nn.Linear(999, 204),  # 204,000 parameters
+    }
     reps = 10 if quick else 30
     for name, model in models.items():
         progress(f"secure: CPU of one round's sharing, {name}, {reps} rounds")
