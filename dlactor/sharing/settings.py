@@ -162,11 +162,11 @@ class SecureSharingSettings(SharingSettings):
 
     kind: Literal["secure"] = "secure"
     fraction_bits: int = Field(
-        24,
+        26,
         ge=8,
         le=28,
         description="fixed-point bits below the point: a precision of 2**-fraction_bits, "
-        "model values within +-2**(30 - fraction_bits) (24: 6e-8 and +-64)",
+        "model values within +-2**(30 - fraction_bits) (26: 1.5e-8 and +-16)",
     )
 
     def check(self, config: RunConfigBase) -> None:

@@ -214,7 +214,7 @@ def test_dynamic_topologies_run_over_real_sockets_and_record_every_rounds_graph(
     assert summary["status"] == "ok" and summary["overlay_bytes_sent_total"] > 0
     if sharing == "secure":
         secure = summary["secure"]
-        assert secure["masked"] and secure["fraction_bits"] == 24
+        assert secure["masked"] and secure["fraction_bits"] == 26
         assert secure["extra_bytes_per_node_per_round"] > 0  # the rosters
         assert secure["rounds_skipped"] == secure["sums_rejected"] == 0
-        assert "secure aggregation" in out and "on (fixed point, 24 fraction bits)" in out
+        assert "secure aggregation" in out and "on (fixed point, 26 fraction bits)" in out

@@ -23,7 +23,7 @@ from dlactor.sharing.secure import (
 )
 from dlactor.wire.errors import RemoteProtocolError
 
-F = 24  # the default fraction_bits
+F = 26  # the default fraction_bits
 
 
 def keyring(n: int, run_id: str = "run-a") -> list[PairwiseKeys]:
@@ -127,16 +127,16 @@ def test_leaving_one_senders_message_out_gives_garbage_not_a_model() -> None:
     for j in (1, 2, 3):
         partial += msgs[j]
     garbage = decode(partial, F)
-    # uniform words: values spread over the whole +-128 range, nothing like a model
+    # uniform words: values spread over the whole +-32 range, nothing like a model
     assert np.abs(garbage - exact).mean() > 10
     assert np.mean(np.abs(garbage) > headroom(F)) > 0.4
 
 
 def test_fixed_point_precision_and_range() -> None:
-    x = np.array([0.0, 1e-9, -3.3e-8, 0.123456789, -63.9999, 64.0], dtype=np.float32)
+    x = np.array([0.0, 1e-9, -3.3e-8, 0.123456789, -15.9999, 16.0], dtype=np.float32)
     back = decode(encode(x, 1.0, F), F)
     assert np.abs(back - x.astype(np.float64)).max() <= 2.0 ** -(F + 1)
-    assert headroom(F) == 64.0 and headroom(16) == 16384.0
+    assert headroom(F) == 16.0 and headroom(24) == 64.0 and headroom(16) == 16384.0
 
 
 def node_ctx(
@@ -151,10 +151,10 @@ async def test_a_value_beyond_the_range_stops_the_sender_not_a_wrapped_model() -
     k = keyring(3)
     model = torch.nn.Linear(4, 1)
     with torch.no_grad():
-        model.weight[0, 0] = 64.5
+        model.weight[0, 0] = 16.5
     sharing = SecureSharing(node=0, fraction_bits=F, keys=k[0])
     roster = Roster(frozenset({0, 2}), 0.5)
-    with pytest.raises(SecureRangeError, match=r"node 0's model holds 64\.5.*fraction_bits = 24"):
+    with pytest.raises(SecureRangeError, match=r"node 0's model holds 16\.5.*fraction_bits = 26"):
         await sharing.outgoing_each(node_ctx(0, model, 3, {1: roster}))
     with torch.no_grad():
         model.weight[0, 0] = float("nan")

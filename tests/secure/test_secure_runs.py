@@ -23,7 +23,7 @@ from dlactor.wire.codec import decode, encode
 from tests.algorithms.servers import server_config
 from tests.conftest import small_config, small_plan
 
-F = 24
+F = 26  # the default fraction_bits
 U = 2.0**-24  # float32's unit roundoff
 
 
