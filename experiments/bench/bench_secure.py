@@ -31,7 +31,7 @@ from dlactor.sharing.secure import SecureSharing
 from dlactor.training.models import count_parameters, lenet5, mlp
 
 DEGREE = 5
-FRACTION_BITS = 24
+FRACTION_BITS = 26
 
 
 @dataclass
