@@ -13,9 +13,8 @@ the same on both ends, different for every pair and every run (each run makes fr
 pairs, and the run id is in the derivation). The mask of the pair for a message to receiver
 ``i`` in round ``r`` is the AES-256-CTR keystream under ``s_jk`` from the counter block
 (r, i, 0): a different stream per pair, receiver and round. AES-CTR rather than ChaCha20:
-with the AES instructions of current x86 and ARM cores, OpenSSL makes it 2.5-3x faster here
-(docs/secure.md), and a round generates d x (d - 1) model-sized streams. Every primitive is
-the ``cryptography`` package's.
+on cores with AES instructions OpenSSL makes it several times faster, and a round generates
+d x (d - 1) model-sized streams. Every primitive is the ``cryptography`` package's.
 """
 
 from __future__ import annotations
