@@ -133,6 +133,8 @@ class Node:
         #: The emulated network's transport and its clock (``[network]``), else None.
         self._emulated = self.transport if isinstance(self.transport, EmulatedTransport) else None
         self.clock: Clock | None = None if self._emulated is None else self._emulated.clock
+        if self._emulated is not None and self._rosters is not None:
+            self._emulated.untracked_ops.add(ROSTER)  # the roster wait reaches them itself
         self._t_compute = self._t_wait = 0.0  # this round's, on the clock
         if self._overlay is not None:
             self._overlay.attach(self.link)

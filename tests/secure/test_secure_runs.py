@@ -172,3 +172,28 @@ def test_register_and_start_carry_the_agreement_keys() -> None:
     assert decode(bytearray(b"".join(encode(Register(3, "h", 1)))[4:])) == Register(3, "h", 1)
     start = Start({0: ("h", 1), 1: ("h", 2)}, 1.5, {0: bytes(32)}, {1: bytes(range(32))})
     assert decode(bytearray(b"".join(encode(start))[4:])) == start
+
+
+async def test_on_an_emulated_network_masks_cost_no_virtual_time_and_rosters_one_exchange() -> None:
+    """configs/wan.toml (virtual clock, a device profile): on its static graph a secure run
+    has the plain run's timeline exactly; on the peer sampler its rosters add time (they are
+    waited for after training), and the learning is the same."""
+    from pathlib import Path
+
+    from dlactor.config import load_config
+    from dlactor.testing import run_in_memory
+
+    wan = Path(__file__).parents[2] / "configs" / "wan.toml"
+
+    async def timeline(*overrides: str) -> tuple[list[float], float]:
+        plan = make_plan(load_config(wan, ["rounds=4", *overrides]))
+        records = await run_in_memory(plan)
+        rows = [records[i][-1] for i in range(plan.config.nodes)]
+        return [r["t_virtual"] for r in rows], float(np.mean([r["test_acc"] for r in rows]))
+
+    assert await timeline() == await timeline("sharing.kind=secure")
+    (plain, acc), (secure, acc_secure) = (
+        await timeline("topology.kind=peer_sampler"),
+        await timeline("topology.kind=peer_sampler", "sharing.kind=secure"),
+    )
+    assert acc_secure == pytest.approx(acc, abs=0.01) and max(secure) > max(plain)
