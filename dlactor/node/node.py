@@ -449,8 +449,8 @@ class Node:
         try:
             await self.transport.send_each(shares, timeout=remaining)
         except SendTimeout as exc:
-            rounds = {share.round for share in shares.values()}
-            raise SendStalled(min(rounds), exc.peers, self.round_timeout) from exc
+            r = next(iter(shares.values())).round
+            raise SendStalled(r, exc.peers, self.round_timeout) from exc
 
     async def send(self, peers: Iterable[int], share: Share, deadline: float | None = None) -> None:
         """Send ``share`` to ``peers`` by ``deadline`` (loop time; default: a round timeout

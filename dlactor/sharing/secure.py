@@ -86,14 +86,21 @@ def decode(words: np.ndarray, fraction_bits: int) -> np.ndarray:
 
 
 def mask_for(
-    keys: PairwiseKeys, senders: frozenset[int], receiver: int, round: int, words: int
+    keys: PairwiseKeys,
+    senders: frozenset[int],
+    receiver: int,
+    round: int,
+    words: int,
+    scratch: bytearray | None = None,
 ) -> np.ndarray:
     """This process's mask for ``receiver`` in ``round``: its pairwise streams with every
     other sender, added when this process's id is the lower of the pair, else subtracted,
-    so that the masks of all ``senders`` sum to zero modulo 2**32."""
+    so that the masks of all ``senders`` sum to zero modulo 2**32. ``scratch`` (at least
+    ``scratch_size(words)`` bytes) is reused for the streams when given."""
     me = keys.process
     total = np.zeros(words, dtype=np.uint32)
-    scratch = bytearray(scratch_size(words))
+    if scratch is None:
+        scratch = bytearray(scratch_size(words))
     for other in sorted(senders - {me}):
         stream = keys.mask(other, receiver, round, words, scratch)
         if me < other:
@@ -115,6 +122,7 @@ class SecureSharing:
         self._size: int | None = None
         self._own: tuple[int, np.ndarray] | None = None  # (round, this model as sent)
         self._report: dict[str, Any] = {}
+        self._scratch = bytearray()  # the keystreams' buffer, reused every round
 
     # --- sending ---------------------------------------------------------------------
 
@@ -128,6 +136,8 @@ class SecureSharing:
             raise RuntimeError(f"process {self.node} has no agreement keys: it cannot mask")
         x = flatten(ctx.model.parameters()).numpy()
         self._own = (ctx.round, x)
+        if len(self._scratch) < scratch_size(x.size):
+            self._scratch = bytearray(scratch_size(x.size))
         peak = float(np.abs(x).max()) if x.size else 0.0
         if not peak <= headroom(self.fraction_bits):  # NaN too
             raise SecureRangeError(self.node, ctx.round, peak, self.fraction_bits)
@@ -141,7 +151,9 @@ class SecureSharing:
             plain = encoded.get(roster.weight)
             if plain is None:
                 plain = encoded[roster.weight] = encode(x, roster.weight, self.fraction_bits)
-            words = plain + mask_for(self.agreement, roster.senders, peer, ctx.round, x.size)
+            words = plain + mask_for(
+                self.agreement, roster.senders, peer, ctx.round, x.size, self._scratch
+            )
             out[peer] = Payload({MASKED: torch.from_numpy(words.view(np.int32))})
         return out
 

@@ -194,19 +194,27 @@ class EmulatedTransport:
             msg = dataclasses.replace(msg, clock=_PLACEHOLDER)
         return encoded_size(encode(msg))
 
-    def _frames(self, peers: list[int], msg: Share | Overlay) -> dict[int, list[Buffer]]:
-        """``msg``'s frame for each of ``peers``, each with its own stamp: encoded once with
-        a placeholder stamp (its size is the stamped size), then restamped per peer."""
+    def _frames(self, msgs: Mapping[int, Share | Overlay]) -> dict[int, list[Buffer]]:
+        """Each peer's frame of one send, each with its own stamp. A message is encoded once
+        with a placeholder stamp (its size is the stamped size), however many peers it goes
+        to; the batch departs at its largest message's size (the copies of ``send_all``, or
+        a share per peer of the same size), then every frame is restamped for its peer."""
         max_frame = getattr(self.inner, "max_frame", DEFAULT_MAX_FRAME)
-        buffers = encode(dataclasses.replace(msg, clock=_PLACEHOLDER), max_frame=max_frame)
-        queued = isinstance(msg, Share)
-        stamps = self.depart(peers, self.send_time(), encoded_size(buffers), queued=queued)
-        return {peer: restamp(buffers, stamps[peer]) for peer in peers}
+        encoded: dict[int, list[Buffer]] = {}  # by id(message): each distinct one once
+        for msg in msgs.values():
+            if id(msg) not in encoded:
+                placeholder = dataclasses.replace(msg, clock=_PLACEHOLDER)
+                encoded[id(msg)] = encode(placeholder, max_frame=max_frame)
+        order = sorted(msgs)
+        queued = all(isinstance(m, Share) for m in msgs.values())
+        nbytes = max((encoded_size(b) for b in encoded.values()), default=0)
+        stamps = self.depart(order, self.send_time(), nbytes, queued=queued)
+        return {p: restamp(encoded[id(msgs[p])], stamps[p]) for p in order}
 
     async def send(self, peer: int, msg: Message) -> int:
         if not isinstance(msg, Share | Overlay):
             return await self.inner.send(peer, msg)  # nothing else crosses a peer connection
-        return await self.inner.send_frame(peer, self._frames([peer], msg)[peer])
+        return await self.inner.send_frame(peer, self._frames({peer: msg})[peer])
 
     async def send_frame(self, peer: int, buffers: Sequence[Buffer]) -> int:
         """A frame as it is: unstamped, so a peer on the emulated network refuses it."""
@@ -220,26 +228,14 @@ class EmulatedTransport:
             await self.inner.send_all(peers, msg, timeout=timeout)
             return
         order = sorted(set(peers))
-        await send_frames(self.inner.send_frame, self._frames(order, msg), timeout)
+        await send_frames(self.inner.send_frame, self._frames(dict.fromkeys(order, msg)), timeout)
 
     async def send_each(self, msgs: Mapping[int, Message], *, timeout: float | None = None) -> None:
-        """Into the uplink together, as ``send_all``'s copies: each peer's message is
-        encoded with a placeholder stamp, the batch departs at the size of its largest, and
-        each is restamped for its peer."""
+        """Into the uplink together, as ``send_all``'s copies (``_frames``)."""
         stamped = {p: m for p, m in msgs.items() if isinstance(m, Share | Overlay)}
         if len(stamped) != len(msgs):
             raise TypeError("send_each on the emulated network takes shares and overlays")
-        max_frame = getattr(self.inner, "max_frame", DEFAULT_MAX_FRAME)
-        order = sorted(stamped)
-        encoded = {
-            p: encode(dataclasses.replace(stamped[p], clock=_PLACEHOLDER), max_frame=max_frame)
-            for p in order
-        }
-        queued = all(isinstance(m, Share) for m in stamped.values())
-        nbytes = max((encoded_size(b) for b in encoded.values()), default=0)
-        stamps = self.depart(order, self.send_time(), nbytes, queued=queued)
-        frames = {p: restamp(encoded[p], stamps[p]) for p in order}
-        await send_frames(self.inner.send_frame, frames, timeout)
+        await send_frames(self.inner.send_frame, self._frames(stamped), timeout)
 
     # --- receiving ----------------------------------------------------------------------
 

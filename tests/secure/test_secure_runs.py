@@ -108,9 +108,8 @@ async def test_fedavg_server_gets_only_masked_words_and_averages_as_plain() -> N
     secure = make_plan(server_config("fedavg", *base, "sharing.kind=secure"))
     seen: list[torch.Tensor] = []
     rp, np_ = await run(plain)
-    server_plan = secure
     records: dict[int, list[Record]] = defaultdict(list)
-    _, nodes = build_network(server_plan, on_round=lambda rec: records[rec["node"]].append(rec))
+    _, nodes = build_network(secure, on_round=lambda rec: records[rec["node"]].append(rec))
     server = nodes[-1]
     check = server.algorithm.check
     server.algorithm.check = lambda node, share: (  # type: ignore[method-assign]
