@@ -1,7 +1,9 @@
 """The ``dlactor`` command: launch, validate, graph.
 
-Exit codes: 0 ok; 1 the run failed (a node raised or died); 2 invalid input (config,
-graph file, arguments), reported before any process starts; 130 interrupted (Ctrl-C).
+Exit codes: 0 ok, or degraded (finished without the nodes it lost, under
+``launcher.on_node_failure = "continue"``); 1 the run failed (a node raised or died); 2
+invalid input (config, graph file, arguments), reported before any process starts; 130
+interrupted (Ctrl-C).
 """
 
 from __future__ import annotations
@@ -115,7 +117,10 @@ def launch(
         err.print(f"dlactor: {where}", highlight=False)
         result = run(plan, run_dir, config_toml(cfg), backend=backend, show_progress=progress)
     print_summary(result.summary, run_dir)
-    if result.status != "ok":
+    if result.status == "degraded":
+        why = escape(result.reason)
+        err.print(f"[yellow]run degraded:[/] {why}", highlight=False, soft_wrap=True)
+    elif result.status != "ok":
         _say_why(result)
         raise typer.Exit(EXIT_INTERRUPTED if result.status == "interrupted" else EXIT_FAILED)
 
@@ -169,6 +174,7 @@ def summary_rows(summary: dict[str, Any]) -> list[tuple[str, str]]:
         ("status", summary["status"]),
         ("nodes", str(summary["nodes"])),
         ("rounds completed", str(summary["rounds"])),
+        *_churn_rows(summary),
         ("wall time (s, from the start barrier)", _fmt(summary["wall_s"], ".2f")),
         *_virtual_rows(summary),
         ("median round (ms)", _fmt(None if med is None else med * 1000, ".1f")),
@@ -178,6 +184,19 @@ def summary_rows(summary: dict[str, Any]) -> list[tuple[str, str]]:
         ("test loss mean", _fmt(final.get("test_loss_mean"), ".4f")),
         ("peak memory, whole run (PSS MiB)", _fmt(None if pss is None else pss / 2**20, ",.0f")),
     ]  # fmt: skip
+
+
+def _churn_rows(summary: dict[str, Any]) -> list[tuple[str, str]]:
+    """Nodes lost, and the share of node-rounds spent offline, when the run had either."""
+    rows = []
+    if summary.get("lost"):
+        rows.append(
+            ("nodes lost", ", ".join(f"{x['node']} (round {x['round']})" for x in summary["lost"]))
+        )
+    availability = summary.get("availability")
+    if isinstance(availability, dict):
+        rows.append(("node-rounds offline", _fmt(availability.get("offline_share"), ".1%")))
+    return rows
 
 
 def print_summary(summary: dict[str, Any], run_dir: Path) -> None:

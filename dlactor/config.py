@@ -32,6 +32,12 @@ from pydantic import (
 )
 
 from dlactor import plugins
+from dlactor.churn.settings import (
+    AvailabilitySettings,
+    CheckpointSettings,
+    FaultSettings,
+    check_churn,
+)
 from dlactor.network.settings import NetworkSettings
 from dlactor.settings_base import FieldError, Settings
 from dlactor.topology.graphs import MAX_NODES
@@ -303,6 +309,11 @@ class LauncherSettings(Settings):
     torch_threads: int = Field(
         1, ge=1, le=MAX_THREADS, description="torch intra-op threads per node (at most 256)"
     )
+    on_node_failure: Literal["stop", "continue"] = Field(
+        "stop",
+        description='a learning node that dies: "stop" the run, or "continue" without it '
+        '(status "degraded"; docs/churn.md)',
+    )
 
 
 class LocalLauncher(LauncherSettings):
@@ -369,6 +380,11 @@ class RunConfigBase(Settings):
     security: SecuritySettings = SecuritySettings()
     #: The emulated network (docs/network.md); None: messages cross this machine as they are.
     network: NetworkSettings | None = None
+    #: Which nodes are online in each round (docs/churn.md); None: every node, every round.
+    availability: AvailabilitySettings | None = None
+    #: Failures the launcher injects (docs/churn.md); None: none.
+    faults: FaultSettings | None = None
+    checkpoint: CheckpointSettings = CheckpointSettings()
 
     @field_validator("launcher", mode="before")
     @classmethod
@@ -511,7 +527,7 @@ def _resolve_paths(cfg: RunConfigBase, base_dir: Path | None) -> RunConfigBase:
     if base_dir is None:
         return cfg
     update = {}
-    for category in (*CATEGORIES, "network"):
+    for category in (*CATEGORIES, "network", "availability"):
         settings = getattr(cfg, category, None)
         if isinstance(settings, Settings):
             resolved = settings.resolve(base_dir)
@@ -523,7 +539,7 @@ def _resolve_paths(cfg: RunConfigBase, base_dir: Path | None) -> RunConfigBase:
 def _read_files(cfg: RunConfigBase) -> None:
     """Read the files the config names (a graph file) now, so that their errors name the
     field; a file's content is never quoted (a path may name any file, secrets included)."""
-    for category in (*CATEGORIES, "network"):
+    for category in (*CATEGORIES, "network", "availability"):
         settings = getattr(cfg, category, None)
         if isinstance(settings, Settings):
             try:
@@ -539,6 +555,7 @@ def _check_algorithm(cfg: RunConfigBase, given: frozenset[str]) -> None:
         return
     try:
         algorithm.check(cfg, given)
+        check_churn(cfg)
     except FieldError as exc:
         raise ConfigError(f"invalid config:\n  {exc.field}: {exc}") from exc
 

@@ -19,6 +19,7 @@ from dlactor.messages import Payload
 from dlactor.transport.base import Address, Deliver, Transport
 
 if TYPE_CHECKING:
+    from dlactor.churn.availability import Availability
     from dlactor.config import RunConfigBase
 
 __all__ = [
@@ -56,6 +57,8 @@ class NodeEnv:
     config: RunConfigBase | None = None
     #: The run's id (what per-run key derivations bind to).
     run_id: str = ""
+    #: Which learning nodes are online in each round ([availability]); None: all, always.
+    availability: Availability | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,6 +70,7 @@ class ServiceEnv:
     seed: int
     rounds: int
     transport: Callable[[Deliver], Transport]
+    availability: Availability | None = None  # as NodeEnv's
 
 
 class Service(Protocol):

@@ -4,8 +4,9 @@ Every frame on every connection carries exactly one of these. Every connection o
 with the handshake (``Hello``, ``Challenge``, ``Proof``: see ``dlactor.security.handshake``).
 Then peer-to-peer connections carry ``Share`` frames, and ``Overlay`` frames for
 topologies that talk (a peer sampler, gossip peer sampling). The launcher's control
-connection carries ``Register``, ``Start``, ``Progress``, ``Done``, ``Failed`` and
-``Stop``. The encoding is in ``dlactor.wire.codec`` and ``docs/wire.md``.
+connection carries ``Register``, ``Start``, ``Progress``, ``Done``, ``Failed``, ``Stop``
+and ``Lost`` (a run going on without a node). The encoding is in ``dlactor.wire.codec``
+and ``docs/wire.md``.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ __all__ = [
     "Done",
     "Failed",
     "Hello",
+    "Lost",
     "Message",
     "MetaValue",
     "Overlay",
@@ -160,6 +162,27 @@ class Stop:
     reason: str
 
 
+@dataclass(frozen=True, slots=True)
+class Lost:
+    """Launcher -> node: learning node ``node`` is gone since round ``round`` (it died; the
+    run goes on without it, ``launcher.on_node_failure = "continue"``): stop waiting for it."""
+
+    node: int
+    round: int
+    reason: str
+
+
 Message = (
-    Hello | Challenge | Proof | Share | Overlay | Register | Start | Progress | Done | Failed | Stop
+    Hello
+    | Challenge
+    | Proof
+    | Share
+    | Overlay
+    | Register
+    | Start
+    | Progress
+    | Done
+    | Failed
+    | Stop
+    | Lost
 )

@@ -32,6 +32,7 @@ class DPSGD:
             received = await node.exchange(share, ctx.peers)
         else:  # each neighbour gets its own payload (secure aggregation's masks)
             received = await node.exchange_each(ctx)
+        node.drop_missing(ctx, received)  # neighbours lost mid-round (on_node_failure)
         await node.aggregate(ctx, received)
         record.update(
             train_loss=stats.loss,

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from dlactor.algorithms.base import Record
+from dlactor.churn.availability import Availability
 from dlactor.context import Roster, RoundContext
 from dlactor.messages import Payload, Share
 from dlactor.sharing.lossless import Lossless
@@ -43,13 +44,20 @@ PARAMS = "params"
 _SAMPLE = 0xFED
 
 
-def sample_clients(seed: int, round: int, nodes: int, k: int) -> list[int]:
+def sample_clients(
+    seed: int, round: int, nodes: int, k: int, availability: Availability | None = None
+) -> list[int]:
     """The ``k`` distinct clients of ``round``, sorted, drawn from (``seed``, ``round``) alone
-    so that the server and every client draw the same ones."""
+    so that the server and every client draw the same ones. With an availability schedule,
+    drawn among the clients online in ``round`` (all of them, if fewer than ``k``)."""
     if not 0 < k <= nodes:
         raise ValueError(f"k = {k} clients must be in [1, nodes = {nodes}]")
     rng = np.random.default_rng(np.random.SeedSequence(entropy=seed, spawn_key=(_SAMPLE, round)))
-    return sorted(int(j) for j in rng.choice(nodes, size=k, replace=False))
+    online = None if availability is None else availability.online_nodes(round)
+    if online is None or len(online) == nodes:
+        return sorted(int(j) for j in rng.choice(nodes, size=k, replace=False))
+    chosen = rng.choice(online, size=min(k, len(online)), replace=False)
+    return sorted(int(j) for j in chosen)
 
 
 def client_weights(samples: list[int], clients: list[int], weighted: bool) -> dict[int, float]:
@@ -100,28 +108,35 @@ class FedAvgServer:
         self.seed, self.nodes, self.weighted = env.seed, env.nodes, settings.weighted
         self.k = settings.sampled(env.nodes)
         self.samples = [len(part) for part in env.parts]
+        self.availability = env.availability
 
     def weights(self, clients: list[int]) -> dict[int, float]:
         return client_weights(self.samples, clients, self.weighted)
 
     async def round(self, node: Node, r: int) -> Record:
         record, start = node.new_record(r)
-        clients = sample_clients(self.seed, r, self.nodes, self.k)
-        peers = frozenset(clients)
+        sampled = sample_clients(self.seed, r, self.nodes, self.k, self.availability)
+        peers = frozenset(sampled) - node.lost.keys()
         share = Share(node.node, r, Payload({PARAMS: flatten(node.model.parameters())}))
         node.check_own(share)
         received = await node.exchange(share, peers)
+        # Clients lost since they were sampled (on_node_failure = "continue") are left out
+        # of the average; with none in, the global model stays as it is.
+        clients = sorted(received)
+        if not clients:
+            record["clients"] = sampled
+            return await node.close_record(record, start, RoundContext(node.node, r, node.model))
         # The server's own weight is 0: the new global model is the clients' average alone.
         # ctx.sent stays None (full sharing would otherwise take it as the server's vector).
         ctx = RoundContext(
             node=node.node,
             round=r,
             model=node.model,
-            peers=peers,
+            peers=frozenset(clients),
             weights={node.node: 0.0, **self.weights(clients)},
         )
         await node.aggregate(ctx, received, lambda: self.aggregate(node, ctx, received))
-        record["clients"] = clients
+        record["clients"] = sampled
         return await node.close_record(record, start, ctx)
 
     async def aggregate(
@@ -166,6 +181,9 @@ class FedAvgServer:
 class FedAvgClient:
     """A client's rounds: when sampled, download the global model, train, upload."""
 
+    #: Clients never evaluate: the server's global model is the run's (not even offline).
+    evaluates = False
+
     def __init__(self, *, settings: FedAvgSettings, env: NodeEnv) -> None:
         self.node, self.seed, self.nodes = env.node, env.seed, env.nodes
         self.k = settings.sampled(env.nodes)
@@ -173,11 +191,12 @@ class FedAvgClient:
         self.weighted = settings.weighted
         self.samples = [len(part) for part in env.parts]
         self.layout = flat_layout(env.model.parameters(), PARAMS)
+        self.availability = env.availability
         self._waited = -1  # the last round this client took part in
 
     async def round(self, node: Node, r: int) -> Record:
         record, start = node.new_record(r)
-        clients = sample_clients(self.seed, r, self.nodes, self.k)
+        clients = sample_clients(self.seed, r, self.nodes, self.k, self.availability)
         if self.node not in clients:
             record["sampled"] = False
             return await node.close_record(record, start, None)

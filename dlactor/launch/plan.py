@@ -14,6 +14,7 @@ import networkx as nx
 import numpy as np
 import torch
 
+from dlactor.churn.availability import Availability
 from dlactor.config import ConfigError, FieldError, LocalLauncher, RunConfig
 from dlactor.context import NodeEnv, Service, ServiceEnv
 from dlactor.data.base import Dataset
@@ -47,6 +48,8 @@ class Plan:
     run_id: str = field(default_factory=lambda: secrets.token_hex(8))
     #: The emulated network (``[network]``), the same in every process; None without one.
     network: NetworkModel | None = None
+    #: Which learning nodes are online in each round (``[availability]``); None: all.
+    availability: Availability | None = None
 
     @property
     def services(self) -> int:
@@ -136,8 +139,19 @@ def make_plan(config: RunConfig) -> Plan:
         model = _build_model(config, dataset)
     with _field("network"):
         network = _network(config)
+    with _field("availability"):
+        availability = _availability(config)
     _warm_up(model)
-    plan = Plan(config, graph, dataset, parts, model, _make_keys(config), network=network)
+    plan = Plan(
+        config,
+        graph,
+        dataset,
+        parts,
+        model,
+        _make_keys(config),
+        network=network,
+        availability=availability,
+    )
     if uses_tls(config):
         plan.keys.enable_tls(plan.run_id)
     return plan
@@ -174,6 +188,16 @@ def _network(config: RunConfig) -> NetworkModel | None:
         seed=config.seed,
         files=files,
     )
+
+
+def _availability(config: RunConfig) -> Availability | None:
+    """The availability schedule every process of the run shares, if the config has one."""
+    if config.availability is None:
+        return None
+    try:
+        return config.availability.load(config.nodes, config.rounds, config.seed)
+    except FieldError as exc:
+        raise FieldError(f"availability.{exc.field}", str(exc)) from exc
 
 
 def _make_keys(config: RunConfig) -> RunKeys:
@@ -248,6 +272,7 @@ def node_env(plan: Plan, node: int, model: torch.nn.Module) -> NodeEnv:
         servers=plan.servers,
         config=cfg,
         run_id=plan.run_id,
+        availability=plan.availability,
     )
 
 
@@ -260,6 +285,7 @@ def build_service(plan: Plan, process: int, transport: Callable[[Deliver], Trans
         seed=cfg.seed,
         rounds=cfg.rounds,
         transport=emulated(plan, process, transport),
+        availability=plan.availability,
     )
     return cfg.topology.service(env)
 
@@ -321,4 +347,6 @@ def build_node(
         algorithm=algorithm,
         processes=plan.processes,
         lookahead=cfg.algorithm.lookahead(cfg),
+        availability=plan.availability,
+        survive=cfg.launcher.on_node_failure == "continue",
     )

@@ -30,6 +30,7 @@ class RunProgress:
     def __init__(self, nodes: int, rounds: int, *, enabled: bool = True) -> None:
         self._rounds = rounds
         self._at = [0] * nodes
+        self._gone: set[int] = set()
         self._console = Console(file=sys.stderr)
         self._plain = enabled and not self._console.is_terminal
         self._step = max(1, rounds // 10)
@@ -50,9 +51,13 @@ class RunProgress:
             "run", total=nodes * rounds, slowest=0, rounds=rounds
         )
 
+    def lose(self, node: int) -> None:
+        """``node`` is gone (the run goes on without it): the slowest of the others counts."""
+        self._gone.add(node)
+
     def advance(self, node: int, round: int) -> None:
         self._at[node] = round + 1
-        slowest = min(self._at)
+        slowest = min((at for i, at in enumerate(self._at) if i not in self._gone), default=0)
         self._progress.update(self._task, advance=1, slowest=slowest)
         if self._plain and slowest >= self._logged + self._step:
             self._logged = slowest - slowest % self._step

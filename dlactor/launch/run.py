@@ -273,6 +273,7 @@ def _summary(
             wall_s=wall,
             by_node=records,
             targets=plan.config.evaluation.targets,
+            lost=[x["node"] for x in outcome.lost],
         ),
     ) or {"nodes": nodes, "rounds": 0, "wall_s": wall, "final": {}}
     topology = run_dir / "topology_rounds.jsonl"
@@ -288,6 +289,14 @@ def _summary(
     if isinstance(secure, dict):  # the fixed point the run's sums were exact in
         sharing = plan.config.sharing
         secure.update(word_bits=32, fraction_bits=getattr(sharing, "fraction_bits", None))
+    if outcome.lost:  # the nodes the run went on without (on_node_failure = "continue")
+        summary["lost"] = outcome.lost
+    settings = plan.config.availability
+    if plan.availability is not None and settings is not None:  # the share spent offline
+        summary["availability"] = {
+            **settings.model_dump(mode="json", exclude_none=True),
+            "offline_share": plan.availability.offline_share(),
+        }
     if plan.config.network is not None:  # what the run's time axis means
         summary["network"] = plan.config.network.model_dump(mode="json", exclude_defaults=True)
         summary["network"]["clock"] = plan.config.network.clock
@@ -314,7 +323,7 @@ def _conclude(summary: dict[str, Any], outcome: Outcome, problems: list[str]) ->
 def _verdict(outcome: Outcome, problems: list[str]) -> tuple[str, str]:
     """The run's status and reason: the backend's if it failed (the first failure is the
     one to see), else the launcher's first problem writing the results, else ok."""
-    if outcome.status != "ok":
+    if outcome.status not in ("ok", "degraded"):
         return outcome.status, _reason(outcome)
     if problems:
         return "failed", problems[0]

@@ -30,7 +30,7 @@ from dlactor.launch.control import ControlStream, accept_node
 from dlactor.launch.plan import Plan
 from dlactor.launch.progress import RunProgress
 from dlactor.launch.worker import EXIT_DONE
-from dlactor.messages import Done, Failed, Payload, Progress, Register, Share, Start, Stop
+from dlactor.messages import Done, Failed, Lost, Payload, Progress, Register, Share, Start, Stop
 from dlactor.metrics.consensus import ConsensusMeter
 from dlactor.metrics.memory import MemorySampler
 from dlactor.metrics.recorder import JsonlRecorder
@@ -67,7 +67,7 @@ KNOCK_ON = tuple(
 class Outcome:
     """How a run ended, for the manifest and the summary."""
 
-    status: str = "ok"  # "ok" | "failed" | "interrupted"
+    status: str = "ok"  # "ok" | "degraded" | "failed" | "interrupted"
     reason: str = ""
     traceback: str = ""
     also_failed: list[int] = field(default_factory=list)
@@ -75,6 +75,9 @@ class Outcome:
     t_start_barrier: float = 0.0
     hosts: list[str] = field(default_factory=list)  # where nodes ran, if not only here
     addresses: dict[int, str] = field(default_factory=dict)  # node -> "host:port" it listened on
+    #: Learning nodes the run went on without (``on_node_failure = "continue"``): each one's
+    #: ``node``, the ``round`` it was lost in, and the ``cause``.
+    lost: list[dict[str, Any]] = field(default_factory=list)
 
 
 class NodeProcesses(Protocol):
@@ -151,6 +154,15 @@ class Supervisor:
         self._reported: dict[int, int] = {}  # node -> the last round of its consensus report
         self._all_registered = asyncio.Event()
         self._finished = asyncio.Event()
+        #: ``launcher.on_node_failure = "continue"``: a learning node that dies is lost, not
+        #: the run's end.
+        self.survive = plan.config.launcher.on_node_failure == "continue"
+        self.lost: dict[int, dict[str, Any]] = {}
+        faults = plan.config.faults
+        cfg = plan.config
+        #: Node -> the round it is killed in ([faults]), once it has reported the one before.
+        self.kills = {} if faults is None else faults.schedule(cfg.nodes, cfg.rounds, cfg.seed)
+        self.injected: set[int] = set()  # nodes killed so far by [faults]
 
     async def run(self) -> Outcome:
         loop = asyncio.get_running_loop()
@@ -184,6 +196,13 @@ class Supervisor:
                 await asyncio.wait(self._handlers, timeout=STOP_GRACE_S)
             self.consensus_log.close()
         self.outcome.peak_pss_bytes = self.memory.peak_pss
+        self.outcome.lost = [self.lost[node] for node in sorted(self.lost)]
+        if self.lost and self.outcome.status == "ok":
+            self.outcome.status = "degraded"
+            named = ", ".join(
+                f"node {x['node']} in round {x['round']} ({x['cause']})" for x in self.outcome.lost
+            )
+            self.outcome.reason = f"finished without {len(self.lost)} lost node(s): {named}"
         return self.outcome
 
     async def _barrier(self) -> None:
@@ -275,8 +294,7 @@ class Supervisor:
             case Done(sender=node):
                 self.done.add(node)
                 self.reported.add(node)
-                if len(self.done) == self.n:
-                    self._finished.set()
+                self._check_finished()
             case Failed(sender=node, traceback=tb):
                 self.reported.add(node)
                 self._on_failed(node, tb)
@@ -290,6 +308,9 @@ class Supervisor:
             raise RemoteProtocolError(f"process {node} reported round {r}, expected {expected}")
         self._last_round[node] = r
         self.progress.advance(node, r)
+        if self.kills.get(node) == r + 1:  # [faults]: killed during the next round
+            self.injected.add(node)
+            self.nodes.kill(node)
 
     def _on_consensus_report(self, node: int, r: int, payload: Payload) -> None:
         """A node's evaluated model, for the consensus distance: once per node and round,
@@ -307,18 +328,59 @@ class Supervisor:
         except RemoteProtocolError as exc:
             raise RemoteProtocolError(f"node {node}'s consensus report: {exc}") from exc
         distance = self.consensus.add(r, payload.tensors["params"])
-        if distance is not None and self.consensus_log is not None:
-            nodes = self.plan.config.nodes
-            try:
-                self.consensus_log.write(
-                    {"round": r, "consensus_distance": distance, "nodes": nodes}
-                )
-            except OSError as exc:  # a full disk: the run fails saying so, not a node later
-                self.fail("failed", f"the launcher could not record the consensus distance: {exc}")
+        if distance is not None:
+            self._write_consensus(r, distance)
+
+    def _write_consensus(self, r: int, distance: float) -> None:
+        if self.consensus_log is None:
+            return
+        try:
+            self.consensus_log.write(
+                {"round": r, "consensus_distance": distance, "nodes": self.consensus.needed(r)}
+            )
+        except OSError as exc:  # a full disk: the run fails saying so, not a node later
+            self.fail("failed", f"the launcher could not record the consensus distance: {exc}")
+
+    def _check_finished(self) -> None:
+        """Every process is done, or lost (and at least one learning node is not)."""
+        if len(self.done) + len(self.lost) == self.n:
+            self._finished.set()
+
+    def _loses(self, node: int) -> bool:
+        """Whether the run goes on without ``node`` if it dies: a learning node under
+        ``on_node_failure = "continue"`` (a server or a service is the run's own)."""
+        return self.survive and node < self.plan.config.nodes and not self._finished.is_set()
+
+    def _lose(self, node: int, cause: str) -> None:
+        """Go on without learning node ``node``: make sure it is dead, tell every other
+        process (they stop waiting for it), and finish without it."""
+        if node in self.lost or node in self.done:
+            return
+        r = self._last_round.get(node, -1) + 1
+        if node in self.injected:
+            cause = f"{cause}, by [faults]"
+        self.lost[node] = {"node": node, "round": r, "cause": cause}
+        self.reported.add(node)
+        self.nodes.kill(node)
+        self._stranger_log.warning(
+            "dlactor: lost node %d in round %d (%s); going on", node, r, cause
+        )
+        lost = Lost(node, r, cause)
+        for other, stream in self.streams.items():
+            if other != node and other not in self.lost and self.nodes.ended(other) is None:
+                stream.post(lost)
+        self.progress.lose(node)
+        for done_round, distance in self.consensus.forget(r):
+            self._write_consensus(done_round, distance)
+        if len(self.lost) == self.plan.config.nodes:
+            self.fail("failed", "every learning node was lost")
+        self._check_finished()
 
     def _on_failed(self, node: int, tb: str) -> None:
         if self.outcome.status != "ok" or self._finished.is_set():
             self.outcome.also_failed.append(node)
+        elif self._loses(node) and not _is_knock_on(tb):
+            self._lose(node, f"raised {_last_line(tb)}")
         elif _is_knock_on(tb):
             self._defer(node, tb)
         else:
@@ -357,7 +419,11 @@ class Supervisor:
                     continue
                 first = exited_at.setdefault(node, now)
                 if node in self.closed or now - first > 1.0:
-                    self.fail("failed", f"{self.plan.role(node)} {how}")
+                    if self._loses(node):
+                        self._lose(node, how)
+                    else:
+                        by = ", by [faults]" if node in self.injected else ""
+                        self.fail("failed", f"{self.plan.role(node)} {how}{by}")
             await asyncio.sleep(0.05)
 
     async def _stop_all(self) -> None:
@@ -375,6 +441,11 @@ class Supervisor:
 
     def _all_ended(self) -> bool:
         return all(self.nodes.ended(node) is not None for node in range(self.n))
+
+
+def _last_line(tb: str) -> str:
+    lines = [line.strip() for line in tb.strip().splitlines()]
+    return lines[-1] if lines else "an exception"
 
 
 def _is_knock_on(tb: str) -> bool:

@@ -24,7 +24,17 @@ import torch
 from dlactor.context import Service
 from dlactor.launch.control import ControlStream
 from dlactor.launch.plan import Plan, build_node, build_service
-from dlactor.messages import Done, Failed, Payload, Progress, Register, Share, Start
+from dlactor.messages import (
+    Done,
+    Failed,
+    Lost,
+    Message,
+    Payload,
+    Progress,
+    Register,
+    Share,
+    Start,
+)
 from dlactor.metrics.memory import set_malloc_thresholds
 from dlactor.metrics.recorder import JsonlRecorder
 from dlactor.node.node import Node, Record
@@ -226,7 +236,7 @@ async def _lifecycle(actor: Node | Service, ctl: ControlStream, credentials: Cre
     if isinstance(actor, Node):
         actor.learn_agreement(start.agreement)
     actor.connect(start.addresses, start.t0)
-    stop = asyncio.ensure_future(ctl.receive())
+    stop = asyncio.ensure_future(_until_stopped(ctl, actor))
     try:
         if not await _run_unless_stopped(actor, stop):
             return EXIT_STOPPED
@@ -241,6 +251,18 @@ async def _lifecycle(actor: Node | Service, ctl: ControlStream, credentials: Cre
     finally:
         stop.cancel()
         await asyncio.gather(stop, return_exceptions=True)
+
+
+async def _until_stopped(ctl: ControlStream, actor: Node | Service) -> Message | None:
+    """Read the control connection until the launcher says stop (``Stop``, or EOF): what
+    ended it. A ``Lost`` on the way tells the actor a node is gone for good."""
+    while True:
+        msg = await ctl.receive()
+        if not isinstance(msg, Lost):
+            return msg
+        lose = getattr(actor, "lose", None)
+        if lose is not None:
+            lose(msg.node, msg.round)
 
 
 async def _run_unless_stopped(actor: Node | Service, stop: asyncio.Future[Any]) -> bool:

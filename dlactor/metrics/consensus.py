@@ -28,6 +28,22 @@ class ConsensusMeter:
     def __init__(self, nodes: int) -> None:
         self.nodes = nodes
         self._rounds: dict[int, _Accumulator] = {}
+        self._lost: list[int] = []  # the rounds nodes were lost in (they report no more)
+
+    def needed(self, round: int) -> int:
+        """How many nodes report ``round``: all but those lost in it or before."""
+        return self.nodes - sum(1 for lost in self._lost if lost <= round)
+
+    def forget(self, round: int) -> list[tuple[int, float]]:
+        """A node was lost in ``round`` (after reporting the rounds before it): rounds from
+        it on are complete without it. The (round, distance) of those that now are."""
+        self._lost.append(round)
+        done = []
+        for r in sorted(self._rounds):
+            acc = self._rounds[r]
+            if r >= round and acc.count >= self.needed(r):
+                done.append((r, self._distance(r)))
+        return done
 
     @property
     def pending(self) -> int:
@@ -49,9 +65,12 @@ class ConsensusMeter:
         acc.total += v
         acc.squares += float(v.dot(v))
         acc.count += 1
-        if acc.count < self.nodes:
+        if acc.count < self.needed(round):
             return None
-        del self._rounds[round]
-        mean = acc.total / self.nodes
-        spread = acc.squares / self.nodes - float(mean.dot(mean))
+        return self._distance(round)
+
+    def _distance(self, round: int) -> float:
+        acc = self._rounds.pop(round)
+        mean = acc.total / acc.count
+        spread = acc.squares / acc.count - float(mean.dot(mean))
         return math.sqrt(max(spread, 0.0))

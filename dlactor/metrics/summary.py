@@ -173,16 +173,21 @@ def summarize(
     wall_s: float,
     by_node: dict[int, list[dict[str, Any]]] | None = None,
     targets: Iterable[float] = (),
+    lost: Iterable[int] = (),
 ) -> dict[str, Any]:
     """Run-level figures; ``by_node`` are the nodes' records if already read; ``targets``
-    the mean accuracies whose time to reach is given."""
+    the mean accuracies whose time to reach is given. Nodes ``lost`` (a run that went on
+    without them) count in the totals up to their loss, and not in the rounds completed,
+    the final accuracy or the time to reach a target (the survivors')."""
     if by_node is None:
         by_node = load_node_records(run_dir)
     servers = load_server_records(run_dir)
+    gone = set(lost)
+    survivors = {n: rs for n, rs in by_node.items() if n not in gone}
     records = [r for rs in by_node.values() for r in rs]
     trained = [r["t_train"] for r in records if "t_train" in r]
     durations = [d for rs in by_node.values() for d in _round_durations(rs)]
-    completed = min((len(by_node.get(n, [])) for n in range(nodes)), default=0)
+    completed = min((len(by_node.get(n, [])) for n in range(nodes) if n not in gone), default=0)
     return {
         "nodes": nodes,
         "rounds": completed,
@@ -205,8 +210,8 @@ def summarize(
         **_secure(records, [r for rs in servers.values() for r in rs]),
         "rss_bytes_max_node": max((r["rss_bytes"] for r in records), default=None),
         # the model that counts is the server's, where there is one (FedAvg, parameter server)
-        "final": {**_final(servers or by_node), "consensus_distance": _last_consensus(run_dir)},
-        "time_to_accuracy": time_to_accuracy(servers or by_node, targets),
+        "final": {**_final(servers or survivors), "consensus_distance": _last_consensus(run_dir)},
+        "time_to_accuracy": time_to_accuracy(servers or survivors, targets),
         **_servers(servers),
     }
 

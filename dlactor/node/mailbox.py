@@ -68,6 +68,7 @@ class Mailbox:
         self._expected: dict[int, frozenset[int]] = {}  # round -> its senders, once known
         self._lookahead = lookahead
         self._ahead: dict[int, set[int]] = {}  # sender -> the later rounds it sent shares for
+        self._gone: set[int] = set()  # senders the run goes on without (``gone``)
         self.dropped = 0
 
     @property
@@ -128,6 +129,12 @@ class Mailbox:
             del box[sender]
             self.dropped += 1
 
+    def gone(self, sender: int) -> None:
+        """``sender`` died and the run goes on without it: no round waits for it any more
+        (a wait in progress returns with what came from the others)."""
+        self._gone.add(sender)
+        self._arrived.set()
+
     def count(self, nbytes: int) -> None:
         """Count a frame that belongs to no round (a handshake) in the current round."""
         self._count(self._floor, nbytes)
@@ -149,7 +156,8 @@ class Mailbox:
     async def wait_round(
         self, round: int, peers: Iterable[int], timeout: float, *, deadline: float | None = None
     ) -> dict[int, Payload]:
-        """The payloads of ``round`` from every node in ``peers``; RoundTimeout otherwise.
+        """The payloads of ``round`` from every node in ``peers`` (but those ``gone``, whose
+        payload is there only if it came before they died); RoundTimeout otherwise.
 
         ``deadline`` (loop time) defaults to ``timeout`` from now; the node passes its round's
         deadline, which the sends of the round have used part of. Completing a round discards
@@ -160,7 +168,7 @@ class Mailbox:
         loop = asyncio.get_running_loop()
         if deadline is None:
             deadline = loop.time() + timeout
-        while not expected <= self._rounds.get(round, {}).keys():
+        while not expected - self._gone <= self._rounds.get(round, {}).keys():
             self._arrived.clear()
             remaining = deadline - loop.time()
             try:
@@ -170,9 +178,9 @@ class Mailbox:
                     await self._arrived.wait()
             except TimeoutError:
                 got = self._rounds.get(round, {}).keys()
-                raise RoundTimeout(round, expected - got, timeout) from None
+                raise RoundTimeout(round, expected - got - self._gone, timeout) from None
         box = self._rounds.get(round, {})
-        out = {sender: box[sender] for sender in expected}
+        out = {sender: box[sender] for sender in expected if sender in box}
         self._finish(round)
         return out
 

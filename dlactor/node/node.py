@@ -23,6 +23,7 @@ import psutil
 import torch
 
 from dlactor.algorithms.base import Record
+from dlactor.churn.availability import Availability
 from dlactor.context import ModelDiverged, Roster, RoundContext, SendStalled, TrainStats
 from dlactor.messages import Message, Overlay, Payload, Share
 from dlactor.network.clock import Clock
@@ -34,7 +35,14 @@ from dlactor.sharing.lossless import Lossless
 from dlactor.sharing.ops import all_finite, check_finite
 from dlactor.topology.base import Topology, UsesOverlay
 from dlactor.training.base import Trainer
-from dlactor.transport.base import Address, Deliver, SendTimeout, TrafficStats, Transport
+from dlactor.transport.base import (
+    Address,
+    Deliver,
+    PeerUnreachable,
+    SendTimeout,
+    TrafficStats,
+    Transport,
+)
 from dlactor.transport.emulated import EmulatedTransport
 from dlactor.transport.link import Link
 from dlactor.wire.codec import encode, encoded_size
@@ -89,6 +97,8 @@ class Node:
         algorithm: Algorithm | None = None,
         processes: int | None = None,
         lookahead: int = 1,
+        availability: Availability | None = None,
+        survive: bool = False,
     ) -> None:
         from dlactor.algorithms.dpsgd import DPSGD
 
@@ -138,6 +148,19 @@ class Node:
         self._t_compute = self._t_wait = 0.0  # this round's, on the clock
         if self._overlay is not None:
             self._overlay.attach(self.link)
+        #: The run's availability schedule ([availability]), else None.
+        self.availability = availability
+        # A topology that knows the schedule recomputes the round's graph and weights over
+        # the online nodes itself; for any other the node drops offline neighbours here.
+        self._schedule_aware = bool(getattr(topology, "handles_availability", False))
+        #: ``launcher.on_node_failure = "continue"``: a peer that dies is waited for no more
+        #: once the launcher says it is lost (``lose``), instead of failing this node.
+        self.survive = survive
+        #: Peers the launcher said are lost, and the round each was lost in.
+        self.lost: dict[int, int] = {}
+        self._lost_news = asyncio.Event()
+        #: The first round ``run`` runs (a resumed run's: the checkpoint's).
+        self.first_round = 0
 
     def require_topology(self) -> Topology:
         if self.topology is None:
@@ -198,10 +221,72 @@ class Node:
             self._emulated.begin(self.t0)
 
     async def run(self) -> None:
-        for r in range(self.rounds):
-            record = await self.run_round(r)
+        for r in range(self.first_round, self.rounds):
+            if self.sits_out(r):
+                record = await self.offline_round(r)
+            else:
+                record = await self.run_round(r)
             if self.on_round is not None:
                 self.on_round(record)
+
+    def sits_out(self, r: int) -> bool:
+        """Whether this node is offline in round ``r`` by the availability schedule (a
+        server or a service never is)."""
+        return self.availability is not None and not self.availability.online(self.node, r)
+
+    async def offline_round(self, r: int) -> Record:
+        """Round ``r`` spent offline: no training, no messages; the model stays as it is
+        (evaluated on an evaluation round all the same: measuring it is the experimenter's
+        doing, not the node's), recorded with ``online: false``."""
+        record, start = self.new_record(r)
+        record["online"] = False
+        evaluates = getattr(self.algorithm, "evaluates", True)
+        ctx = RoundContext(node=self.node, round=r, model=self.model) if evaluates else None
+        return await self.close_record(record, start, ctx)
+
+    def lose(self, peer: int, round: int) -> None:
+        """The launcher says ``peer`` died in ``round`` and the run goes on without it: no
+        round waits for it from now on, and it is nobody's neighbour any more."""
+        if peer in self.lost or peer == self.node:
+            return
+        self.lost[peer] = round
+        self.mailbox.gone(peer)
+        self.transport.close_peer(peer)
+        self._lost_news.set()
+        log.info("node %d: node %d is lost (round %d); going on without it", self.node, peer, round)
+
+    async def _wait_lost(self, peers: Iterable[int], deadline: float) -> bool:
+        """Wait until the launcher has said every one of ``peers`` is lost, up to
+        ``deadline`` (loop time): True if it has."""
+        loop = asyncio.get_running_loop()
+        waiting = set(peers)
+        while not waiting <= self.lost.keys():
+            self._lost_news.clear()
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return False
+            try:
+                async with asyncio.timeout(remaining):
+                    await self._lost_news.wait()
+            except TimeoutError:
+                return waiting <= self.lost.keys()
+        return True
+
+    def drop_missing(self, ctx: RoundContext, received: Mapping[int, Payload]) -> None:
+        """Neighbours whose payload never came (they were lost mid-round) leave this round:
+        their mixing weight goes to this node's own model, which keeps the row summing to 1
+        and, the matrix being symmetric, the survivors' average."""
+        missing = ctx.peers - received.keys()
+        if missing:
+            ctx.peers, ctx.weights = self._without(ctx.peers, ctx.weights, missing)
+
+    def _without(
+        self, peers: frozenset[int], weights: Mapping[int, float], drop: Iterable[int]
+    ) -> tuple[frozenset[int], dict[int, float]]:
+        gone = set(drop) & peers
+        row = {p: w for p, w in weights.items() if p not in gone}
+        row[self.node] = weights.get(self.node, 0.0) + sum(weights.get(p, 0.0) for p in gone)
+        return peers - gone, row
 
     def evaluates(self, r: int) -> bool:
         return (r + 1) % self.eval_every == 0 or r == self.rounds - 1
@@ -271,6 +356,11 @@ class Node:
         weights = await topology.weights(self.node, r)
         if self._emulated is not None:
             self._t_wait += self._emulated.clock.reach(self._emulated.overlay_arrival(r))
+        drop = {p for p in peers if p in self.lost}
+        if self.availability is not None and not self._schedule_aware:
+            drop |= {p for p in peers if not self.availability.online(p, r)}
+        if drop:
+            peers, weights = self._without(peers, weights, drop)
         return peers, weights
 
     def check_finite_own(
@@ -457,11 +547,17 @@ class Node:
         from now): a peer that stops reading fails the round (SendStalled) instead of
         hanging it in ``drain``."""
         loop = asyncio.get_running_loop()
-        remaining = self.round_timeout if deadline is None else max(deadline - loop.time(), 0.0)
+        if deadline is None:
+            deadline = loop.time() + self.round_timeout
         try:
-            await self.transport.send_all(peers, share, timeout=remaining)
+            await self.transport.send_all(peers, share, timeout=max(deadline - loop.time(), 0.0))
         except SendTimeout as exc:
             raise SendStalled(share.round, exc.peers, self.round_timeout) from exc
+        except PeerUnreachable as exc:
+            # A peer that died before the launcher's word came: going on without it needs
+            # that word (the launcher judges who is lost), so wait for it within the round.
+            if not self.survive or not await self._wait_lost(exc.peers, deadline):
+                raise
 
     async def evaluate(self, ctx: RoundContext) -> Record:
         t_eval = time.perf_counter()

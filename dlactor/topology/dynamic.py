@@ -13,14 +13,18 @@ would make a 2-regular graph on many nodes, almost never a single cycle, fail to
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
 
 import networkx as nx
 import numpy as np
 
 from dlactor.topology.mixing import metropolis_hastings_row
 
-__all__ = ["RandomRegularDynamic", "random_regular_at"]
+if TYPE_CHECKING:
+    from dlactor.churn.availability import Availability
+
+__all__ = ["RandomRegularDynamic", "draw_among", "random_regular_at"]
 
 
 def _round_seed(seed: int, round: int) -> int:
@@ -50,6 +54,30 @@ def random_regular_at(n: int, degree: int, seed: int, round: int) -> nx.Graph:
     return nx.random_regular_graph(degree, n, seed=_round_seed(seed, round))
 
 
+def draw_among(
+    nodes: int, degree: int, seed: int, round: int, online: Sequence[int] | None = None
+) -> dict[int, list[int]]:
+    """Round ``round``'s graph as sorted neighbour lists: ``random_regular_at`` over every
+    node, or, given the nodes ``online`` that round (sorted), a random graph over those
+    alone, as regular as their count allows: ``degree``-regular when ``len(online) x
+    degree`` is even, else ``degree``-regular but for ``degree`` nodes of degree
+    ``degree - 1`` (a regular graph on one more node, that node taken out); complete when
+    ``degree`` is not below their count. Nodes not online have no neighbours."""
+    if online is None or len(online) == nodes:
+        graph = random_regular_at(nodes, degree, seed, round)
+        return {i: sorted(graph[i]) for i in range(nodes)}
+    out: dict[int, list[int]] = {i: [] for i in range(nodes)}
+    m = len(online)
+    if m < 2:
+        return out
+    d = min(degree, m - 1)
+    size = m + (m * d) % 2
+    drawn = nx.random_regular_graph(d, size, seed=_round_seed(seed, round))
+    for a in range(m):
+        out[int(online[a])] = sorted(int(online[b]) for b in drawn[a] if b < m)
+    return out
+
+
 class RandomRegularDynamic:
     """A fresh random ``degree``-regular graph every round; Metropolis-Hastings weights.
 
@@ -60,20 +88,41 @@ class RandomRegularDynamic:
 
     #: Any node's neighbours and weights can be asked for, not only this node's.
     sees_every_node = True
+    #: With an availability schedule, each round's graph is drawn among the online nodes.
+    handles_availability = True
 
-    def __init__(self, *, nodes: int, degree: int, seed: int) -> None:
+    def __init__(
+        self, *, nodes: int, degree: int, seed: int, availability: Availability | None = None
+    ) -> None:
         _check(nodes, degree, seed)
         self.nodes, self.degree, self.seed = nodes, degree, seed
+        self.availability = availability
         self._round = -1
         self._adjacency = np.empty((0, degree), dtype=np.int64)
+        self._drawn: dict[int, list[int]] = {}  # with availability: the round's lists
 
     async def neighbors(self, node: int, round: int) -> frozenset[int]:
+        if self.availability is not None:
+            return frozenset(self._among_online(round)[self._row(node)])
         return frozenset(self._adjacency_at(round)[self._row(node)].tolist())
 
     async def weights(self, node: int, round: int) -> Mapping[int, float]:
+        if self.availability is not None:
+            lists = self._among_online(round)
+            degrees = {j: len(lists[j]) for j in lists[self._row(node)]}
+            degrees[node] = len(lists[node])
+            return metropolis_hastings_row(node, degrees)
         degrees = dict.fromkeys(await self.neighbors(node, round), self.degree)
         degrees[node] = self.degree
         return metropolis_hastings_row(node, degrees)
+
+    def _among_online(self, round: int) -> dict[int, list[int]]:
+        if round != self._round:
+            assert self.availability is not None
+            online = self.availability.online_nodes(round).tolist()
+            self._drawn = draw_among(self.nodes, self.degree, self.seed, round, online)
+            self._round = round
+        return self._drawn
 
     def _row(self, node: int) -> int:
         if not 0 <= node < self.nodes:

@@ -43,6 +43,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -50,6 +51,9 @@ from dlactor.messages import Overlay
 from dlactor.topology.base import OverlayLink
 from dlactor.transport.base import TransportClosed, UnknownPeer
 from dlactor.wire.errors import RemoteProtocolError
+
+if TYPE_CHECKING:
+    from dlactor.churn.availability import Availability
 
 __all__ = [
     "ACCEPT",
@@ -184,6 +188,7 @@ class GossipTopology:
         contacts: Iterable[int],
         timeout: float,
         answer_timeout: float | None = None,
+        availability: Availability | None = None,
     ) -> None:
         if not 1 <= degree < nodes:
             raise ValueError(f"degree must be in [1, nodes) = [1, {nodes}), got {degree}")
@@ -204,6 +209,14 @@ class GossipTopology:
         self._shuffling: tuple[int, list[int], int] | None = None
         self._shuffle: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+        #: With a schedule, picks go only to nodes online in the pick's round.
+        self.availability = availability
+
+    #: Picks go only to nodes online in the round (the node need not filter).
+    handles_availability = True
+
+    def _online(self, node: int, round: int) -> bool:
+        return self.availability is None or self.availability.online(node, round)
 
     # ----------------------------------------------------------------- the round's graph
 
@@ -228,7 +241,7 @@ class GossipTopology:
                 f"within {self.timeout:g} s"
             ) from None
         self._close(round)
-        if round + 1 < self.rounds:
+        if round + 1 < self.rounds and self._online(self.node, round + 1):
             nxt = self._state(round + 1)
             if nxt.fill is None:
                 nxt.fill = asyncio.get_running_loop().create_task(self._fill(round + 1))
@@ -264,6 +277,8 @@ class GossipTopology:
             self._settle(round, state)
             free = self.degree - state.taken()
             skip = state.edges | state.tried
+            if self.availability is not None:
+                skip = skip | {p for p in self.view.nodes if not self._online(p, round)}
             for peer in self.view.sample(free, exclude=skip) if free > 0 else []:
                 state.tried.add(peer)
                 state.pending[peer] = loop.create_future()
@@ -322,7 +337,7 @@ class GossipTopology:
             if peer in state.picked_by:
                 raise RemoteProtocolError(f"node {peer} picked this node twice in round {r}")
             state.picked_by.add(peer)
-        if state is None:
+        if state is None or not (self._online(self.node, r) and self._online(peer, r)):
             accept = False
         elif peer in state.edges or peer in state.pending:
             accept = True  # both picked each other: one edge

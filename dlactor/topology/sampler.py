@@ -22,15 +22,19 @@ import asyncio
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING
 
 from dlactor.messages import Message, Overlay
 from dlactor.topology.base import OverlayLink
-from dlactor.topology.dynamic import random_regular_at
+from dlactor.topology.dynamic import draw_among, random_regular_at
 from dlactor.topology.mixing import metropolis_hastings_row
 from dlactor.transport.base import Address, Deliver, Transport
 from dlactor.transport.emulated import EmulatedTransport
 from dlactor.transport.link import Link
 from dlactor.wire.errors import RemoteProtocolError
+
+if TYPE_CHECKING:
+    from dlactor.churn.availability import Availability
 
 __all__ = ["ASK", "PEERS", "PeerSampler", "SampledTopology"]
 
@@ -57,8 +61,10 @@ class PeerSampler:
         seed: int,
         rounds: int,
         transport: Callable[[Deliver], Transport],
+        availability: Availability | None = None,
     ) -> None:
         random_regular_at(nodes, degree, seed, 0)  # invalid settings fail here, not per ask
+        self.availability = availability  # each round's graph is among its online nodes
         self.node, self.nodes, self.degree, self.seed, self.rounds = (
             node,
             nodes,
@@ -70,9 +76,17 @@ class PeerSampler:
         self.link = Link(node, self.transport)
         self._graphs: OrderedDict[int, dict[int, list[int]]] = OrderedDict()
         self._asked: set[tuple[int, int]] = set()
-        self._last_round_asked = 0
+        # Nodes yet to ask for the last round: not those offline in it (they need not ask),
+        # nor those lost (``lose``).
+        last = rounds - 1
+        self._to_ask = {
+            i for i in range(nodes) if availability is None or availability.online(i, last)
+        }
         self._all_asked = asyncio.Event()
+        if not self._to_ask:
+            self._all_asked.set()
         self.answers = 0
+        self.lost: set[int] = set()
 
     def deliver(self, msg: Message, nbytes: int) -> None:
         """The transport's callback: an ``ask`` gets its answer; anything else is the peer's
@@ -94,15 +108,29 @@ class PeerSampler:
         self.link.spawn(msg.sender, Overlay(self.node, msg.round, PEERS, neighbours, degrees))
         self.answers += 1
         if msg.round == self.rounds - 1:
-            self._last_round_asked += 1
-            if self._last_round_asked == self.nodes:
-                self._all_asked.set()
+            self._done_asking(msg.sender)
+
+    def _done_asking(self, node: int) -> None:
+        self._to_ask.discard(node)
+        if not self._to_ask:
+            self._all_asked.set()
+
+    def lose(self, node: int, round: int) -> None:
+        """``node`` died and the run goes on without it (the launcher's word): it will not
+        ask again, and it is drawn no more (from the next graph drawn on)."""
+        self.lost.add(node)
+        self._done_asking(node)
 
     def _graph(self, round: int) -> dict[int, list[int]]:
         graph = self._graphs.get(round)
         if graph is None:
-            drawn = random_regular_at(self.nodes, self.degree, self.seed, round)
-            graph = {i: sorted(drawn[i]) for i in range(self.nodes)}
+            online = None
+            if self.availability is not None:
+                online = self.availability.online_nodes(round).tolist()
+            if self.lost:
+                every = range(self.nodes) if online is None else online
+                online = [i for i in every if i not in self.lost]
+            graph = draw_among(self.nodes, self.degree, self.seed, round, online)
             self._graphs[round] = graph
             while len(self._graphs) > CACHED_ROUNDS:
                 self._graphs.popitem(last=False)
@@ -130,6 +158,9 @@ class PeerSampler:
 class SampledTopology:
     """A node's side of the peer sampler: each round's neighbours and weights, asked for one
     round ahead."""
+
+    #: The sampler draws each round's graph among the online nodes.
+    handles_availability = True
 
     def __init__(self, *, node: int, nodes: int, sampler: int, rounds: int, timeout: float) -> None:
         self.node, self.nodes, self.sampler, self.rounds = node, nodes, sampler, rounds

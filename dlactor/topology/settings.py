@@ -85,7 +85,9 @@ class StaticSettings(TopologySettings):
     def build(self, env: NodeEnv) -> Topology:
         from dlactor.topology.static import StaticTopology
 
-        return StaticTopology(graph=env.graph, changes=self._changes())
+        return StaticTopology(
+            graph=env.graph, changes=self._changes(), availability=env.availability
+        )
 
 
 @register("topology")
@@ -215,7 +217,9 @@ class DynamicRegularSettings(TopologySettings):
     def build(self, env: NodeEnv) -> Topology:
         from dlactor.topology.dynamic import RandomRegularDynamic
 
-        return RandomRegularDynamic(nodes=env.nodes, degree=self.degree, seed=env.seed)
+        return RandomRegularDynamic(
+            nodes=env.nodes, degree=self.degree, seed=env.seed, availability=env.availability
+        )
 
 
 @register("topology")
@@ -247,6 +251,7 @@ class PeerSamplerSettings(DynamicRegularSettings):
             seed=env.seed,
             rounds=env.rounds,
             transport=env.transport,
+            availability=env.availability,
         )
 
 
@@ -302,4 +307,5 @@ class GossipSettings(TopologySettings):
             rounds=env.rounds,
             contacts=bootstrap_contacts(env.node, env.nodes, self.view_size),
             timeout=env.round_timeout,
+            availability=env.availability,
         )

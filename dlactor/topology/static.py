@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
 import networkx as nx
 
 from dlactor.topology.mixing import metropolis_hastings_row
+
+if TYPE_CHECKING:
+    from dlactor.churn.availability import Availability
 
 __all__ = ["Changes", "StaticTopology", "check_schedule"]
 
@@ -21,12 +25,26 @@ class StaticTopology:
     edges removed) at the start of round r. Every node applies the same schedule to the same
     graph, so neighbour sets agree on both ends; weights follow the round's degrees. Without
     changes the graph is used as it is (the launcher's, shared by every forked node).
+
+    With an ``availability`` schedule, a round's graph is the part of it between the nodes
+    online in that round, and the weights are Metropolis-Hastings weights of that part (the
+    degrees count online neighbours only): symmetric and doubly stochastic over the online
+    nodes, so their average is preserved exactly.
     """
 
     #: Any node's neighbours and weights can be asked for, not only this node's.
     sees_every_node = True
+    #: The round's graph and weights are over the online nodes (the node need not filter).
+    handles_availability = True
 
-    def __init__(self, *, graph: nx.Graph, changes: Changes | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        graph: nx.Graph,
+        changes: Changes | None = None,
+        availability: Availability | None = None,
+    ) -> None:
+        self.availability = availability
         self._start = graph
         self._changes = dict(sorted((changes or {}).items()))
         self._round = 0
@@ -46,13 +64,22 @@ class StaticTopology:
         return self._graph
 
     async def neighbors(self, node: int, round: int) -> frozenset[int]:
-        return frozenset(self.graph_at(round).neighbors(node))
+        return frozenset(self._online_neighbours(node, round))
 
     async def weights(self, node: int, round: int) -> Mapping[int, float]:
-        graph = self.graph_at(round)
-        degrees = {j: graph.degree[j] for j in graph.neighbors(node)}
-        degrees[node] = graph.degree[node]
+        peers = self._online_neighbours(node, round)
+        degrees = {j: len(self._online_neighbours(j, round)) for j in peers}
+        degrees[node] = len(peers)
         return metropolis_hastings_row(node, degrees)
+
+    def _online_neighbours(self, node: int, round: int) -> list[int]:
+        """``node``'s neighbours in ``round`` that are online then (none if it is not)."""
+        graph = self.graph_at(round)
+        if self.availability is None:
+            return list(graph.neighbors(node))
+        if not self.availability.online(node, round):
+            return []
+        return [j for j in graph.neighbors(node) if self.availability.online(j, round)]
 
 
 def check_schedule(graph: nx.Graph, changes: Changes, rounds: int) -> None:

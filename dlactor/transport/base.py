@@ -39,6 +39,8 @@ class PeerUnreachable(ConnectionError):
 
     def __init__(self, peer: int, cause: BaseException) -> None:
         self.peer = peer
+        #: Every peer a send to several could not reach (``send_frames``): this one and others.
+        self.peers: frozenset[int] = frozenset({peer})
         super().__init__(f"node {peer} is unreachable: {type(cause).__name__}: {cause}")
 
 
@@ -183,12 +185,19 @@ async def send_frames(
     frames: Mapping[int, Sequence[bytes | memoryview]],
     timeout: float | None,
 ) -> None:
-    """``send`` each peer its frame concurrently (``all_or_first_error``); with a
-    ``timeout``, SendTimeout names the peers whose sends had not finished by then."""
+    """``send`` each peer its frame concurrently; with a ``timeout``, SendTimeout names the
+    peers whose sends had not finished by then. A peer that cannot be reached does not stop
+    the sends to the others: once they are done, the first PeerUnreachable is raised, its
+    ``peers`` naming every peer that could not be reached (a run that goes on without a
+    dead node knows whom it reached)."""
     unsent = set(frames)
+    unreachable: dict[int, PeerUnreachable] = {}
 
     async def send_one(peer: int) -> None:
-        await send(peer, frames[peer])
+        try:
+            await send(peer, frames[peer])
+        except PeerUnreachable as exc:  # the others still get theirs
+            unreachable[peer] = exc
         unsent.discard(peer)
 
     try:
@@ -196,6 +205,10 @@ async def send_frames(
             await all_or_first_error([send_one(peer) for peer in sorted(unsent)])
     except TimeoutError:
         raise SendTimeout(unsent, timeout or 0.0) from None
+    if unreachable:
+        first = unreachable[min(unreachable)]
+        first.peers = frozenset(unreachable)
+        raise first
 
 
 def _first_leaf(group: BaseExceptionGroup) -> BaseException:

@@ -150,7 +150,12 @@ class MemoryTransport:
         """Queue ``msg`` for every peer; the bytes of one copy on the wire."""
         if self._closed:
             raise TransportClosed(self.node)
-        targets = [self._network._endpoint(self.node, peer) for peer in peers]
+        targets, unreachable = [], []
+        for peer in peers:
+            try:
+                targets.append(self._network._endpoint(self.node, peer))
+            except PeerUnreachable as exc:  # the others still get theirs (as over TCP)
+                unreachable.append(exc)
         buffers = encode(msg)
         nbytes = sum(len(b) for b in buffers)
         loop = asyncio.get_running_loop()
@@ -162,6 +167,9 @@ class MemoryTransport:
                 loop.call_soon(target._receive_bytes, self.node, buffers)
             else:
                 loop.call_soon(target._receive_message, self.node, msg, nbytes)
+        if unreachable:
+            unreachable[0].peers = frozenset(exc.peer for exc in unreachable)
+            raise unreachable[0]
         return nbytes
 
     def _receive_message(self, sender: int, msg: Message, nbytes: int) -> None:

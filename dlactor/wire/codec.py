@@ -28,6 +28,7 @@ from dlactor.messages import (
     Done,
     Failed,
     Hello,
+    Lost,
     Message,
     MetaValue,
     Overlay,
@@ -149,6 +150,7 @@ _KEYS: dict[str, frozenset[str]] = {
         "done": ("s",),
         "failed": ("s", "tb"),
         "stop": ("why",),
+        "lost": ("s", "r", "why"),
     }.items()
 }
 #: Header keys a kind may carry or not: ``c``, a message's times on an emulated network's
@@ -173,6 +175,7 @@ _KIND_OF: dict[type, str] = {
     Done: "done",
     Failed: "failed",
     Stop: "stop",
+    Lost: "lost",
 }
 
 
@@ -372,6 +375,10 @@ def _stop_fields(msg: Stop) -> Header:
     return {"why": msg.reason}
 
 
+def _lost_fields(msg: Lost) -> Header:
+    return {"s": msg.node, "r": msg.round, "why": msg.reason}
+
+
 _WRITERS: dict[str, Callable[[Any], Header]] = {
     "hello": _hello_fields,
     "challenge": _challenge_fields,
@@ -383,6 +390,7 @@ _WRITERS: dict[str, Callable[[Any], Header]] = {
     "done": _done_fields,
     "failed": _failed_fields,
     "stop": _stop_fields,
+    "lost": _lost_fields,
 }
 
 
@@ -753,6 +761,14 @@ def _read_stop(header: Header) -> Stop:
     return Stop(reason=_text(header["why"], "reason", MAX_HEADER))
 
 
+def _read_lost(header: Header) -> Lost:
+    return Lost(
+        node=_uint(header["s"], "node"),
+        round=_uint(header["r"], "round"),
+        reason=_text(header["why"], "reason", MAX_HEADER),
+    )
+
+
 _READERS: dict[str, Callable[[Header], Message]] = {
     "hello": _read_hello,
     "challenge": _read_challenge,
@@ -764,6 +780,7 @@ _READERS: dict[str, Callable[[Header], Message]] = {
     "done": _read_done,
     "failed": _read_failed,
     "stop": _read_stop,
+    "lost": _read_lost,
 }
 
 
