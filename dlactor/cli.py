@@ -90,32 +90,66 @@ def validate(config: ConfigArg, set_: SetOpt = None) -> None:
 
 @app.command()
 def launch(
-    config: ConfigArg,
+    config: Annotated[
+        Path | None,
+        typer.Argument(help="TOML experiment config (not with --resume).", show_default=False),
+    ] = None,
     set_: SetOpt = None,
     out_dir: Annotated[Path, typer.Option("--out", help="Where run directories go.")] = Path(
         "runs"
     ),
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+    resume: Annotated[
+        Path | None,
+        typer.Option(
+            help="Continue this run directory from its last complete checkpoint "
+            "([checkpoint] every), appending to its records.",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """Run an experiment: one OS process per node, then print the summary table."""
     from dlactor.launch.run import make_run_dir, open_backend, run
 
-    cfg = _load(config, set_)
-    plan = _plan(cfg, config)
+    manifest = None
+    if resume is not None:
+        if config is not None or set_:
+            _invalid(resume, "--resume takes the run directory alone: its config.toml is the run's")
+        cfg, plan, manifest = _resumed(resume)
+        run_dir = resume
+    elif config is None:
+        err.print("[red]error:[/] give a config, or --resume RUN_DIR", highlight=False)
+        raise typer.Exit(EXIT_INVALID)
+    else:
+        cfg = _load(config, set_)
+        plan = _plan(cfg, config)
+    source = resume if resume is not None else config
+    assert source is not None
     with ExitStack() as stack:
         try:  # the Ray backend connects here: an unreachable cluster is invalid input
             backend = stack.enter_context(open_backend(cfg))
         except ConfigError as exc:
-            _invalid(config, str(exc))
-        try:
-            run_dir = make_run_dir(out_dir, cfg.name)
-        except OSError as exc:
-            where = escape(f"cannot create a run directory in {out_dir}: {exc}")
-            err.print(f"[red]error:[/] {where}", highlight=False, soft_wrap=True)
-            raise typer.Exit(EXIT_FAILED) from None
-        where = f"{cfg.nodes} nodes ({cfg.launcher.kind}), {cfg.rounds} rounds -> {run_dir}"
+            _invalid(source, str(exc))
+        if resume is None:
+            try:
+                run_dir = make_run_dir(out_dir, cfg.name)
+            except OSError as exc:
+                where = escape(f"cannot create a run directory in {out_dir}: {exc}")
+                err.print(f"[red]error:[/] {where}", highlight=False, soft_wrap=True)
+                raise typer.Exit(EXIT_FAILED) from None
+        rounds = f"{cfg.rounds} rounds"
+        if plan.resume_round is not None:
+            rounds = f"rounds {plan.resume_round}..{cfg.rounds - 1} (resumed)"
+        where = f"{cfg.nodes} nodes ({cfg.launcher.kind}), {rounds} -> {run_dir}"
         err.print(f"dlactor: {where}", highlight=False)
-        result = run(plan, run_dir, config_toml(cfg), backend=backend, show_progress=progress)
+        result = run(
+            plan,
+            run_dir,
+            config_toml(cfg),
+            backend=backend,
+            show_progress=progress,
+            manifest=manifest,
+        )
     print_summary(result.summary, run_dir)
     if result.status == "degraded":
         why = escape(result.reason)
@@ -123,6 +157,24 @@ def launch(
     elif result.status != "ok":
         _say_why(result)
         raise typer.Exit(EXIT_INTERRUPTED if result.status == "interrupted" else EXIT_FAILED)
+
+
+def _resumed(run_dir: Path) -> tuple[RunConfig, Any, dict[str, Any]]:
+    """The config, plan and manifest of a run to resume from its last complete checkpoint
+    (its records set back to that round); exit 2 if it cannot be."""
+    from dlactor.checkpoint.state import CheckpointError
+    from dlactor.launch.resume import CONFIG, prepare_resume, resumed_manifest
+
+    if not (run_dir / CONFIG).is_file():
+        _invalid(run_dir, f"not a run directory: no {CONFIG} in it")
+    cfg = _load(run_dir / CONFIG, [])
+    plan = _plan(cfg, run_dir / CONFIG)
+    try:
+        plan, point = prepare_resume(run_dir, plan)
+        manifest = resumed_manifest(run_dir, point)
+    except (ConfigError, CheckpointError, OSError) as exc:
+        _invalid(run_dir, str(exc))
+    return cfg, plan, manifest
 
 
 def _say_why(result: RunResult) -> None:

@@ -86,6 +86,8 @@ def is_notice(payload: Payload) -> bool:
 class EpidemicLearning:
     """One node's EL rounds: train, send to ``s`` random peers, average what came in."""
 
+    checkpointed = ("_rng",)  # EL-Local's own draws
+
     def __init__(self, *, settings: EpidemicSettings, env: NodeEnv) -> None:
         self.node, self.s, self.seed, self.nodes = env.node, settings.s, env.seed, env.nodes
         self.oracle = settings.variant == "oracle"

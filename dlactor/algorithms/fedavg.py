@@ -181,6 +181,8 @@ class FedAvgServer:
 class FedAvgClient:
     """A client's rounds: when sampled, download the global model, train, upload."""
 
+    checkpointed = ("_waited",)
+
     #: Clients never evaluate: the server's global model is the run's (not even offline).
     evaluates = False
 

@@ -46,6 +46,8 @@ def _sgd(env: NodeEnv) -> SGDSettings:
 class PSServer:
     """The server's rounds: send the model, average the gradients, step, evaluate."""
 
+    checkpointed = ("optimizer",)  # the server's momentum (its model is the node's)
+
     def __init__(self, *, env: NodeEnv) -> None:
         sgd = _sgd(env)
         self.nodes = env.nodes

@@ -9,11 +9,13 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import partial
+from pathlib import Path
 
 import networkx as nx
 import numpy as np
 import torch
 
+from dlactor.checkpoint.files import load_node
 from dlactor.churn.availability import Availability
 from dlactor.config import ConfigError, FieldError, LocalLauncher, RunConfig
 from dlactor.context import NodeEnv, Service, ServiceEnv
@@ -50,6 +52,10 @@ class Plan:
     network: NetworkModel | None = None
     #: Which learning nodes are online in each round (``[availability]``); None: all.
     availability: Availability | None = None
+    #: A resumed run: the round of the checkpoint every process starts from (None: round 0),
+    #: and the records' wall time up to it (the resumed records' ``t_wall`` continue it).
+    resume_round: int | None = None
+    resume_wall_s: float = 0.0
 
     @property
     def services(self) -> int:
@@ -314,10 +320,13 @@ def build_node(
     *,
     model: torch.nn.Module | None = None,
     on_round: Callable[[Record], None] | None = None,
+    run_dir: Path | None = None,
 ) -> Node:
     """Process ``node`` of this plan: a learning node, or one of the algorithm's servers.
     ``model`` defaults to the plan's own (right in a forked process, where it is this
-    process's private copy); in-process tests pass a copy per node."""
+    process's private copy); in-process tests pass a copy per node. With ``run_dir``, it
+    takes checkpoints there (``[checkpoint]``), and a resumed plan's node starts from its
+    checkpoint there."""
     cfg = plan.config
     env = node_env(plan, node, plan.model if model is None else model)
     sharing = cfg.sharing.build(env)
@@ -329,7 +338,7 @@ def build_node(
         sharing = Lossless(sharing, cfg.sharing.compression, bound)
     server = node in plan.servers
     algorithm = cfg.algorithm.server(env) if server else cfg.algorithm.build(env)
-    return Node(
+    built = Node(
         node=node,
         transport=emulated(plan, node, transport),
         topology=None
@@ -349,4 +358,12 @@ def build_node(
         lookahead=cfg.algorithm.lookahead(cfg),
         availability=plan.availability,
         survive=cfg.launcher.on_node_failure == "continue",
+        checkpoint_every=cfg.checkpoint.every,
+        run_dir=run_dir,
     )
+    if plan.resume_round is not None:
+        if run_dir is None:
+            raise ValueError("a resumed plan's nodes need the run directory")
+        load_node(built, run_dir, plan.resume_round)
+        built.t_wall_offset = plan.resume_wall_s
+    return built

@@ -27,10 +27,14 @@ __all__ = ["RunProgress"]
 class RunProgress:
     """Counts node-rounds; shows the slowest node's round next to the bar."""
 
-    def __init__(self, nodes: int, rounds: int, *, enabled: bool = True) -> None:
+    def __init__(
+        self, nodes: int, rounds: int, *, enabled: bool = True, first_round: int = 0
+    ) -> None:
         self._rounds = rounds
-        self._at = [0] * nodes
+        self._at = [first_round] * nodes
         self._gone: set[int] = set()
+        #: The round every node still in the run has reached (finished the one before).
+        self.slowest = first_round
         self._console = Console(file=sys.stderr)
         self._plain = enabled and not self._console.is_terminal
         self._step = max(1, rounds // 10)
@@ -48,7 +52,11 @@ class RunProgress:
             transient=False,
         )
         self._task: TaskID = self._progress.add_task(
-            "run", total=nodes * rounds, slowest=0, rounds=rounds
+            "run",
+            total=nodes * rounds,
+            completed=nodes * first_round,
+            slowest=first_round,
+            rounds=rounds,
         )
 
     def lose(self, node: int) -> None:
@@ -58,6 +66,7 @@ class RunProgress:
     def advance(self, node: int, round: int) -> None:
         self._at[node] = round + 1
         slowest = min((at for i, at in enumerate(self._at) if i not in self._gone), default=0)
+        self.slowest = slowest
         self._progress.update(self._task, advance=1, slowest=slowest)
         if self._plain and slowest >= self._logged + self._step:
             self._logged = slowest - slowest % self._step

@@ -148,6 +148,7 @@ def run(
     *,
     backend: Backend | None = None,
     show_progress: bool = True,
+    manifest: dict[str, Any] | None = None,
 ) -> RunResult:
     """Execute ``plan`` into ``run_dir`` on ``backend`` (by default, the one the config
     names, opened for this run); every file written along the way stays.
@@ -158,8 +159,16 @@ def run(
     after the summary is written."""
     if backend is None:
         with open_backend(plan.config) as opened:
-            return run(plan, run_dir, config_text, backend=opened, show_progress=show_progress)
-    manifest = _manifest(plan, config_text)
+            return run(
+                plan,
+                run_dir,
+                config_text,
+                backend=opened,
+                show_progress=show_progress,
+                manifest=manifest,
+            )
+    # A resumed run (``plan.resume_round``) keeps its manifest, with the resumption added.
+    manifest = _manifest(plan, config_text) if manifest is None else manifest
     t0 = time.time()
     outcome = Outcome(status="failed", reason="the launcher itself failed")
     try:
@@ -184,6 +193,8 @@ def _prepare(plan: Plan, run_dir: Path, config_text: str, manifest: dict[str, An
         ("topology.edges", lambda path: write_edge_list(plan.graph, path)),
         ("manifest.json", lambda path: _write_json(path, manifest)),
     ]
+    if plan.resume_round is not None:  # the run's own config and graph are there already
+        writes = [(name, w) for name, w in writes if name not in ("config.toml", "topology.edges")]
     for name, write in writes:
         try:
             write(run_dir / name)
@@ -262,7 +273,8 @@ def _summary(
     the round topology from the same records: written while the reserve still holds its
     space, as it is the bulky part."""
     nodes = plan.config.nodes
-    wall = time.time() - (outcome.t_start_barrier or t0)
+    # a resumed run's wall time continues its records' (the time before the interruption)
+    wall = time.time() - (outcome.t_start_barrier or t0) + plan.resume_wall_s
     records = steps.attempt("read the node records", lambda: load_node_records(run_dir)) or {}
     summary = steps.attempt(
         "summarize the node records",

@@ -25,10 +25,12 @@ from multiprocessing.process import BaseProcess
 from pathlib import Path
 from typing import Any, Protocol
 
+from dlactor.checkpoint.files import prune
 from dlactor.context import SendStalled
 from dlactor.launch.control import ControlStream, accept_node
 from dlactor.launch.plan import Plan
 from dlactor.launch.progress import RunProgress
+from dlactor.launch.resume import savers
 from dlactor.launch.worker import EXIT_DONE
 from dlactor.messages import Done, Failed, Lost, Payload, Progress, Register, Share, Start, Stop
 from dlactor.metrics.consensus import ConsensusMeter
@@ -144,13 +146,23 @@ class Supervisor:
         self.reported: set[int] = set()  # said Done or Failed: its exit is no news
         self.closed: set[int] = set()
         self._consensus_layout = flat_layout(plan.model.parameters())
-        self.progress = RunProgress(plan.config.nodes, plan.config.rounds, enabled=show_progress)
+        self.progress = RunProgress(
+            plan.config.nodes,
+            plan.config.rounds,
+            enabled=show_progress,
+            first_round=plan.resume_round or 0,
+        )
         self.memory = MemorySampler(nodes.local_pids)
         self._deferred: tuple[int, str] | None = None
         self._strangers: dict[asyncio.StreamWriter, None] = {}  # unfinished handshakes
         self._handlers: set[asyncio.Task[Any]] = set()  # serve_control, one per connection
         self._stranger_log = LogBudget(_Stderr())
-        self._last_round: dict[int, int] = {}  # node -> the last round it said it finished
+        # node -> the last round it said it finished (a resumed run's: the one before its
+        # checkpoint's)
+        first = plan.resume_round or 0
+        self._last_round: dict[int, int] = (
+            {node: first - 1 for node in range(plan.config.nodes)} if first else {}
+        )
         self._reported: dict[int, int] = {}  # node -> the last round of its consensus report
         self._all_registered = asyncio.Event()
         self._finished = asyncio.Event()
@@ -163,6 +175,8 @@ class Supervisor:
         #: Node -> the round it is killed in ([faults]), once it has reported the one before.
         self.kills = {} if faults is None else faults.schedule(cfg.nodes, cfg.rounds, cfg.seed)
         self.injected: set[int] = set()  # nodes killed so far by [faults]
+        self.run_dir = run_dir
+        self._pruned_at = plan.resume_round or 0  # checkpoints pruned up to this round
 
     async def run(self) -> Outcome:
         loop = asyncio.get_running_loop()
@@ -308,6 +322,11 @@ class Supervisor:
             raise RemoteProtocolError(f"process {node} reported round {r}, expected {expected}")
         self._last_round[node] = r
         self.progress.advance(node, r)
+        every = self.plan.config.checkpoint.every
+        if every and self.progress.slowest >= self._pruned_at + every:
+            # Every node is past another checkpoint: older ones than the kept can go.
+            self._pruned_at = self.progress.slowest - self.progress.slowest % every
+            prune(self.run_dir, savers(self.plan), self.plan.config.checkpoint.keep)
         if self.kills.get(node) == r + 1:  # [faults]: killed during the next round
             self.injected.add(node)
             self.nodes.kill(node)

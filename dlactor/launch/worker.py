@@ -192,7 +192,10 @@ async def _node_main(
 
     try:
         return await _serve(
-            ctl, node, credentials, lambda: build_node(plan, node, transport, on_round=on_round)
+            ctl,
+            node,
+            credentials,
+            lambda: build_node(plan, node, transport, on_round=on_round, run_dir=run_dir),
         )
     finally:
         recorder.close()

@@ -19,6 +19,10 @@ __all__ = ["Clock"]
 
 
 class Clock:
+    """A process's clock on the emulated network: virtual seconds, or the wall clock."""
+
+    checkpointed = ("t",)  # the virtual time reached
+
     def __init__(
         self,
         *,

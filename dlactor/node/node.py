@@ -17,12 +17,14 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import psutil
 import torch
 
 from dlactor.algorithms.base import Record
+from dlactor.checkpoint.files import save_node
 from dlactor.churn.availability import Availability
 from dlactor.context import ModelDiverged, Roster, RoundContext, SendStalled, TrainStats
 from dlactor.messages import Message, Overlay, Payload, Share
@@ -99,6 +101,8 @@ class Node:
         lookahead: int = 1,
         availability: Availability | None = None,
         survive: bool = False,
+        checkpoint_every: int = 0,
+        run_dir: Path | None = None,
     ) -> None:
         from dlactor.algorithms.dpsgd import DPSGD
 
@@ -161,6 +165,11 @@ class Node:
         self._lost_news = asyncio.Event()
         #: The first round ``run`` runs (a resumed run's: the checkpoint's).
         self.first_round = 0
+        #: Checkpoints every this many rounds and after the last (0: none), into ``run_dir``.
+        self.checkpoint_every = checkpoint_every if run_dir is not None else 0
+        self.run_dir = run_dir
+        #: Seconds of the run before this launch (a resumed run's ``t_wall`` continues).
+        self.t_wall_offset = 0.0
 
     def require_topology(self) -> Topology:
         if self.topology is None:
@@ -216,7 +225,7 @@ class Node:
         """Give the transport the address book; ``t0`` is the start barrier's wall time."""
         self.transport.set_peers(addresses)
         self.link.ready.set()
-        self.t0 = time.time() if t0 is None else t0
+        self.t0 = (time.time() if t0 is None else t0) - self.t_wall_offset
         if self._emulated is not None:
             self._emulated.begin(self.t0)
 
@@ -228,6 +237,26 @@ class Node:
                 record = await self.run_round(r)
             if self.on_round is not None:
                 self.on_round(record)
+            if self._checkpoints(r + 1):
+                assert self.run_dir is not None
+                save_node(self, self.run_dir, r + 1)
+
+    def _checkpoints(self, next_round: int) -> bool:
+        """Whether to save this node's state before ``next_round``: every
+        ``checkpoint_every`` rounds, and after the last. Once a node is lost no later
+        checkpoint can be complete (it takes none): only the final models are saved."""
+        every = self.checkpoint_every
+        if not every:
+            return False
+        if next_round == self.rounds:
+            return True
+        return next_round % every == 0 and not self.lost
+
+    def resume_at(self, round: int) -> None:
+        """Its state was just loaded from the checkpoint before ``round``: run from there."""
+        self.first_round = round
+        if round > 0:
+            self.mailbox.finish(round - 1)
 
     def sits_out(self, r: int) -> bool:
         """Whether this node is offline in round ``r`` by the availability schedule (a

@@ -37,6 +37,9 @@ def _add(target: torch.Tensor, part: Part, weight: float = 1.0) -> None:
 
 
 class ChocoSharing(CompressedSharing):
+    #: A checkpoint saves the public estimates and the weights they were mixed with.
+    checkpointed = ("compressor", "x_hat", "s", "_weights")
+
     def __init__(self, *, compressor: Compressor, gamma: float) -> None:
         super().__init__(compressor)
         self.gamma = gamma

@@ -25,6 +25,8 @@ PARAMS = "params"
 class FullSharing:
     """x_i <- sum_j W_ij x_j over the node and its neighbours (Lian et al., 2017)."""
 
+    checkpointed = ()  # nothing kept across rounds
+
     def __init__(self) -> None:
         self._layout: Layout | None = None  # the node's model never changes shape
 

@@ -106,6 +106,8 @@ def unpack(payload: Payload, codec: Codec, max_size: int) -> Payload:
 class Lossless:
     """``inner``'s payloads, compressed with ``codec`` on the wire."""
 
+    checkpointed = ("inner",)  # the wrapped strategy's state (compression keeps none)
+
     def __init__(self, inner: Sharing, codec: Codec, max_size: int) -> None:
         self.inner, self.codec, self.max_size = inner, codec, max_size
         self._sent: Payload | None = None

@@ -105,6 +105,8 @@ class RandomK:
     """``budget`` of the coordinates, chosen at random each round from a seed; only the seed
     travels with the values, and each receiver draws the same mask from it."""
 
+    checkpointed = ()  # drawn from (seed, node, round): nothing to save
+
     def __init__(self, *, budget: float, seed: int, node: int) -> None:
         self.budget, self.seed, self.node = budget, seed, node
 
@@ -131,6 +133,8 @@ class TopK:
     """The ``budget`` of coordinates with the largest score (globally, or within each layer
     of ``layers`` sizes), sent as values plus compact indices (varint gaps or a bitmask,
     whichever is smaller for this message)."""
+
+    checkpointed = ()  # nothing kept across rounds
 
     def __init__(self, *, budget: float, layers: Sequence[int] | None = None) -> None:
         self.budget = budget
@@ -181,6 +185,8 @@ class TopK:
 class Quantizer:
     """Every coordinate, stochastically quantized to ``bits`` bits with per-bucket scales
     (``dlactor.sharing.qsgd``: unbiased)."""
+
+    checkpointed = ("generator",)  # stochastic rounding's generator
 
     def __init__(self, *, bits: int, bucket_size: int | None, seed: int) -> None:
         self.bits, self.bucket_size = bits, bucket_size

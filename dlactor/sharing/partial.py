@@ -27,6 +27,9 @@ class CompressedSharing:
     on arrival (a bad one drops that peer there and then), and ``aggregate`` gets the parts
     decoded then."""
 
+    #: What a checkpoint saves (dlactor.checkpoint.state): the compressor's own state.
+    checkpointed: tuple[str, ...] = ("compressor",)
+
     def __init__(self, compressor: Compressor) -> None:
         self.compressor = compressor
         self._n: int | None = None  # parameters in the model

@@ -115,6 +115,8 @@ class SecureSharing:
 
     ``keys`` is None on a process that only receives (a FedAvg server)."""
 
+    checkpointed = ()  # nothing kept across rounds (keys are made afresh: masks cancel)
+
     needs_rosters = True
 
     def __init__(self, *, node: int, fraction_bits: int, keys: PairwiseKeys | None) -> None:

@@ -21,6 +21,9 @@ __all__ = ["TopKSharing"]
 
 
 class TopKSharing(PartialSharing):
+    #: A checkpoint saves the reference too (error feedback's last shared values).
+    checkpointed = ("compressor", "_reference")
+
     def __init__(
         self, *, budget: float, layers: Sequence[int] | None, error_feedback: bool
     ) -> None:

@@ -75,6 +75,8 @@ SHUFFLE_PATIENCE = 3
 class CyclonView:
     """One node's Cyclon view: at most ``size`` (node, age) entries, never itself."""
 
+    checkpointed = ("ages", "rng")
+
     def __init__(
         self,
         owner: int,
@@ -174,6 +176,10 @@ class _Round:
 
 class GossipTopology:
     """Each round: a Cyclon shuffle, and up to ``degree`` neighbours agreed from the view."""
+
+    #: A checkpoint saves the view and the shuffle awaiting its answer (rounds being agreed
+    #: are agreed afresh after a resume: gossip runs are timing-dependent anyway).
+    checkpointed = ("view", "_shuffling")
 
     def __init__(
         self,

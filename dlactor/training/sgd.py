@@ -42,6 +42,10 @@ class SGDTrainer:
     shared tensors, so a node never holds a private copy of its shard.
     """
 
+    #: What a checkpoint saves (dlactor.checkpoint.state): the optimizer's momentum, the
+    #: batch sampler's generator and where it is in the current epoch's order.
+    checkpointed = ("_opt", "_gen", "_order", "_cursor")
+
     def __init__(
         self,
         *,
