@@ -153,16 +153,50 @@ def _metric_row(axes: Sequence[Axes], metric: str, lines: Sequence[Line]) -> Non
     axes[0].xaxis.set_major_locator(_round_ticks())
 
 
-def metric_figure(rows: Mapping[str, Sequence[Line]], path: Path) -> Path:
+def metric_figure(
+    rows: Mapping[str, Sequence[Line]], path: Path, *, online: Sequence[Line] = ()
+) -> Path:
     """The paper's Figure 3: the metric's mean and min-max band against rounds, seconds (of
     the emulated network's virtual clock when every run had one, else wall-clock) and
-    cumulative bytes sent per node; one row of three panels per metric."""
+    cumulative bytes sent per node; one row of three panels per metric. With ``online``
+    (runs whose nodes came and went), a short row under them: the nodes taking part in
+    each round on the same three axes, a cross where a node was lost."""
     entries = _entries([li for lines in rows.values() for li in lines], band=True)
-    fig = _new_figure(12.5, 3.4 * len(rows), entries, max_cols=4)
-    grid = fig.subplots(len(rows), 3, sharey="row", squeeze=False)
-    for axes, (metric, lines) in zip(grid, rows.items(), strict=True):
+    extra = 1.6 if online else 0.0
+    fig = _new_figure(12.5, 3.4 * len(rows) + extra, entries, max_cols=4)
+    ratios = [3.4] * len(rows) + ([extra] if online else [])
+    grid = fig.subplots(
+        len(ratios), 3, sharey="row", squeeze=False, gridspec_kw={"height_ratios": ratios}
+    )
+    for axes, (metric, lines) in zip(grid, rows.items(), strict=False):
         _metric_row(axes, metric, lines)
+    if online:
+        _online_row(grid[-1], online, grid[-2], list(rows.values())[-1])
     return _save(fig, path)
+
+
+def _online_row(
+    axes: Sequence[Axes], lines: Sequence[Line], above: Sequence[Axes], above_lines: Sequence[Line]
+) -> None:
+    """Nodes taking part per round, on the row above's three x axes (its units)."""
+    _, size = _byte_unit(above_lines)
+    clock = "t_virtual" if _virtual(above_lines) else "t_wall"
+    for line in lines:
+        sent = [b / size for b in line.curves["bytes_sent"]]
+        for ax, x in zip(axes, (_rounds(line), line.curves[clock], sent), strict=True):
+            ax.step(x, line.curves["mean"], where="post", color=line.color, lw=1.3)
+        for r in line.curves.get("lost", []):
+            axes[0].plot([r + 1], [0], marker="x", color=line.color, markersize=6, clip_on=False)
+    axes[0].set_ylabel("nodes taking part")
+    for ax, ref in zip(axes, above, strict=True):
+        (a, b), (c, d) = ax.get_xlim(), ref.get_xlim()
+        for both in (ax, ref):  # one x range for the two rows
+            both.set_xlim(min(a, c), max(b, d))
+        ax.set_ylim(bottom=0)
+        ax.yaxis.set_major_locator(MaxNLocator(integer=True, nbins=4))
+        ax.grid(alpha=0.3)
+    axes[0].xaxis.set_major_locator(_round_ticks())
+    axes[0].set_title("nodes online and not lost, per round (x: a node lost)", fontsize="small")
 
 
 def _placeholder(ax: Axes, text: str) -> None:

@@ -48,7 +48,11 @@ COLUMNS: list[tuple[str, str, str]] = [
     ("virtual_s", "virtual (s)", ".2f"),
     ("round_ms_median", "median round (ms)", ".1f"),
     ("bytes_per_node", "sent per node (MiB)", "mib"),
+    ("offline", "offline", "pct"),
+    ("lost", "lost nodes", "d"),
 ]
+#: Columns shown only when some run has them (a virtual clock, churn).
+_OPTIONAL_COLUMNS = ("virtual_s", "offline", "lost")
 
 
 @dataclass
@@ -168,6 +172,38 @@ def eval_curves(run: RunData, metric: str = "test_acc") -> dict[str, list[float]
     return curves
 
 
+def churned(run: RunData) -> bool:
+    """Whether some node of the run sat rounds out (``[availability]``) or was lost."""
+    offline = any(r.get("online") is False for rs in run.records.values() for r in rs)
+    return offline or bool(run.summary.get("lost"))
+
+
+def participation_curves(run: RunData, _: str = "") -> dict[str, list[float]]:
+    """Per round: the learning nodes that took part (online, and not lost yet), with the
+    round's mean ``t_wall``, ``t_virtual`` and cumulative bytes sent per node, for drawing
+    it on the accuracy panels' axes; ``lost`` lists the rounds nodes were lost in."""
+    rows: dict[int, list[dict[str, Any]]] = defaultdict(list)
+    for records in run.records.values():
+        for rec in records:
+            rows[rec["round"]].append(rec)
+    sent = _mean_bytes_sent_by_round(run)
+    curves: dict[str, list[float]] = {
+        k: [] for k in ("round", "mean", "t_wall", "t_virtual", "bytes_sent")
+    }
+    for rnd in sorted(rows):
+        recs = rows[rnd]
+        curves["round"].append(rnd)
+        curves["mean"].append(sum(1 for r in recs if r.get("online") is not False))
+        curves["t_wall"].append(statistics.fmean(r.get("t_wall", 0.0) for r in recs))
+        virtual = [r.get("t_virtual", math.nan) for r in recs]
+        curves["t_virtual"].append(
+            math.nan if any(math.isnan(t) for t in virtual) else max(virtual)
+        )
+        curves["bytes_sent"].append(sent.get(rnd, math.nan))
+    curves["lost"] = [float(x["round"]) for x in run.summary.get("lost", [])]
+    return curves
+
+
 def _mean_bytes_sent_by_round(run: RunData) -> dict[int, float]:
     """The learning nodes' mean cumulative ``bytes_sent`` after each round."""
     totals: dict[int, list[float]] = defaultdict(list)
@@ -180,9 +216,13 @@ def _mean_bytes_sent_by_round(run: RunData) -> dict[int, float]:
 
 
 def _final(run: RunData) -> list[float]:
-    """Each evaluated process's last recorded value of the run's metric."""
+    """Each evaluated process's last recorded value of the run's metric (not the nodes the
+    run lost: their last value is from before the end)."""
     last = []
-    for records in run.evaluated.values():
+    lost = {x["node"] for x in run.summary.get("lost", [])}
+    for process, records in run.evaluated.items():
+        if process in lost and not run.servers:
+            continue
         values = [r[run.metric] for r in records if r.get(run.metric) is not None]
         if values:
             last.append(values[-1])
@@ -216,6 +256,8 @@ def _summary_row(run: RunData, label: str) -> dict[str, Any]:
         "virtual_s": run.summary.get("virtual_s"),
         "round_ms_median": _median_round_ms(run),
         "bytes_per_node": statistics.fmean(sent) if sent else None,
+        "offline": (run.summary.get("availability") or {}).get("offline_share"),
+        "lost": len(run.summary["lost"]) if run.summary.get("lost") else None,
     }
 
 
@@ -230,13 +272,16 @@ def _cell(value: Any, spec: str) -> str:
         return "-"
     if spec == "mib":
         return f"{value / 2**20:,.2f}"
+    if spec == "pct":
+        return f"{value:.1%}"
     return format(value, spec)
 
 
 def columns(rows: list[dict[str, Any]]) -> list[tuple[str, str, str]]:
-    """The table's columns: the virtual time only if some run had a virtual clock."""
-    virtual = any(row.get("virtual_s") is not None for row in rows)
-    return [c for c in COLUMNS if virtual or c[0] != "virtual_s"]
+    """The table's columns: the virtual time, the share offline and the nodes lost only if
+    some run has them."""
+    shown = {key for key in _OPTIONAL_COLUMNS if any(row.get(key) is not None for row in rows)}
+    return [c for c in COLUMNS if c[0] not in _OPTIONAL_COLUMNS or c[0] in shown]
 
 
 def _markdown(rows: list[dict[str, Any]]) -> str:
@@ -312,7 +357,9 @@ def draw_figures(runs: list[RunData], labels: list[str], out_dir: Path) -> list[
     rows = {m: _lines([s for s in styled if s[0].metric == m], m) for m in metrics}
     if any(rows.values()):
         rows = {m: lines for m, lines in rows.items() if lines}
-        written.append(metric_figure(rows, out_dir / "accuracy.png"))
+        churn = [s for s in styled if churned(s[0])]
+        online = _lines(churn, "online", participation_curves) if churn else []
+        written.append(metric_figure(rows, out_dir / "accuracy.png", online=online))
     test, train = _lines(styled, "test_loss"), _lines(styled, "train_loss")
     if test or train:
         written.append(loss_figure(test, train, out_dir / "loss.png"))
