@@ -16,6 +16,7 @@ import copy
 import time
 from collections.abc import Callable, Mapping, Sequence
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -104,9 +105,12 @@ def build_network(
     codec: bool = True,
     models: Sequence[torch.nn.Module] | None = None,
     on_round: Callable[[Record], None] | None = None,
+    run_dir: Path | None = None,
 ) -> tuple[MemoryNetwork, list[Node]]:
     """One node per id on a fresh in-memory network, then the algorithm's servers; each gets
-    its own copy of the model (``models[i]`` when given, for the learning nodes)."""
+    its own copy of the model (``models[i]`` when given, for the learning nodes). With
+    ``run_dir``, they take checkpoints there (``[checkpoint]``), and a resumed plan's nodes
+    start from theirs."""
     net = MemoryNetwork(codec=codec)
     nodes = [
         build_node(
@@ -115,6 +119,7 @@ def build_network(
             partial(net.transport, i),
             model=copy.deepcopy(plan.model) if models is None or i in plan.servers else models[i],
             on_round=on_round,
+            run_dir=run_dir,
         )
         for i in [*range(plan.config.nodes), *plan.servers]
     ]
@@ -152,9 +157,10 @@ async def run_in_memory(
     codec: bool = True,
     models: Sequence[torch.nn.Module] | None = None,
     on_round: Callable[[Record], None] | None = None,
+    run_dir: Path | None = None,
 ) -> dict[int, list[Record]]:
     """Run every round of every node concurrently; returns each node's records (and each
-    server's, under its process id)."""
+    server's, under its process id). ``run_dir``: as ``build_network``'s."""
     records: dict[int, list[Record]] = {i: [] for i in [*range(plan.config.nodes), *plan.servers]}
 
     def collect(record: Record) -> None:
@@ -162,7 +168,7 @@ async def run_in_memory(
         if on_round is not None:
             on_round(record)
 
-    net, nodes = build_network(plan, codec=codec, models=models, on_round=collect)
+    net, nodes = build_network(plan, codec=codec, models=models, on_round=collect, run_dir=run_dir)
     actors: list[Node | Service] = [*nodes, *build_services(plan, net)]
     for actor in actors:
         await actor.start()

@@ -144,6 +144,10 @@ def setattr_restored(
     else:
         value = unpack(packed, tensors, where)
         if isinstance(value, torch.Tensor):
+            if isinstance(current, torch.Tensor) and current.shape == value.shape:
+                with torch.no_grad():  # in place: whatever holds it (an optimizer) sees it
+                    current.copy_(value)
+                return
             value = value.clone()
         setattr(obj, name, value)
 

@@ -281,6 +281,9 @@ class Node:
         self.lost[peer] = round
         self.mailbox.gone(peer)
         self.transport.close_peer(peer)
+        lose = getattr(self.topology, "lose", None)
+        if lose is not None:  # a topology that keeps peers of its own (gossip's view)
+            lose(peer)
         self._lost_news.set()
         log.info("node %d: node %d is lost (round %d); going on without it", self.node, peer, round)
 

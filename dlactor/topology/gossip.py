@@ -360,6 +360,13 @@ class GossipTopology:
             accept = False
         self._spawn(peer, Overlay(self.node, r, ACCEPT if accept else REFUSE))
 
+    def lose(self, node: int) -> None:
+        """``node`` died and the run goes on without it (the launcher's word): it leaves
+        the view, and a pick of it still waiting for an answer counts as refused."""
+        self.view.remove(node)
+        for r in list(self._rounds):
+            self._answered(r, node, accepted=False)
+
     async def aclose(self) -> None:
         """Refuse every pick from now on and cancel what is still running (the node is
         stopping; the node's link still sends the answers already queued)."""
