@@ -171,7 +171,7 @@ def _resumed(run_dir: Path) -> tuple[RunConfig, Any, dict[str, Any]]:
     plan = _plan(cfg, run_dir / CONFIG)
     try:
         plan, point = prepare_resume(run_dir, plan)
-        manifest = resumed_manifest(run_dir, point)
+        manifest = resumed_manifest(run_dir, point, plan.run_id)
     except (ConfigError, CheckpointError, OSError) as exc:
         _invalid(run_dir, str(exc))
     return cfg, plan, manifest

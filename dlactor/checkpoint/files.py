@@ -27,6 +27,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "CHECKPOINTS",
+    "check_checkpoint",
     "checkpoint_dir",
     "complete_checkpoints",
     "load_node",
@@ -75,6 +76,17 @@ def prune(run_dir: Path, processes: list[int], keep: int) -> None:
             shutil.rmtree(checkpoint_dir(run_dir, r), ignore_errors=True)
 
 
+def check_checkpoint(run_dir: Path, round: int, processes: list[int]) -> None:
+    """Every process's file of the checkpoint before ``round`` is a dlactor checkpoint of
+    that process and round (its header only: tensors are read by each process when it
+    loads); CheckpointError naming the first that is not."""
+    for process in processes:
+        path = _file(run_dir, round, process)
+        tree = read_state(path, tensors=False)[1]
+        if tree.get("process") != process or tree.get("round") != round:
+            raise CheckpointError(f"{path}: not process {process}'s state before round {round}")
+
+
 def _components(node: Node) -> dict[str, object]:
     """The node's parts that keep state across rounds (``checkpointed``)."""
     parts: dict[str, object] = {
@@ -120,6 +132,8 @@ def load_node(node: Node, run_dir: Path, round: int) -> None:
             if not isinstance(packed, dict) or "$obj" not in packed:
                 raise CheckpointError(f"{path}: {name} is not a saved object")
             restore(part, packed["$obj"], tensors, f"{where}: {name}")
-    except (KeyError, TypeError, RuntimeError) as exc:
+    except (KeyError, TypeError, ValueError, IndexError, RuntimeError, RecursionError) as exc:
+        if isinstance(exc, CheckpointError):
+            raise
         raise CheckpointError(f"{path}: does not fit this run ({exc})") from None
     node.resume_at(round)

@@ -163,13 +163,17 @@ def write_state(path: Path, tensors: Mapping[str, torch.Tensor], tree: Mapping[s
     os.replace(tmp, path)
 
 
-def read_state(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """The tensors and the JSON tree of a checkpoint file; CheckpointError naming the file
-    for anything else (not safetensors, not dlactor's, not readable)."""
+def read_state(
+    path: Path, *, tensors: bool = True
+) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """The tensors (unless ``tensors`` is False) and the JSON tree of a checkpoint file;
+    CheckpointError naming the file for anything else (not safetensors, not dlactor's,
+    not readable)."""
     try:
         with safe_open(str(path), framework="pt") as handle:
             meta = handle.metadata() or {}
-            tensors = {key: handle.get_tensor(key) for key in handle.keys()}  # noqa: SIM118
+            keys = list(handle.keys()) if tensors else []
+            loaded = {key: handle.get_tensor(key) for key in keys}
     except (OSError, ValueError, RuntimeError) as exc:
         raise CheckpointError(f"{path}: not a readable safetensors file ({exc})") from None
     except Exception as exc:  # safetensors' own error type
@@ -178,8 +182,8 @@ def read_state(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
         raise CheckpointError(f"{path}: not a dlactor checkpoint ({FORMAT})")
     try:
         tree = json.loads(meta[_META])
-    except (KeyError, json.JSONDecodeError) as exc:
+    except (KeyError, json.JSONDecodeError, RecursionError) as exc:
         raise CheckpointError(f"{path}: its state is not JSON ({exc})") from None
     if not isinstance(tree, dict):
         raise CheckpointError(f"{path}: its state is not a JSON object")
-    return tensors, tree
+    return loaded, tree

@@ -31,6 +31,8 @@ __all__ = [
 #: The columns of an availability trace (``state`` is optional: ``offline`` by default).
 AVAILABILITY_HEADER = ("node", "start", "end")
 MAX_TRACE_BYTES = 64 << 20
+#: The latest time a trace in seconds may give (about 31.7 years, as the network's clock).
+MAX_SECONDS = 1e9
 #: The most state changes a schedule may hold over all nodes (about 128 MB of int64).
 MAX_TOGGLES = 1 << 24
 # Spawn-key tag of the generated sessions: not another strategy's stream.
@@ -193,7 +195,7 @@ def _merge(intervals: list[tuple[int, int]]) -> list[tuple[int, int]]:
 
 
 def _node(path: str, line: int, cell: str, nodes: int) -> int:
-    if not (cell.isascii() and cell.isdigit()):
+    if not (cell.isascii() and cell.isdigit()) or len(cell) > 12:
         raise NetworkFileError(path, line, "node: expected a node id")
     node = int(cell)
     if node >= nodes:
@@ -205,13 +207,13 @@ def _time(path: str, line: int, cell: str, name: str, round_s: float | None) -> 
     """A start or end as given, and as a round: the round itself, or the first round that
     starts at or after that many seconds."""
     if round_s is None:
-        if not (cell.isascii() and cell.isdigit()):
-            raise NetworkFileError(path, line, f"{name}: expected a round (an integer >= 0)")
+        if not (cell.isascii() and cell.isdigit()) or len(cell) > 12:
+            raise NetworkFileError(path, line, f"{name}: expected a round (0 to 10**12)")
         return int(cell), int(cell)
     try:
         seconds = float(cell)
     except ValueError:
         raise NetworkFileError(path, line, f"{name}: expected seconds (a number >= 0)") from None
-    if not math.isfinite(seconds) or seconds < 0:
-        raise NetworkFileError(path, line, f"{name}: expected seconds (a number >= 0)")
+    if not math.isfinite(seconds) or not 0 <= seconds <= MAX_SECONDS:
+        raise NetworkFileError(path, line, f"{name}: expected seconds (0 to {MAX_SECONDS:g})")
     return seconds, math.ceil(seconds / round_s)

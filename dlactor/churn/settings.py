@@ -43,20 +43,25 @@ class AvailabilitySettings(Settings):
         "rounds", description="trace: start and end in rounds, or in seconds (with round_s)"
     )
     round_s: float | None = Field(
-        None, gt=0, le=86_400, description="trace in seconds: the seconds one round stands for"
+        None,
+        ge=0.001,
+        le=86_400,
+        description="trace in seconds: the seconds one round stands for (0.001 to 86,400)",
     )
 
     @model_validator(mode="after")
     def _consistent(self) -> AvailabilitySettings:
-        given = self.model_fields_set
+        # By value, not by what was written: a run's saved config.toml has every default
+        # written out, and must load again (dlactor launch --resume).
+        defaults = type(self).model_fields
         if self.kind == "trace":
             if self.path is None:
                 raise ValueError('kind = "trace" needs path (a CSV of node,start,end)')
-            if given & {"offline", "mean_offline"}:
+            if any(getattr(self, k) != defaults[k].default for k in ("offline", "mean_offline")):
                 raise ValueError('offline and mean_offline are for kind = "sessions"')
             if (self.unit == "seconds") != (self.round_s is not None):
                 raise ValueError('unit = "seconds" needs round_s, and round_s needs it')
-        elif given & {"path", "unit", "round_s"}:
+        elif self.path is not None or self.round_s is not None or self.unit != "rounds":
             raise ValueError('path, unit and round_s are for kind = "trace"')
         return self
 

@@ -16,7 +16,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from dlactor.checkpoint.files import complete_checkpoints
+from dlactor.checkpoint.files import check_checkpoint, complete_checkpoints
 from dlactor.config import ConfigError
 from dlactor.launch.plan import Plan
 from dlactor.metrics.jsonio import loads
@@ -83,6 +83,7 @@ def _split(path: Path, keep: int) -> float:
 def prepare_resume(run_dir: Path, plan: Plan) -> tuple[Plan, ResumePoint]:
     """Find the checkpoint, set the records back to it, and return the plan to launch."""
     r = find_resume_point(run_dir, plan)
+    check_checkpoint(run_dir, r, savers(plan))  # before any record is moved
     wall = 0.0
     for path in sorted((run_dir / "nodes").glob("*.jsonl")):
         wall = max(wall, _split(path, r))
@@ -93,9 +94,9 @@ def prepare_resume(run_dir: Path, plan: Plan) -> tuple[Plan, ResumePoint]:
     return dataclasses.replace(plan, resume_round=r, resume_wall_s=wall), point
 
 
-def resumed_manifest(run_dir: Path, point: ResumePoint) -> dict[str, Any]:
+def resumed_manifest(run_dir: Path, point: ResumePoint, run_id: str) -> dict[str, Any]:
     """The run's manifest with this resumption added (``resumed``: from which round, when,
-    after which status)."""
+    after which status, and this launch's run id)."""
     from datetime import datetime
 
     try:
@@ -108,6 +109,7 @@ def resumed_manifest(run_dir: Path, point: ResumePoint) -> dict[str, Any]:
         "from_round": point.round,
         "start": datetime.now().astimezone().isoformat(),
         "previous_status": manifest.get("status"),
+        "run_id": run_id,
     }
     manifest["resumed"] = [*manifest.get("resumed", []), entry]
     manifest.update(status="running", end=None)

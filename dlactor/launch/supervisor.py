@@ -164,6 +164,7 @@ class Supervisor:
             {node: first - 1 for node in range(plan.config.nodes)} if first else {}
         )
         self._reported: dict[int, int] = {}  # node -> the last round of its consensus report
+        self._unmeasured: set[int] = set()  # rounds whose consensus distance is not summed
         self._all_registered = asyncio.Event()
         self._finished = asyncio.Event()
         #: ``launcher.on_node_failure = "continue"``: a learning node that dies is lost, not
@@ -238,6 +239,10 @@ class Supervisor:
         start = Start(dict(self.addresses), self.outcome.t_start_barrier, keys, self.agreement)
         for stream in self.streams.values():
             stream.post(start)
+        first = self.plan.resume_round or 0
+        for node in [n for n, r in self.kills.items() if first and r == first]:
+            self.injected.add(node)  # [faults] in a resumed run's first round: no report
+            self.nodes.kill(node)  # comes before it
 
     async def serve_control(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
@@ -339,7 +344,11 @@ class Supervisor:
         if self._last_round.get(node) != r or self._reported.get(node) == r:
             raise RemoteProtocolError(f"node {node}'s consensus report for round {r} is unasked")
         self._reported[node] = r
+        if r in self._unmeasured:
+            return
         if r not in self.consensus and self.consensus.pending >= MAX_CONSENSUS_ROUNDS:
+            # Not this round, for any node: a partial sum would wait for this report forever.
+            self._unmeasured.add(r)
             self._stranger_log.warning("dlactor: round %d's consensus distance not measured", r)
             return
         try:
@@ -368,7 +377,9 @@ class Supervisor:
     def _loses(self, node: int) -> bool:
         """Whether the run goes on without ``node`` if it dies: a learning node under
         ``on_node_failure = "continue"`` (a server or a service is the run's own)."""
-        return self.survive and node < self.plan.config.nodes and not self._finished.is_set()
+        started = self.outcome.t_start_barrier > 0  # before it, there is no run to go on with
+        survive = self.survive and started and node < self.plan.config.nodes
+        return survive and not self._finished.is_set()
 
     def _lose(self, node: int, cause: str) -> None:
         """Go on without learning node ``node``: make sure it is dead, tell every other

@@ -58,22 +58,38 @@ class RoundTopology:
 
 def round_topologies(records: Records, nodes: int) -> Iterator[tuple[RoundTopology, bool]]:
     """Every round some node completed, in order, with whether its graph changed from the
-    previous round's."""
+    previous round's. A node that sat a round out (``online: false``) or has no record of
+    it (lost) has no neighbours in it; its row comes back when it does."""
     changes: dict[int, dict[int, dict[int, float]]] = {}
+    absent: dict[int, set[int]] = {}  # round -> nodes offline in it
+    counts: set[int] = set()
     last_round = -1
     for node, recs in records.items():
+        counts.add(len(recs))
         for rec in recs:
             last_round = max(last_round, rec["round"])
+            if rec.get("online") is False:
+                absent.setdefault(rec["round"], set()).add(node)
             if "peers" in rec:
                 weights = rec.get("weights") or [0.0] * len(rec["peers"])
                 row = dict(zip(rec["peers"], weights, strict=True))
                 changes.setdefault(rec["round"], {})[node] = row
+    ends = {node: recs[-1]["round"] if recs else -1 for node, recs in records.items()}
+    churned = bool(absent) or len(counts) > 1
     current: dict[int, dict[int, float]] = {}
+    previous: dict[int, dict[int, float]] | None = None
     for r in range(last_round + 1):
         changed = r in changes
         if changed:
             current = {**current, **changes[r]}
-        yield RoundTopology(r, {n: current[n] for n in sorted(current) if n < nodes}), changed
+        rows = {n: current[n] for n in sorted(current) if n < nodes}
+        if churned:  # rows of nodes away this round are empty, and so is any edge to them
+            away = absent.get(r, set()) | {n for n, end in ends.items() if end < r}
+            rows = {n: ({} if n in away else {j: w for j, w in row.items() if j not in away})
+                    for n, row in rows.items()}  # fmt: skip
+            changed = rows != previous
+            previous = rows
+        yield RoundTopology(r, rows), changed
 
 
 def write_round_topology(run_dir: Path, records: Records, nodes: int) -> Path:

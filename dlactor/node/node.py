@@ -165,6 +165,10 @@ class Node:
         self._lost_news = asyncio.Event()
         #: The first round ``run`` runs (a resumed run's: the checkpoint's).
         self.first_round = 0
+        #: The last round this node took part in (an offline node skips ahead: its first
+        #: round back waits for neighbours still in the rounds it skipped).
+        self._active = -1
+        self._heard: dict[int, int] = {}  # with a schedule: peer -> the last round heard from
         #: Checkpoints every this many rounds and after the last (0: none), into ``run_dir``.
         self.checkpoint_every = checkpoint_every if run_dir is not None else 0
         self.run_dir = run_dir
@@ -235,6 +239,7 @@ class Node:
                 record = await self.offline_round(r)
             else:
                 record = await self.run_round(r)
+                self._active = r
             if self.on_round is not None:
                 self.on_round(record)
             if self._checkpoints(r + 1):
@@ -255,6 +260,7 @@ class Node:
     def resume_at(self, round: int) -> None:
         """Its state was just loaded from the checkpoint before ``round``: run from there."""
         self.first_round = round
+        self._active = round - 1
         if round > 0:
             self.mailbox.finish(round - 1)
 
@@ -372,6 +378,8 @@ class Node:
         the last of them is in (and the wait is this round's ``t_wait``)."""
         t_start = time.perf_counter()
         got = await self.mailbox.wait_round(r, senders, timeout, deadline=deadline)
+        if self.availability is not None:
+            self._heard.update(dict.fromkeys(got, r))
         if self._emulated is not None:
             clock = self._emulated.clock
             if clock.virtual:
@@ -493,9 +501,21 @@ class Node:
         """Send this round's share and collect the neighbours', both within one round timeout:
         a neighbour that stops reading must fail the round as surely as one that stops
         sending, instead of hanging it in ``drain``."""
-        deadline = asyncio.get_running_loop().time() + self.round_timeout
+        allowed = self.round_allowance(share.round, peers)
+        deadline = asyncio.get_running_loop().time() + allowed
         await self.send(peers, share, deadline)
-        return await self.collect(share.round, peers, self.round_timeout, deadline=deadline)
+        return await self.collect(share.round, peers, allowed, deadline=deadline)
+
+    def round_allowance(self, r: int, peers: Iterable[int]) -> float:
+        """How long round ``r``'s exchange may take: a round timeout; with an availability
+        schedule, one per round since this node last took part (it skipped the others
+        offline) or since it last heard from the peer heard from longest ago (nodes cut off
+        by offline neighbours run ahead of the rest, which then take those rounds to catch
+        up)."""
+        if self.availability is None:
+            return self.round_timeout
+        behind = max((r - self._heard.get(p, -1) for p in peers), default=1)
+        return self.round_timeout * max(1, r - self._active, behind)
 
     async def exchange_each(self, ctx: RoundContext) -> dict[int, Payload]:
         """``exchange`` for a strategy that sends each peer its own payload: the receivers'
@@ -503,7 +523,8 @@ class Node:
         one round timeout."""
         if self.per_peer is None:
             raise RuntimeError(f"node {self.node}'s sharing sends one payload to everyone")
-        deadline = asyncio.get_running_loop().time() + self.round_timeout
+        allowed = self.round_allowance(ctx.round, ctx.peers)
+        deadline = asyncio.get_running_loop().time() + allowed
         if self.per_peer.needs_rosters:
             ctx.rosters = await self.rosters(ctx, deadline)
         payloads = await self.outgoing_each(ctx)
@@ -511,7 +532,7 @@ class Node:
         for share in shares.values():
             self.check_own(share)
         await self.send_each(shares, deadline)
-        return await self.collect(ctx.round, ctx.peers, self.round_timeout, deadline=deadline)
+        return await self.collect(ctx.round, ctx.peers, allowed, deadline=deadline)
 
     async def outgoing_each(self, ctx: RoundContext) -> Mapping[int, Payload]:
         """The sharing strategy's payload for each peer, its CPU time charged to the clock

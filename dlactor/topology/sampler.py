@@ -86,7 +86,9 @@ class PeerSampler:
         if not self._to_ask:
             self._all_asked.set()
         self.answers = 0
-        self.lost: set[int] = set()
+        #: Lost nodes, and the first round each is drawn no more in.
+        self.lost: dict[int, int] = {}
+        self._drawn_to = -1  # the latest round drawn
 
     def deliver(self, msg: Message, nbytes: int) -> None:
         """The transport's callback: an ``ask`` gets its answer; anything else is the peer's
@@ -118,7 +120,9 @@ class PeerSampler:
     def lose(self, node: int, round: int) -> None:
         """``node`` died and the run goes on without it (the launcher's word): it will not
         ask again, and it is drawn no more (from the next graph drawn on)."""
-        self.lost.add(node)
+        # Graphs already handed out keep it (a round drawn again after leaving the cache
+        # must be the same graph): it is left out from the first round not drawn yet.
+        self.lost.setdefault(node, self._drawn_to + 1)
         self._done_asking(node)
 
     def _graph(self, round: int) -> dict[int, list[int]]:
@@ -127,11 +131,13 @@ class PeerSampler:
             online = None
             if self.availability is not None:
                 online = self.availability.online_nodes(round).tolist()
-            if self.lost:
+            gone = {node for node, since in self.lost.items() if since <= round}
+            if gone:
                 every = range(self.nodes) if online is None else online
-                online = [i for i in every if i not in self.lost]
+                online = [i for i in every if i not in gone]
             graph = draw_among(self.nodes, self.degree, self.seed, round, online)
             self._graphs[round] = graph
+            self._drawn_to = max(self._drawn_to, round)
             while len(self._graphs) > CACHED_ROUNDS:
                 self._graphs.popitem(last=False)
         return graph

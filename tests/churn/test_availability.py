@@ -144,3 +144,39 @@ def test_a_good_churn_config_validates(tmp_path: Path) -> None:
         "checkpoint.every=10",
     )
     assert code == 0, output
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        ["availability.offline=0.2"],
+        [
+            'availability.kind="trace"',
+            "availability.path=TRACE",
+            'availability.unit="seconds"',
+            "availability.round_s=2.5",
+        ],
+    ],
+)
+def test_a_runs_saved_config_loads_again(tmp_path: Path, overrides: list[str]) -> None:
+    """What ``--resume`` reads: the run's config.toml, every default written out."""
+    from dlactor.cli import config_toml
+    from dlactor.config import load_config
+
+    trace = tmp_path / "t.csv"
+    trace.write_text("node,start,end\n3,5,9\n")
+    sets = [o.replace("TRACE", f'"{trace}"') for o in overrides]
+    config = load_config(Path(QUICKSTART), [*sets, "checkpoint.every=5"])
+    saved = tmp_path / "config.toml"
+    saved.write_text(config_toml(config))
+    assert config_toml(load_config(saved, [])) == config_toml(config)
+
+
+def test_trace_times_beyond_the_bounds_name_their_line(tmp_path: Path) -> None:
+    path = tmp_path / "huge.csv"
+    path.write_text("node,start,end\n1,0," + "9" * 5000 + "\n")
+    with pytest.raises(NetworkFileError, match="line 2: end: expected a round"):
+        read_availability(str(path), 4, 10)
+    path.write_text("node,start,end\n1,0,1e300\n")
+    with pytest.raises(NetworkFileError, match="line 2: end: expected seconds"):
+        read_availability(str(path), 4, 10, round_s=0.001)

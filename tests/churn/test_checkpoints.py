@@ -131,3 +131,15 @@ def test_resume_needs_a_run_directory_with_a_complete_checkpoint(tmp_path: Path)
     assert "no complete checkpoint" in said("--resume", str(tmp_path))
     config = str(Path(__file__).parents[2] / "configs" / "quickstart.toml")
     assert "takes the run directory alone" in said(config, "--resume", str(tmp_path))
+
+
+async def test_a_checkpoint_that_does_not_fit_is_refused_naming_the_file(tmp_path: Path) -> None:
+    plan = small_plan("rounds=2", "checkpoint.every=1")
+    await _run(plan, tmp_path / "run")
+    path = checkpoint_dir(tmp_path / "run", 1) / "0.safetensors"
+    tensors, tree = read_state(path)
+    tree["trainer"]["$obj"]["_cursor"] = {"$d": [[1]]}  # a malformed entry
+    write_state(path, tensors, tree)
+    resumed = dataclasses.replace(plan, resume_round=1)
+    with pytest.raises(CheckpointError, match=r"0\.safetensors"):
+        build_network(resumed, run_dir=tmp_path / "run")

@@ -9,10 +9,14 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import psutil
+import pytest
 import torch
 from safetensors.torch import load_file
 
@@ -36,41 +40,111 @@ def _run_dir(out: Path) -> Path:
     return only
 
 
-def _wait(condition: object, what: str, proc: subprocess.Popen[str], timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
+def _wait(condition: Callable[[], bool], what: str, proc: subprocess.Popen[str]) -> None:
+    deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
-        if condition():  # type: ignore[operator]
+        if condition():
             return
         if proc.poll() is not None:
             raise AssertionError(f"{what}: the launcher ended first: {proc.communicate()}")
         time.sleep(0.02)
-    raise AssertionError(f"{what}: not within {timeout} s")
+    raise AssertionError(f"{what}: not within 120 s")
 
 
 def _lines(path: Path) -> int:
     return len(path.read_text().splitlines()) if path.exists() else 0
 
 
-def test_a_sigkilled_node_leaves_a_degraded_run_with_the_others_complete(tmp_path: Path) -> None:
-    rounds = 60
-    proc = subprocess.Popen(
-        _cmd(tmp_path, f"rounds={rounds}", 'launcher.on_node_failure="continue"'),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+@dataclass
+class Launch:
+    """A launch and what a scenario thread did to it: its stderr once it ended (or the
+    error of the thread)."""
+
+    out: Path
+    proc: subprocess.Popen[str]
+    err: str = ""
+    failure: BaseException | None = None
+
+    @property
+    def run(self) -> Path:
+        (only,) = self.out.iterdir()
+        return only
+
+    def result(self) -> str:
+        if self.failure is not None:
+            raise self.failure
+        return self.err
+
+
+def _kill_a_node_after_round_10(launch: Launch) -> None:
+    proc = launch.proc
+    _wait(lambda: launch.out.exists() and any(launch.out.iterdir()), "run directory", proc)
+    records = launch.run / "nodes"
+    _wait(lambda: min(_lines(records / f"{n}.jsonl") for n in range(8)) >= 10, "10", proc)
+    victim = sorted(psutil.Process(proc.pid).children(), key=lambda p: p.pid)[5]
+    os.kill(victim.pid, signal.SIGKILL)
+    _, launch.err = proc.communicate(timeout=120)
+
+
+def _kill_the_launcher_after_checkpoint_15(launch: Launch) -> None:
+    proc = launch.proc
+    _wait(lambda: launch.out.exists() and any(launch.out.iterdir()), "run directory", proc)
+    middle = launch.run / "checkpoints" / "round-00000015"
+    _wait(lambda: middle.is_dir() and len(list(middle.glob("*.safetensors"))) == 8, "15", proc)
+    nodes = psutil.Process(proc.pid).children()
+    proc.send_signal(signal.SIGKILL)
+    _, launch.err = proc.communicate(timeout=30)
+    psutil.wait_procs(nodes, timeout=30)  # they die with their launcher
+
+
+ROUNDS_DEGRADED, ROUNDS_RESUMED = 60, 40
+RESUMED = (f"rounds={ROUNDS_RESUMED}", "checkpoint.every=5", "training.momentum=0.9")
+
+
+@pytest.fixture(scope="module")
+def launched(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Launch]]:
+    """Both scenarios side by side (each leaves a core mostly idle while it starts)."""
+    root = tmp_path_factory.mktemp("churn-launches")
+    scenarios = {
+        "degraded": (
+            _kill_a_node_after_round_10,
+            [f"rounds={ROUNDS_DEGRADED}", 'launcher.on_node_failure="continue"'],
+        ),
+        "resumed": (_kill_the_launcher_after_checkpoint_15, list(RESUMED)),
+    }
+    launches, threads = {}, []
+    for name, (scenario, overrides) in scenarios.items():
+        out = root / name
+        proc = subprocess.Popen(_cmd(out, *overrides), stdout=subprocess.DEVNULL,
+                                stderr=subprocess.PIPE, text=True)  # fmt: skip
+        launch = launches[name] = Launch(out, proc)
+
+        def act(launch: Launch = launch, scenario: Callable[[Launch], None] = scenario) -> None:
+            try:
+                scenario(launch)
+            except BaseException as exc:  # handed to the test
+                launch.failure = exc
+
+        threads.append(threading.Thread(target=act))
+        threads[-1].start()
     try:
-        _wait(lambda: tmp_path.exists() and any(tmp_path.iterdir()), "run directory", proc)
-        records = _run_dir(tmp_path) / "nodes"
-        _wait(lambda: min(_lines(records / f"{n}.jsonl") for n in range(8)) >= 10, "10", proc)
-        victim = sorted(psutil.Process(proc.pid).children(), key=lambda p: p.pid)[5]
-        os.kill(victim.pid, signal.SIGKILL)
-        _, err = proc.communicate(timeout=120)
+        for thread in threads:
+            thread.join()
+        yield launches
     finally:
-        if proc.poll() is None:
-            proc.kill()
-    assert proc.returncode == 0, err
-    run = _run_dir(tmp_path)
+        for launch in launches.values():
+            if launch.proc.poll() is None:
+                launch.proc.kill()
+                launch.proc.communicate()
+
+
+def test_a_sigkilled_node_leaves_a_degraded_run_with_the_others_complete(
+    launched: dict[str, Launch],
+) -> None:
+    launch = launched["degraded"]
+    err = launch.result()
+    assert launch.proc.returncode == 0, err
+    run = launch.run
     summary = json.loads((run / "summary.json").read_text())
     assert summary["status"] == "degraded", summary
     (lost,) = summary["lost"]
@@ -78,10 +152,10 @@ def test_a_sigkilled_node_leaves_a_degraded_run_with_the_others_complete(tmp_pat
     for node in range(8):  # every record written before the loss is kept
         count = _lines(run / "nodes" / f"{node}.jsonl")
         if node != lost["node"]:
-            assert count == rounds, (node, count)
+            assert count == ROUNDS_DEGRADED, (node, count)
         else:  # its last record may have been written, its report of it not sent
             assert count in (lost["round"], lost["round"] + 1), (node, count)
-    assert summary["rounds"] == rounds
+    assert summary["rounds"] == ROUNDS_DEGRADED
     assert "run degraded" in err and f"node {lost['node']}" in err
     manifest = json.loads((run / "manifest.json").read_text())
     assert manifest["status"] == "degraded"
@@ -107,26 +181,14 @@ def _uninterrupted(run_dir: Path, *overrides: str) -> None:
         torch.set_num_threads(threads)
 
 
-def test_a_sigkilled_launcher_resumes_to_the_uninterrupted_models(tmp_path: Path) -> None:
-    rounds = 40
-    sets = (f"rounds={rounds}", "checkpoint.every=5", "training.momentum=0.9")
-    _uninterrupted(tmp_path / "whole", *sets)
-    out = tmp_path / "cut"
-    proc = subprocess.Popen(
-        _cmd(out, *sets), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-    )
-    try:
-        _wait(lambda: out.exists() and any(out.iterdir()), "run directory", proc)
-        run = _run_dir(out)
-        middle = run / "checkpoints" / "round-00000015"
-        _wait(lambda: middle.is_dir() and len(list(middle.glob("*.safetensors"))) == 8, "15", proc)
-        nodes = psutil.Process(proc.pid).children()
-        proc.send_signal(signal.SIGKILL)
-        proc.communicate(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    psutil.wait_procs(nodes, timeout=30)  # they die with their launcher
+def test_a_sigkilled_launcher_resumes_to_the_uninterrupted_models(
+    launched: dict[str, Launch], tmp_path: Path
+) -> None:
+    rounds = ROUNDS_RESUMED
+    _uninterrupted(tmp_path / "whole", *RESUMED)
+    launch = launched["resumed"]
+    launch.result()
+    run = launch.run
     assert json.loads((run / "manifest.json").read_text())["status"] == "running"
     assert not (run / "checkpoints" / f"round-{rounds:08d}").exists()
     resumed = subprocess.run(

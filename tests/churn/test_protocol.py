@@ -8,6 +8,7 @@ import asyncio
 import copy
 import dataclasses
 import time
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -239,3 +240,32 @@ async def test_a_send_to_a_dead_peer_waits_for_the_launchers_word() -> None:
     with pytest.raises(PeerUnreachable):
         await sender.send([1], share)
     await sender.stop()
+
+
+async def test_a_node_back_from_a_long_absence_waits_for_its_neighbours_to_catch_up(
+    tmp_path: Path,
+) -> None:
+    """Offline, a node skips ahead at once; its neighbours take a round each. Its first
+    round back waits for them longer than one round timeout, without failing."""
+    trace = tmp_path / "away.csv"
+    trace.write_text("node,start,end\n0,1,10\n")
+    plan = small_plan(
+        "training.lr=0.0",
+        "rounds=12",
+        'availability.kind="trace"',
+        f'availability.path="{trace}"',
+        "launcher.round_timeout_s=0.25",
+    )
+    _, nodes = build_network(plan)
+    for node in nodes[1:]:  # the others take 0.1 s a round: 9 rounds are 0.9 s
+        train = node.trainer.train
+
+        async def slow(ctx: Any, train: Any = train) -> Any:
+            await asyncio.sleep(0.1)
+            return await train(ctx)
+
+        node.trainer.train = slow  # type: ignore[method-assign]
+    for node in nodes:
+        await node.start()
+    await run_nodes(nodes)  # a RoundTimeout would fail it
+    assert nodes[0].round_allowance(10, [1]) == 0.25  # back in step: one round timeout
