@@ -17,7 +17,18 @@ from dlactor.launch import supervisor as supervisor_module
 from dlactor.launch.control import ControlStream
 from dlactor.launch.plan import Plan
 from dlactor.launch.supervisor import ForkedNodes, Supervisor
-from dlactor.messages import Done, Failed, Hello, Message, Payload, Progress, Share
+from dlactor.messages import (
+    Done,
+    Failed,
+    Hello,
+    Lost,
+    Message,
+    Payload,
+    Progress,
+    Register,
+    Share,
+    Start,
+)
 from dlactor.security.credentials import Credentials
 from dlactor.security.identity import LAUNCHER, Identity
 from dlactor.sharing.ops import flatten
@@ -361,3 +372,48 @@ async def test_the_launcher_sums_at_most_max_consensus_rounds_at_once(
         sup._on_consensus_report(0, r, model)
     assert sup.consensus.pending == supervisor_module.MAX_CONSENSUS_ROUNDS
     sup.listener.close()
+
+
+async def test_under_continue_a_node_that_raises_or_dies_is_lost_and_the_others_are_told(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(supervisor_module, "STOP_GRACE_S", 0.1)
+    plan = small_plan('launcher.on_node_failure="continue"')
+    nodes = Placed(plan.config.nodes)
+    listener = socket.create_server(("127.0.0.1", 0))
+    sup = Supervisor(
+        plan, nodes, listener, tmp_path, show_progress=False, credentials=creds(plan, LAUNCHER)
+    )
+    running = asyncio.ensure_future(sup.run())
+    await asyncio.sleep(0.05)
+    addr = sup.listener.getsockname()[:2]
+    streams = {n: await connect(addr, plan, n) for n in range(plan.config.nodes)}
+    for n, stream in streams.items():
+        await stream.send(Register(n, "127.0.0.1", 40000 + n))
+    for stream in streams.values():
+        assert isinstance(await stream.receive(), Start)
+    for n, stream in streams.items():
+        await stream.send(Progress(n, 0))
+    raised = "Traceback (most recent call last):\n  ...\nValueError: a bug in node 3\n"
+    await streams[3].send(Failed(3, raised))
+    nodes.how[5] = "lost its Ray worker (ActorDiedError: its worker process has died)"
+    told: dict[int, set[int]] = {}
+    for n in (0, 7):  # every survivor hears of both
+        for _ in range(2):
+            msg = await streams[n].receive()
+            assert isinstance(msg, Lost) and msg.round == 1
+            told.setdefault(n, set()).add(msg.node)
+    assert told == {0: {3, 5}, 7: {3, 5}}
+    for n, stream in streams.items():
+        if n not in (3, 5):
+            await stream.send(Done(n))
+    async with asyncio.timeout(5):
+        outcome = await running
+    for stream in streams.values():
+        stream.close()
+    sup.listener.close()
+    assert outcome.status == "degraded"
+    assert [(x["node"], x["round"]) for x in outcome.lost] == [(3, 1), (5, 1)]
+    assert outcome.lost[0]["cause"] == "raised ValueError: a bug in node 3"
+    assert "ActorDiedError" in outcome.lost[1]["cause"]
+    assert 3 in nodes.killed  # a node that raised is made sure of
