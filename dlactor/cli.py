@@ -34,8 +34,18 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     help="Emulate decentralized learning: one asyncio actor per OS process, tensors over TCP.",
 )
-err = Console(stderr=True)
-out = Console()
+
+
+def _console(stderr: bool = False) -> Console:
+    """Rich output at the terminal's width; piped or redirected (not a terminal), as wide as
+    a table needs: rich would otherwise cut tables and wrap lines at 80 columns."""
+    stream = sys.stderr if stderr else sys.stdout
+    wide = None if stream.isatty() else 1000
+    return Console(stderr=stderr, width=wide)
+
+
+err = _console(stderr=True)
+out = _console()
 
 ConfigArg = Annotated[Path, typer.Argument(help="TOML experiment config.", show_default=False)]
 SetOpt = Annotated[
@@ -50,9 +60,70 @@ SetOpt = Annotated[
 
 
 def _invalid(config: Path, message: str) -> NoReturn:
-    """Exit 2 with ``message`` as written: its brackets (``[topology]``) are not markup."""
-    err.print(f"[red]error:[/] {escape(f'{config}: {message}')}", highlight=False)
+    """Exit 2 with ``message`` as written: its brackets (``[topology]``) are not markup. The
+    file is named once (a message that starts with it already names it)."""
+    text = message if message.startswith(str(config)) else f"{config}: {message}"
+    err.print(f"[red]error:[/] {escape(text)}", highlight=False)
     raise typer.Exit(EXIT_INVALID)
+
+
+def _version(value: bool) -> None:
+    if value:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            out.print(f"dlactor {version('dlactor')}", highlight=False)
+        except PackageNotFoundError:  # pragma: no cover - run from a source tree
+            out.print("dlactor (not installed)", highlight=False)
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(
+    show_version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_version, is_eager=True, help="Print dlactor's version."
+        ),
+    ] = False,
+) -> None:
+    """Emulate decentralized learning: one asyncio actor per OS process, tensors over TCP."""
+
+
+@app.command()
+def kinds() -> None:
+    """Every strategy kind of every table (built in, and from plugins installed here), with
+    its settings and their defaults."""
+    from pydantic_core import PydanticUndefined
+
+    from dlactor import plugins
+    from dlactor.config import CATEGORIES
+
+    try:
+        plugins.load_plugins([])  # the built-ins and the installed plugins' entry points
+    except plugins.PluginError as exc:
+        err.print(f"[red]error:[/] {escape(str(exc))}", highlight=False)
+        raise typer.Exit(EXIT_INVALID) from None
+    table = Table(title="strategy kinds", title_justify="left")
+    for col in ("table", "kind", "settings (default)"):
+        table.add_column(col)
+    for category, (_, default_kind) in CATEGORIES.items():
+        for kind, model in sorted(plugins.registered(category).items()):
+            settings = []
+            for name, field in model.model_fields.items():
+                if name == "kind":
+                    continue
+                if field.default is not PydanticUndefined:
+                    default = repr(field.default)
+                elif field.default_factory is not None:
+                    default = repr(field.default_factory())  # type: ignore[call-arg]
+                else:
+                    default = "required"
+                settings.append(f"{name} ({default})")
+            mark = " (default)" if kind == default_kind else ""
+            row = (f"[{category}]", kind + mark, ", ".join(settings) or "-")
+            table.add_row(*(escape(cell) for cell in row))
+    out.print(table)
 
 
 def _load(config: Path, overrides: list[str] | None) -> RunConfig:

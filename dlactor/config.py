@@ -12,13 +12,14 @@ validated :class:`RunConfig`, or a :class:`ConfigError` whose message names ever
 
 from __future__ import annotations
 
+import difflib
 import importlib.util
 import re
 import stat
 import tomllib
 from functools import reduce
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal, Union
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal, Union, get_args
 
 import networkx as nx
 import numpy as np
@@ -451,6 +452,8 @@ def _field_path(loc: tuple[int | str, ...]) -> str:
     """The dotted path as the user wrote it: pydantic puts the union's tag after a category
     name (``topology.regular.degree``); the TOML says ``topology.degree``."""
     parts = list(loc)
+    if not parts:
+        return "(top level)"
     tagged = parts[0] == "launcher" or (
         parts[0] in CATEGORIES and len(plugins.kinds(str(parts[0]))) > 1
     )
@@ -459,8 +462,57 @@ def _field_path(loc: tuple[int | str, ...]) -> str:
     return ".".join(str(p) for p in parts) or "(top level)"
 
 
+def _fields_at(loc: tuple[int | str, ...]) -> set[str]:
+    """The field names of the settings model at ``loc`` (the run config's at the top; a
+    category table's, by its kind), or none if that cannot be told."""
+    model: Any = config_model()
+    parts = list(loc)
+    if parts and parts[0] in CATEGORIES:
+        known = plugins.registered(str(parts[0]))
+        kind = parts[1] if len(parts) > 1 and parts[1] in known else None
+        if len(known) == 1:
+            kind = next(iter(known))
+        return set(known[kind].model_fields) if kind is not None else set()
+    if parts and parts[0] == "launcher":
+        launchers: dict[str, type[Settings]] = {"local": LocalLauncher, "ray": RayLauncher}
+        chosen = launchers.get(str(parts[1])) if len(parts) == 2 else None
+        return set(chosen.model_fields) if chosen is not None else set()
+    if parts:
+        field = model.model_fields.get(str(parts[0]))
+        annotation = getattr(field, "annotation", None)
+        nested = [a for a in (annotation, *get_args(annotation)) if isinstance(a, type)]
+        models = [a for a in nested if issubclass(a, Settings)]
+        return set(models[0].model_fields) if len(parts) == 1 and models else set()
+    return set(model.model_fields)
+
+
+def _did_you_mean(error: Any) -> str:
+    """`` (did you mean 'degree'?)`` for an unknown key or kind close to a known one."""
+    if error["type"] == "extra_forbidden" and error["loc"]:
+        typed, known = str(error["loc"][-1]), _fields_at(error["loc"][:-1])
+    elif error["type"] == "union_tag_invalid":
+        ctx = error.get("ctx", {})
+        typed, known = (
+            str(ctx.get("tag", "")),
+            set(re.findall(r"'([^']*)'", str(ctx.get("expected_tags", "")))),
+        )
+    else:
+        return ""
+    close = difflib.get_close_matches(typed, sorted(known), n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
 def format_validation_error(err: ValidationError) -> str:
-    lines = [f"  {_field_path(e['loc'])}: {e['msg']}" for e in err.errors()]
+    lines = []
+    for e in err.errors():
+        where, msg = _field_path(e["loc"]), e["msg"].removeprefix("Value error, ")
+        # A table's own check naming one of its fields ("degree: expected a number..."):
+        # the field's whole path, as the TOML says it.
+        head, sep, rest = msg.partition(": ")
+        if sep and head.isidentifier() and head in _fields_at(e["loc"]):
+            where = head if where == "(top level)" else f"{where}.{head}"
+            msg = rest
+        lines.append(f"  {where}: {msg}{_did_you_mean(e)}")
     return "invalid config:\n" + "\n".join(lines)
 
 

@@ -95,6 +95,8 @@ def _read_json(path: Path) -> dict[str, Any]:
 def load_run(path: Path) -> RunData:
     """Read a run directory; ValueError naming ``path`` if it is not one."""
     path = Path(path)
+    if not path.exists():
+        raise ValueError(f"{path} does not exist")
     has_meta = (path / "summary.json").is_file() or (path / "manifest.json").is_file()
     if not (path.is_dir() and (path / "nodes").is_dir() and has_meta):
         raise ValueError(
