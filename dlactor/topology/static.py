@@ -68,7 +68,11 @@ class StaticTopology:
 
     async def weights(self, node: int, round: int) -> Mapping[int, float]:
         peers = self._online_neighbours(node, round)
-        degrees = {j: len(self._online_neighbours(j, round)) for j in peers}
+        if self.availability is None:  # every node's degree is the graph's: no lists built
+            graph = self.graph_at(round)
+            degrees = {j: graph.degree[j] for j in peers}
+        else:
+            degrees = {j: len(self._online_neighbours(j, round)) for j in peers}
         degrees[node] = len(peers)
         return metropolis_hastings_row(node, degrees)
 

@@ -267,16 +267,22 @@ class Placed:
         return list(self.pids)
 
 
+def placed(plan: Plan, run_dir: Path) -> tuple[Placed, Supervisor]:
+    """A supervisor over stand-ins of a backend's node processes, on a fresh listener."""
+    nodes = Placed(plan.config.nodes)
+    listener = socket.create_server(("127.0.0.1", 0))
+    sup = Supervisor(
+        plan, nodes, listener, run_dir, show_progress=False, credentials=creds(plan, LAUNCHER)
+    )
+    return nodes, sup
+
+
 async def test_a_node_process_that_ends_unreported_fails_the_run_in_its_backends_words(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(supervisor_module, "STOP_GRACE_S", 0.1)
     plan = small_plan()
-    nodes = Placed(plan.config.nodes)
-    listener = socket.create_server(("127.0.0.1", 0))
-    sup = Supervisor(
-        plan, nodes, listener, tmp_path, show_progress=False, credentials=creds(plan, LAUNCHER)
-    )
+    nodes, sup = placed(plan, tmp_path)
     running = asyncio.ensure_future(sup.run())
     await asyncio.sleep(0.05)
 
@@ -379,11 +385,7 @@ async def test_under_continue_a_node_that_raises_or_dies_is_lost_and_the_others_
 ) -> None:
     monkeypatch.setattr(supervisor_module, "STOP_GRACE_S", 0.1)
     plan = small_plan('launcher.on_node_failure="continue"')
-    nodes = Placed(plan.config.nodes)
-    listener = socket.create_server(("127.0.0.1", 0))
-    sup = Supervisor(
-        plan, nodes, listener, tmp_path, show_progress=False, credentials=creds(plan, LAUNCHER)
-    )
+    nodes, sup = placed(plan, tmp_path)
     running = asyncio.ensure_future(sup.run())
     await asyncio.sleep(0.05)
     addr = sup.listener.getsockname()[:2]
