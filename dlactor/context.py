@@ -26,6 +26,7 @@ __all__ = [
     "EvalStats",
     "ModelDiverged",
     "NodeEnv",
+    "PayloadAliasesModel",
     "Roster",
     "RoundContext",
     "SendStalled",
@@ -156,4 +157,20 @@ class ModelDiverged(ArithmeticError):
         super().__init__(
             f"node {node}'s {what} holds NaN or Inf after training in round {round} "
             "(training diverged: a lower training.lr may help)"
+        )
+
+
+class PayloadAliasesModel(RuntimeError):
+    """A sharing strategy returned a payload that shares memory with the live model: the
+    transport could send parameters as the next round changes them, and an in-memory
+    receiver would average a tensor the sender keeps training. A bug in the strategy: the
+    node fails the run naming it, rather than run on with status ok."""
+
+    def __init__(self, strategy: object, tensor: str, parameter: str) -> None:
+        kind = type(strategy)
+        super().__init__(
+            f"sharing strategy {kind.__module__}.{kind.__qualname__} returned a payload whose "
+            f"tensor {tensor!r} shares memory with the model's {parameter!r}: a payload must "
+            "be a copy (dlactor.sharing.ops.flatten copies; .detach(), .data, views and "
+            "torch.from_numpy(p.numpy()) do not)"
         )

@@ -26,7 +26,14 @@ import torch
 from dlactor.algorithms.base import Record
 from dlactor.checkpoint.files import save_node
 from dlactor.churn.availability import Availability
-from dlactor.context import ModelDiverged, Roster, RoundContext, SendStalled, TrainStats
+from dlactor.context import (
+    ModelDiverged,
+    PayloadAliasesModel,
+    Roster,
+    RoundContext,
+    SendStalled,
+    TrainStats,
+)
 from dlactor.messages import Message, Overlay, Payload, Share
 from dlactor.network.clock import Clock
 from dlactor.node.mailbox import Mailbox
@@ -34,7 +41,7 @@ from dlactor.node.rosters import ROSTER, RosterBook, roster_message
 from dlactor.security.agreement import PairwiseKeys
 from dlactor.sharing.base import ChecksPayloads, Reports, SharesPerPeer, Sharing
 from dlactor.sharing.lossless import Lossless
-from dlactor.sharing.ops import all_finite, check_finite
+from dlactor.sharing.ops import aliased, all_finite, check_finite
 from dlactor.topology.base import Topology, UsesOverlay
 from dlactor.training.base import Trainer
 from dlactor.transport.base import (
@@ -443,12 +450,17 @@ class Node:
         return record
 
     def check_own(self, share: Share) -> None:
-        """A strategy can overflow a finite model into Inf: never send it (ModelDiverged)."""
+        """What this node's sharing strategy made of its model, before it is sent: a payload
+        that aliases the model is the strategy's bug (PayloadAliasesModel, naming it); a
+        strategy can overflow a finite model into Inf: never send it (ModelDiverged)."""
+        plain, strategy = share.payload, self.sharing
+        if isinstance(self.sharing, Lossless) and self.sharing.sent is not None:
+            plain, strategy = self.sharing.sent, self.sharing.inner
+        alias = aliased(plain, self.model)
+        if alias is not None:
+            raise PayloadAliasesModel(strategy, *alias)
         if self.allow_nonfinite:
             return
-        plain = share.payload
-        if isinstance(self.sharing, Lossless) and self.sharing.sent is not None:
-            plain = self.sharing.sent
         try:
             check_finite(plain)
         except RemoteProtocolError:

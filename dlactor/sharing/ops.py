@@ -14,6 +14,7 @@ from dlactor.wire.errors import RemoteProtocolError
 
 __all__ = [
     "Layout",
+    "aliased",
     "all_finite",
     "check_finite",
     "check_layout",
@@ -60,6 +61,27 @@ def check_finite(payload: Payload) -> None:
         values = value if isinstance(value, list) else [value]
         if any(isinstance(v, float) and not math.isfinite(v) for v in values):
             raise RemoteProtocolError(f"meta[{key!r}] holds NaN or Inf")
+
+
+def aliased(payload: Payload, model: torch.nn.Module) -> tuple[str, str] | None:
+    """``(tensor, parameter)`` if one of ``payload``'s tensors shares memory with one of
+    ``model``'s parameters or buffers (a view, ``.detach()``, ``.data``, a numpy view of
+    it), else None. Compared by the memory each tensor's storage spans, so a view of part of
+    a parameter counts too."""
+    spans = []
+    for name, t in payload.tensors.items():
+        storage = t.untyped_storage()
+        if storage.nbytes():
+            spans.append((name, storage.data_ptr(), storage.data_ptr() + storage.nbytes()))
+    if not spans:
+        return None
+    for pname, p in [*model.named_parameters(), *model.named_buffers()]:
+        storage = p.untyped_storage()
+        low, high = storage.data_ptr(), storage.data_ptr() + storage.nbytes()
+        for name, start, end in spans:
+            if start < high and low < end:
+                return name, pname
+    return None
 
 
 def flatten(params: Iterable[torch.Tensor]) -> torch.Tensor:

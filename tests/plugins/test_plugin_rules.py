@@ -1,0 +1,57 @@
+"""The rules a strategy plugin must keep are enforced where breaking them would go unseen."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Literal
+
+import pytest
+import torch
+
+from dlactor import NodeEnv, Payload, RoundContext, SharingSettings, register, run_in_memory
+from dlactor.context import PayloadAliasesModel
+from dlactor.sharing.ops import aliased, flatten, unflatten_into, weighted_sum
+from tests.conftest import small_plan
+
+
+class FirstLayerSharing:
+    """Shares the first weight matrix as it is (a view of the live parameter): the bug."""
+
+    async def outgoing(self, ctx: RoundContext) -> Payload:
+        first = next(ctx.model.parameters())
+        return Payload(tensors={"w": first.detach().view(-1)})
+
+    async def aggregate(self, ctx: RoundContext, received: Mapping[int, Payload]) -> None:
+        first = next(ctx.model.parameters())
+        own = flatten([first])
+        vectors = {ctx.node: own, **{j: p.tensors["w"] for j, p in received.items()}}
+        unflatten_into(weighted_sum(vectors, ctx.weights), [first])
+
+
+@register("sharing")
+class FirstLayerSettings(SharingSettings):
+    kind: Literal["first_layer_aliased"] = "first_layer_aliased"
+
+    def build(self, env: NodeEnv) -> FirstLayerSharing:
+        return FirstLayerSharing()
+
+
+async def test_a_payload_that_aliases_a_live_parameter_fails_the_run_naming_the_strategy() -> None:
+    plan = small_plan("sharing.kind=first_layer_aliased", "rounds=2")
+    with pytest.raises(ExceptionGroup) as raised:
+        await run_in_memory(plan)
+    errors = [e for e in raised.value.exceptions if isinstance(e, PayloadAliasesModel)]
+    assert errors, raised.value.exceptions
+    assert "FirstLayerSharing" in str(errors[0])
+    assert "shares memory with the model's" in str(errors[0])
+
+
+def test_aliasing_is_found_for_views_parts_and_numpy_views_but_not_for_copies() -> None:
+    model = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.BatchNorm1d(3))
+    weight = model[0].weight
+    assert aliased(Payload({"w": weight.data}), model) == ("w", "0.weight")
+    assert aliased(Payload({"w": weight.detach()[1:, 2:]}), model) == ("w", "0.weight")
+    assert aliased(Payload({"b": torch.from_numpy(model[0].bias.detach().numpy())}), model)
+    assert aliased(Payload({"m": model[1].running_mean}), model) == ("m", "1.running_mean")
+    assert aliased(Payload({"p": flatten(model.parameters())}), model) is None
+    assert aliased(Payload({"c": weight.detach().clone(), "e": torch.empty(0)}), model) is None
