@@ -439,9 +439,11 @@ def config_model() -> type[RunConfigBase]:
     for category, (_, default_kind) in CATEGORIES.items():
         known = plugins.registered(category)
         if default_kind not in known:
+            failed = "".join(f"; {plugin}" for plugin in plugins.broken())
             raise plugins.PluginError(
                 f"no {category} kind {default_kind!r} is registered: dlactor's built-ins come "
-                "from its entry points (group dlactor.plugins); reinstall it (pip install -e .)"
+                f"from its entry points (group dlactor.plugins); reinstall it (pip install -e .)"
+                f"{failed}"
             )
         default = known[default_kind]()
         fields[category] = (_union_for(category), default)
@@ -512,8 +514,20 @@ def format_validation_error(err: ValidationError) -> str:
         if sep and head.isidentifier() and head in _fields_at(e["loc"]):
             where = head if where == "(top level)" else f"{where}.{head}"
             msg = rest
-        lines.append(f"  {where}: {msg}{_did_you_mean(e)}")
+        lines.append(f"  {where}: {msg}{_did_you_mean(e)}{_broken_plugins(e)}")
     return "invalid config:\n" + "\n".join(lines)
+
+
+def _broken_plugins(error: Any) -> str:
+    """For a kind that is not registered, the installed plugins that failed to import (one
+    of them may be what would have registered it)."""
+    loc = error["loc"]
+    unknown_kind = error["type"] == "union_tag_invalid" or (
+        error["type"] == "literal_error" and len(loc) == 2 and loc[1] == "kind"
+    )
+    if not unknown_kind or not loc or loc[0] not in CATEGORIES:
+        return ""
+    return "".join(f"; {plugin}" for plugin in plugins.broken())
 
 
 def _parse_value(text: str) -> Any:
@@ -553,8 +567,8 @@ def _deep_copy(data: Any) -> Any:
     return data
 
 
-def validate_config(data: dict[str, Any], base_dir: Path | None = None) -> RunConfig:
-    """Load the plugins the data names, then validate it against the registry's model."""
+def _load_plugins(data: dict[str, Any], base_dir: Path | None) -> type[RunConfigBase]:
+    """Import the installed plugins and those ``data`` lists; the run-config model then."""
     plugin_specs = data.get("plugins", [])
     if not isinstance(plugin_specs, list) or not all(isinstance(s, str) for s in plugin_specs):
         raise ConfigError(
@@ -562,9 +576,20 @@ def validate_config(data: dict[str, Any], base_dir: Path | None = None) -> RunCo
         )
     try:
         plugins.load_plugins(plugin_specs, base_dir)
-        model = config_model()
+        return config_model()
     except plugins.PluginError as exc:
         raise ConfigError(f"invalid config:\n  plugins: {exc}") from exc
+
+
+def load_config_plugins(path: Path) -> None:
+    """Import the plugins a config file lists (and the installed ones), without validating
+    the rest of it: ConfigError if it cannot be read or a plugin fails."""
+    _load_plugins(_read_toml(path), path.resolve().parent)
+
+
+def validate_config(data: dict[str, Any], base_dir: Path | None = None) -> RunConfig:
+    """Load the plugins the data names, then validate it against the registry's model."""
+    model = _load_plugins(data, base_dir)
     try:
         cfg = model.model_validate(data)
     except ValidationError as exc:
@@ -646,11 +671,14 @@ def _unquoted(message: str) -> str:
     )
 
 
-def load_config(path: Path, overrides: list[str] | None = None) -> RunConfig:
-    """TOML file + ``--set`` overrides -> a validated config, or ConfigError."""
+def _read_toml(path: Path) -> dict[str, Any]:
     try:
-        data = tomllib.loads(_read_config_text(path))
+        return tomllib.loads(_read_config_text(path))
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML: {_unquoted(str(exc))}") from exc
-    data = apply_overrides(data, overrides or [])
+
+
+def load_config(path: Path, overrides: list[str] | None = None) -> RunConfig:
+    """TOML file + ``--set`` overrides -> a validated config, or ConfigError."""
+    data = apply_overrides(_read_toml(path), overrides or [])
     return validate_config(data, base_dir=path.resolve().parent)

@@ -18,6 +18,11 @@ config. Only use configs you trust, as you would only run scripts you trust.
 An import that fails is reported without quoting what the file holds (a path may name any
 file): a plugin file's syntax error or exception gives its type and line; run the file with
 ``python`` to see the message.
+
+A config's own ``plugins`` failing to import fails that config. An installed entry point
+failing to import fails only the configs that need it: it is recorded (:func:`broken`, by
+package and error) and named wherever a kind is not found, since it may be the one that
+would have registered it; every other config validates as before.
 """
 
 from __future__ import annotations
@@ -27,8 +32,9 @@ import importlib.util
 import sys
 import traceback
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from functools import partial
-from importlib.metadata import entry_points
+from importlib.metadata import EntryPoint, entry_points
 from pathlib import Path
 from types import ModuleType
 from typing import Any, TypeVar
@@ -37,7 +43,9 @@ from pydantic import BaseModel
 
 __all__ = [
     "ENTRY_POINT_GROUP",
+    "BrokenPlugin",
     "PluginError",
+    "broken",
     "file_modules",
     "kinds",
     "load_plugins",
@@ -56,6 +64,32 @@ class PluginError(ValueError):
     """A plugin could not be found, imported or registered."""
 
 
+@dataclass(frozen=True, slots=True)
+class BrokenPlugin:
+    """An installed entry point that failed to import: which package, and why."""
+
+    package: str  # the distribution that declares it ("unknown package" if not told)
+    entry_point: str
+    module: str
+    error: str  # "ModuleNotFoundError: No module named 'scipy'"
+
+    def __str__(self) -> str:
+        return (
+            f"the installed plugin package {self.package!r} (entry point "
+            f"{self.entry_point!r} = {self.module!r}) failed to import: {self.error}"
+        )
+
+
+#: Entry points that failed, by (name, module): not imported again in this process (a
+#: module that registered some kinds before failing would register them twice).
+_BROKEN: dict[tuple[str, str], BrokenPlugin] = {}
+
+
+def broken() -> list[BrokenPlugin]:
+    """The installed plugins that failed to import in this process."""
+    return list(_BROKEN.values())
+
+
 def _kind_of(model: type[BaseModel]) -> str:
     field = model.model_fields.get("kind")
     if field is None or not isinstance(field.default, str):
@@ -69,6 +103,8 @@ def register(category: str) -> Callable[[T], T]:
     def decorate(model: T) -> T:
         kind = _kind_of(model)
         known = _REGISTRY.setdefault(category, {})
+        if kind in known and _same_source(known[kind], model):
+            return model  # one file imported under two names (a test, and a config's list)
         if kind in known and known[kind] is not model:
             existing = known[kind]
             raise PluginError(
@@ -80,6 +116,16 @@ def register(category: str) -> Callable[[T], T]:
         return model
 
     return decorate
+
+
+def _same_source(a: type, b: type) -> bool:
+    """Whether two classes are one class statement: the same name in the same file."""
+    files = [getattr(sys.modules.get(c.__module__), "__file__", None) for c in (a, b)]
+    return (
+        a.__qualname__ == b.__qualname__
+        and None not in files
+        and Path(str(files[0])).resolve() == Path(str(files[1])).resolve()
+    )
 
 
 def registered(category: str) -> dict[str, type[BaseModel]]:
@@ -119,9 +165,14 @@ def file_modules() -> list[ModuleType]:
 
 def load_plugins(specs: Iterable[str], base_dir: Path | None = None) -> None:
     """Import the entry-point plugins, then each config-listed module or ``.py`` file
-    (importing twice is a no-op)."""
-    for ep in entry_points(group=ENTRY_POINT_GROUP):
-        _import(ep.value, f"entry point {ep.name!r}")
+    (importing twice is a no-op). An entry point that fails is recorded (:func:`broken`),
+    not raised: only configs that need a kind it would have brought fail, naming it. A
+    config-listed plugin that fails raises PluginError."""
+    installed = list(entry_points(group=ENTRY_POINT_GROUP))
+    for gone in set(_BROKEN) - {(ep.name, ep.value) for ep in installed}:
+        del _BROKEN[gone]  # uninstalled since
+    for ep in installed:
+        _import_entry_point(ep)
     for spec in specs:
         if spec.endswith(".py"):
             path = Path(spec) if base_dir is None else base_dir / spec
@@ -130,6 +181,19 @@ def load_plugins(specs: Iterable[str], base_dir: Path | None = None) -> None:
             _wrap(partial(_import_path, path), f"plugin file {path}", path)
         else:
             _import(spec, f"plugin module {spec!r}")
+
+
+def _import_entry_point(ep: EntryPoint) -> None:
+    key = (ep.name, ep.value)
+    if key in _BROKEN:
+        return
+    try:
+        _import(ep.value, f"entry point {ep.name!r}")
+    except PluginError as exc:
+        cause = exc.__cause__ if exc.__cause__ is not None else exc
+        package = ep.dist.name if ep.dist is not None else "unknown package"
+        error = f"{type(cause).__name__}: {cause}"
+        _BROKEN[key] = BrokenPlugin(package, ep.name, ep.value, error)
 
 
 def _import(module: str, what: str) -> None:

@@ -318,3 +318,31 @@ def test_a_plugin_file_that_fails_is_named_with_its_line_not_its_text(
 
     assert f"plugins: plugin file {plugin} failed to import: {expected}" in str(err.value)
     assert "SECRET" not in str(err.value)
+
+
+def _install_broken_plugin(root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An installed package whose entry point fails to import (a dependency it lacks)."""
+    dist = root / "dlactor_wave-1.0.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: dlactor-wave\nVersion: 1.0\n")
+    (dist / "entry_points.txt").write_text("[dlactor.plugins]\nwave = wave_topology\n")
+    (root / "wave_topology.py").write_text("import a_dependency_not_installed\n")
+    monkeypatch.syspath_prepend(str(root))
+
+
+def test_a_broken_installed_plugin_fails_only_the_configs_that_need_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _install_broken_plugin(tmp_path, monkeypatch)
+    assert small_config().topology.kind == "regular"  # other configs still validate
+    for table in ("topology", "training"):  # a union of kinds, and a single kind
+        with pytest.raises(ConfigError) as raised:
+            small_config(f"{table}.kind=wave")
+        message = str(raised.value)
+        assert f"  {table}" in message
+        assert "the installed plugin package 'dlactor-wave' (entry point 'wave'" in message
+        assert "ModuleNotFoundError: No module named 'a_dependency_not_installed'" in message
+    monkeypatch.undo()  # uninstalled: no longer named
+    with pytest.raises(ConfigError) as raised:
+        small_config("topology.kind=wave")
+    assert "dlactor-wave" not in str(raised.value)
