@@ -18,6 +18,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
+from typer.core import TyperArgument, TyperCommand, TyperGroup
 
 from dlactor.config import ConfigError, RunConfig, load_config
 
@@ -28,10 +29,54 @@ __all__ = ["app", "main"]
 
 EXIT_FAILED, EXIT_INVALID, EXIT_INTERRUPTED = 1, 2, 130
 
+
+class _Argument(TyperArgument):
+    """A positional argument shown by its metavar as it is: ``CONFIG.toml`` in the usage
+    line (``[CONFIG.toml]`` if optional) and in the help's list of arguments, not typer's
+    ``{config}`` beside a type (``<path>``, ``<list[Path]>``)."""
+
+    def display_type_rich(self, ctx: Any) -> str | None:
+        return None if self.metavar else super().display_type_rich(ctx)
+
+    def get_usage_pieces(self, ctx: Any) -> list[str]:
+        if not self.metavar:
+            return super().get_usage_pieces(ctx)
+        return [self.metavar if self.required else f"[{self.metavar}]"]
+
+
+def _placeholders(params: list[Any]) -> list[Any]:
+    """``params`` with the help's placeholders that say what to give: a flag shows none
+    (typer shows ``<bool>``, though a flag takes no value), an argument its metavar. Typer
+    makes the parameters itself, with no say in their class: its arguments become
+    :class:`_Argument` here."""
+    for param in params:
+        if type(param) is TyperArgument:
+            param.__class__ = _Argument
+        elif getattr(param, "is_flag", False) and param.metavar is None:
+            param.metavar = ""
+    return params
+
+
+class _Command(TyperCommand):
+    """A command whose help shows :func:`_placeholders`."""
+
+    def get_params(self, ctx: Any) -> list[Any]:
+        return _placeholders(super().get_params(ctx))
+
+
+class _Group(TyperGroup):
+    """A group (``dlactor``, ``dlactor data``) whose help shows :func:`_placeholders`."""
+
+    def get_params(self, ctx: Any) -> list[Any]:
+        return _placeholders(super().get_params(ctx))
+
+
 app = typer.Typer(
+    cls=_Group,
     add_completion=False,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
+    rich_markup_mode="rich",
     help="Emulate decentralized learning: one asyncio actor per OS process, tensors over TCP.",
 )
 
@@ -47,24 +92,33 @@ def _console(stderr: bool = False) -> Console:
 err = _console(stderr=True)
 out = _console()
 
-ConfigArg = Annotated[Path, typer.Argument(help="TOML experiment config.", show_default=False)]
+ConfigArg = Annotated[
+    Path,
+    typer.Argument(help="TOML experiment config.", metavar="CONFIG.toml", show_default=False),
+]
 SetOpt = Annotated[
     list[str] | None,
     typer.Option(
         "--set",
         "-s",
+        metavar="KEY=VALUE",
         help="Override a config value: --set nodes=32 --set topology.degree=5 "
         "(setting a table's kind starts that table afresh)",
     ),
 ]
 
 
+def _refuse(message: str) -> NoReturn:
+    """Exit 2 with ``message`` as written, on one line (paths in it are not markup)."""
+    err.print(f"[red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
+    raise typer.Exit(EXIT_INVALID)
+
+
 def _invalid(config: Path, message: str) -> NoReturn:
     """Exit 2 with ``message`` as written: its brackets (``[topology]``) are not markup. The
-    file is named once (a message that starts with it already names it)."""
-    text = message if message.startswith(str(config)) else f"{config}: {message}"
-    err.print(f"[red]error:[/] {escape(text)}", highlight=False)
-    raise typer.Exit(EXIT_INVALID)
+    file is named once (a message that starts or ends with it already names it)."""
+    named = message.startswith(str(config)) or message.endswith(f": {config}")
+    _refuse(message if named else f"{config}: {message}")
 
 
 def _version(value: bool) -> None:
@@ -90,20 +144,32 @@ def _options(
     """Emulate decentralized learning: one asyncio actor per OS process, tensors over TCP."""
 
 
-@app.command()
-def kinds() -> None:
-    """Every strategy kind of every table (built in, and from plugins installed here), with
-    its settings and their defaults."""
+@app.command(cls=_Command)
+def kinds(
+    config: Annotated[
+        Path | None,
+        typer.Argument(
+            help="Also the plugins this config lists (plugins = [...]).",
+            metavar="CONFIG.toml",
+            show_default=False,
+        ),
+    ] = None,
+) -> None:
+    """Each table's kinds (built in, and from installed plugins), their settings and defaults."""
     from pydantic_core import PydanticUndefined
 
     from dlactor import plugins
-    from dlactor.config import CATEGORIES
+    from dlactor.config import CATEGORIES, load_config_plugins
 
     try:
-        plugins.load_plugins([])  # the built-ins and the installed plugins' entry points
+        if config is None:
+            plugins.load_plugins([])  # the built-ins and the installed plugins' entry points
+        else:
+            load_config_plugins(config)
     except plugins.PluginError as exc:
-        err.print(f"[red]error:[/] {escape(str(exc))}", highlight=False)
-        raise typer.Exit(EXIT_INVALID) from None
+        _refuse(str(exc))
+    except ConfigError as exc:
+        _invalid(config or Path(), str(exc))
     table = Table(title="strategy kinds", title_justify="left")
     for col in ("table", "kind", "settings (default)"):
         table.add_column(col)
@@ -124,6 +190,8 @@ def kinds() -> None:
             row = (f"[{category}]", kind + mark, ", ".join(settings) or "-")
             table.add_row(*(escape(cell) for cell in row))
     out.print(table)
+    for plugin in plugins.broken():  # what the kinds it would have brought cannot be
+        err.print(f"[yellow]warning:[/] {escape(str(plugin))}", highlight=False, soft_wrap=True)
 
 
 def _load(config: Path, overrides: list[str] | None) -> RunConfig:
@@ -146,7 +214,7 @@ def config_toml(cfg: RunConfig) -> str:
     return tomli_w.dumps(cfg.model_dump(mode="json", exclude_none=True))  # TOML has no null
 
 
-@app.command()
+@app.command(cls=_Command)
 def validate(config: ConfigArg, set_: SetOpt = None) -> None:
     """Check a config (and build its graph and partition) without running anything."""
     cfg = _load(config, set_)
@@ -159,22 +227,29 @@ def validate(config: ConfigArg, set_: SetOpt = None) -> None:
     )
 
 
-@app.command()
+@app.command(cls=_Command)
 def launch(
     config: Annotated[
         Path | None,
-        typer.Argument(help="TOML experiment config (not with --resume).", show_default=False),
+        typer.Argument(
+            help="TOML experiment config (not with --resume).",
+            metavar="CONFIG.toml",
+            show_default=False,
+        ),
     ] = None,
     set_: SetOpt = None,
-    out_dir: Annotated[Path, typer.Option("--out", help="Where run directories go.")] = Path(
-        "runs"
-    ),
+    out_dir: Annotated[
+        Path, typer.Option("--out", metavar="DIR", help="Where run directories go.")
+    ] = Path("runs"),
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
     resume: Annotated[
         Path | None,
         typer.Option(
-            help="Continue this run directory from its last complete checkpoint "
-            "([checkpoint] every), appending to its records.",
+            metavar="RUN_DIR",
+            help=escape(
+                "Continue this run directory from its last complete checkpoint "
+                "([checkpoint] every), appending to its records."
+            ),
             show_default=False,
         ),
     ] = None,
@@ -332,11 +407,13 @@ def print_summary(summary: dict[str, Any], run_dir: Path) -> None:
     out.print(f"results: {run_dir}", highlight=False)
 
 
-@app.command()
+@app.command(cls=_Command)
 def graph(
     config: ConfigArg,
     set_: SetOpt = None,
-    output: Annotated[Path | None, typer.Option("--out", help="Write the edge list here.")] = None,
+    output: Annotated[
+        Path | None, typer.Option("--out", metavar="FILE", help="Write the edge list here.")
+    ] = None,
 ) -> None:
     """Build a config's topology and print its size, degrees and spectral gap."""
     from dlactor.topology.graphs import write_edge_list
@@ -357,11 +434,16 @@ def graph(
         out.print(f"wrote {output}")
 
 
-data_app = typer.Typer(no_args_is_help=True, help="Datasets: what is here, and fetching the rest.")
+data_app = typer.Typer(
+    cls=_Group,
+    no_args_is_help=True,
+    rich_markup_mode="rich",
+    help="Datasets: what is here, and fetching the rest.",
+)
 app.add_typer(data_app, name="data")
 
 
-@data_app.command("list")
+@data_app.command("list", cls=_Command)
 def data_list() -> None:
     """Each dataset, whether it is present, and where it is cached ($DLACTOR_DATA)."""
     from dlactor.data.store import data_home, entries, is_present
@@ -377,11 +459,17 @@ def data_list() -> None:
     out.print(table)
 
 
-@data_app.command("fetch")
+@data_app.command("fetch", cls=_Command)
 def data_fetch(
-    name: Annotated[str, typer.Argument(help="Dataset name, as `dlactor data list` shows it.")],
+    name: Annotated[
+        str,
+        typer.Argument(metavar="DATASET", help="Dataset name, as `dlactor data list` shows it."),
+    ],
     local: Annotated[
-        Path | None, typer.Option("--from", help="Take it from this local file or directory.")
+        Path | None,
+        typer.Option(
+            "--from", metavar="FILE|DIR", help="Take it from this local file or directory."
+        ),
     ] = None,
     force: Annotated[bool, typer.Option("--force", help="Fetch again even if present.")] = False,
 ) -> None:
@@ -418,26 +506,43 @@ def data_fetch(
     plain(out, f"{name} from {source} into {where}")
 
 
-@app.command()
+@app.command(cls=_Command)
 def report(
-    run_dirs: Annotated[list[Path], typer.Argument(help="Run directories to plot.")],
+    run_dirs: Annotated[
+        list[Path], typer.Argument(metavar="RUN_DIR...", help="Run directories to plot.")
+    ],
     out_dir: Annotated[
         Path | None,
-        typer.Option("--out", help="Write a comparison here (default: each run's plots/)."),
+        typer.Option(
+            "--out", metavar="DIR", help="Write a comparison here (default: each run's plots/)."
+        ),
+    ] = None,
+    labels: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--label",
+            metavar="LABEL",
+            help="Name a run in the legends and the table, once per run, in order (default: "
+            "the config settings that differ between the runs, else the runs' names).",
+        ),
     ] = None,
 ) -> None:
     """Plot accuracy against rounds, wall-clock time and bytes; write a summary table."""
     from dlactor.metrics.report import load_run, summary_table, write_table
     from dlactor.metrics.report import report as make_report
 
+    if labels and len(labels) != len(run_dirs):
+        given = f"{len(labels)} --label for {len(run_dirs)} run directories"
+        _refuse(f"{given}: give one --label per run, in order")
+    if labels and len(set(labels)) < len(labels):
+        _refuse("--label: each run needs a label of its own (two are the same)")
     try:
         runs = [load_run(d) for d in run_dirs]
     except ValueError as exc:
-        err.print(f"[red]error:[/] {exc}", highlight=False)
-        raise typer.Exit(EXIT_INVALID) from None
-    written = make_report(run_dirs, out_dir)
+        _refuse(str(exc))
+    written = make_report(run_dirs, out_dir, labels or None)
     table_dir = out_dir if out_dir is not None else run_dirs[0] / "plots"
-    md, csv = write_table(summary_table(runs), table_dir)
+    md, csv = write_table(summary_table(runs, labels or None), table_dir)
     # Plain stdout: a markdown table wrapped at the terminal's width would no longer parse.
     sys.stdout.write(md.read_text())
     for path in [*written, md, csv]:

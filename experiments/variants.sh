@@ -13,13 +13,14 @@ shift 2
 variants=()
 while (($#)) && [[ $1 != -- ]]; do variants+=("$1"); shift; done
 if (($#)); then shift; fi
-runs=()
+runs=() labels=()
 for variant in "${variants[@]}"; do
   name=${variant%%:*}
   # shellcheck disable=SC2086  # the settings are meant to split into words
   $dl launch "$config" --out "$out" --set "name=$name" ${variant#*:} "$@"
   runs+=("$(ls -td "$out/$name"-*/ | head -1)")
+  labels+=(--label "$name")  # the variant's own name, not the settings that differ
 done
 mkdir -p "$out/compare"
 printf '%s\n' "${runs[@]}" > "$out/compare/runs.txt"
-$dl report "${runs[@]}" --out "$out/compare"
+$dl report "${runs[@]}" --out "$out/compare" "${labels[@]}"

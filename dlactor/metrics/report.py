@@ -9,11 +9,12 @@ import csv
 import json
 import math
 import statistics
-from collections import defaultdict
+import tomllib
+from collections import Counter, defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from itertools import pairwise
-from pathlib import Path
+from itertools import pairwise, product
+from pathlib import Path, PurePath
 from typing import TYPE_CHECKING, Any
 
 from dlactor.metrics.jsonio import loads
@@ -25,6 +26,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "RunData",
+    "config_labels",
     "draw_figures",
     "eval_curves",
     "load_run",
@@ -53,6 +55,12 @@ COLUMNS: list[tuple[str, str, str]] = [
 ]
 #: Columns shown only when some run has them (a virtual clock, churn).
 _OPTIONAL_COLUMNS = ("virtual_s", "offline", "lost")
+#: The run's resolved config, every default written out: what labels compare.
+CONFIG = "config.toml"
+#: Labels longer than this drop their keys' table prefixes where the key stays unambiguous:
+#: the legend's columns are as wide as its longest label, and at 40 characters three of them
+#: fit under the accuracy figure.
+LABEL_WIDTH = 40
 
 
 @dataclass
@@ -67,6 +75,8 @@ class RunData:
     consensus: list[dict[str, Any]]
     #: The algorithm's servers' records (FedAvg, parameter server): their model is evaluated.
     servers: dict[int, list[dict[str, Any]]] = field(default_factory=dict)
+    #: ``config.toml``, read; empty if the run has none (or it is not readable).
+    config: dict[str, Any] = field(default_factory=dict)
 
     @property
     def evaluated(self) -> dict[int, list[dict[str, Any]]]:
@@ -113,7 +123,17 @@ def load_run(path: Path) -> RunData:
         records=_records(load_node_records(path)),
         consensus=read_jsonl(consensus_path) if consensus_path.is_file() else [],
         servers=_records(load_server_records(path)),
+        config=_read_config(path / CONFIG),
     )
+
+
+def _read_config(path: Path) -> dict[str, Any]:
+    """The run's config, or ``{}``: it only labels the run, so a run whose config cannot be
+    read is still reported (labelled by its name)."""
+    try:
+        return tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
+        return {}
 
 
 def _records(by_node: dict[int, list[Any]]) -> dict[int, list[dict[str, Any]]]:
@@ -125,12 +145,127 @@ def _records(by_node: dict[int, list[Any]]) -> dict[int, list[dict[str, Any]]]:
 
 
 def run_labels(runs: list[RunData]) -> list[str]:
-    """Legend labels: the runs' names when they are unique, else their directory names, else
-    names numbered in order."""
+    """Legend labels: the config settings that differ between the runs (see
+    :func:`config_labels`), else the runs' names when they are unique, else their directory
+    names, else names numbered in order."""
+    by_config = config_labels(runs)
+    if by_config is not None:
+        return by_config
     for labels in ([run.name for run in runs], [run.path.name for run in runs]):
         if len(set(labels)) == len(labels):
             return labels
     return [f"{run.name} #{i}" for i, run in enumerate(runs, start=1)]
+
+
+def config_labels(runs: list[RunData]) -> list[str] | None:
+    """Each run's settings that differ between the runs, as ``key=value``, comma separated,
+    in the configs' order: ``topology.kind=ring`` or ``sharing.kind=topk, sharing.budget=0.1``.
+
+    A setting is compared among the runs that have it: a topk run's ``budget`` is not told
+    apart from a full-sharing run, which has none (the kinds already are). A table that only
+    some runs have is ``table=none`` in the others (``table=on`` where it has no kind).
+    ``name`` is left out: it is what a run is called, not how it ran (the names are the
+    labels when nothing else differs). Labels longer than :data:`LABEL_WIDTH` are shortened
+    (:func:`_shorten`); equal ones (runs of one config) are numbered in order. None when
+    there is no difference to show: fewer than two runs, a run without a readable config,
+    or configs that differ in ``name`` alone."""
+    if len(runs) < 2 or not all(run.config for run in runs):
+        return None
+    settings = [_settings(run.config) for run in runs]
+    keys = list(dict.fromkeys(key for s in settings for key in s))
+    tables = [key for key in keys if any(isinstance(s.get(key), _Table) for s in settings)]
+    for s, key in product(settings, tables):
+        s.setdefault(key, _Table(None))
+    differing = [key for key in keys if key != "name" and _differs(key, settings)]
+    if not differing:
+        return None
+    labels = _shorten([_shown(differing, s) for s in settings])
+    counts, seen = Counter(labels), Counter[str]()
+    numbered = []
+    for label in labels:
+        seen[label] += 1
+        numbered.append(f"{label} #{seen[label]}" if counts[label] > 1 else label)
+    return numbered
+
+
+@dataclass(frozen=True)
+class _Table:
+    """A config table as a setting of its own: its ``kind``; ``""`` if it has none, None
+    where a run does not have the table."""
+
+    kind: str | None
+
+
+def _settings(table: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """A config's settings by dotted key, in its order; a table is the setting
+    :class:`_Table` (its kind), then its other settings."""
+    out: dict[str, Any] = {}
+    for key, value in table.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out[dotted] = _Table(str(value.get("kind", "")))
+            out.update(_settings({k: v for k, v in value.items() if k != "kind"}, f"{dotted}."))
+        else:
+            out[dotted] = value
+    return out
+
+
+def _shown(keys: list[str], settings: dict[str, Any]) -> list[tuple[str, Any]]:
+    """The ``(key, value)`` of those ``keys`` that a run has; ``table=on`` only where none of
+    the table's settings is shown (which says as much)."""
+    items = [(key, settings[key]) for key in keys if key in settings]
+    return [
+        (key, value)
+        for key, value in items
+        if value != _Table("") or not any(k.startswith(f"{key}.") for k, _ in items)
+    ]
+
+
+def _differs(key: str, settings: list[dict[str, Any]]) -> bool:
+    """Whether the runs that have the setting ``key`` have it with more than one value."""
+    return len({json.dumps(s[key], default=repr) for s in settings if key in s}) > 1
+
+
+def _shorten(items: list[list[tuple[str, Any]]]) -> list[str]:
+    """The labels of the runs' ``(key, value)`` items. If some label is longer than
+    :data:`LABEL_WIDTH`, every key loses its table prefix where no other key shown ends the
+    same: ``sharing.kind=topk`` becomes ``sharing=topk``, ``sharing.bits=8`` ``bits=8``.
+    Nothing is cut: what is left is what tells the runs apart."""
+    labels = [", ".join(_item(key, value) for key, value in its) for its in items]
+    if max(map(len, labels)) <= LABEL_WIDTH:
+        return labels
+    ends = Counter(key.rsplit(".", 1)[-1] for key in {key for its in items for key, _ in its})
+
+    def name(key: str) -> str:
+        end = key.rsplit(".", 1)[-1]
+        return end if ends[end] == 1 else key
+
+    return [", ".join(_item(name(key), value, short=True) for key, value in its) for its in items]
+
+
+def _item(name: str, value: Any, *, short: bool = False) -> str:
+    """One setting as ``name=value``. A table is ``name.kind=kind`` (``name=kind`` if
+    ``short``), ``name=on`` if it has no kind, ``name=none`` where the run has no such
+    table."""
+    if not isinstance(value, _Table):
+        return f"{name}={_value(value)}"
+    if value.kind is None:
+        return f"{name}=none"
+    if not value.kind:
+        return f"{name}=on"
+    return f"{name}={value.kind}" if short else f"{name}.kind={value.kind}"
+
+
+def _value(value: Any) -> str:
+    """A setting's value as it reads in a TOML file, but a path as its file name (configs
+    hold absolute paths, which would make up most of the label) and strings unquoted."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return PurePath(value).name if PurePath(value).is_absolute() else value
+    if isinstance(value, int | float):
+        return str(value)
+    return json.dumps(value, separators=(",", ":"))
 
 
 def _gap(x: float) -> float:
@@ -263,10 +398,12 @@ def _summary_row(run: RunData, label: str) -> dict[str, Any]:
     }
 
 
-def summary_table(runs: list[RunData]) -> list[dict[str, Any]]:
-    """One row per run: final metric mean/min/max across nodes, rounds, times, bytes per node
-    (total sent per node, averaged over nodes)."""
-    return [_summary_row(run, label) for run, label in zip(runs, run_labels(runs), strict=True)]
+def summary_table(runs: list[RunData], labels: list[str] | None = None) -> list[dict[str, Any]]:
+    """One row per run, its ``run`` cell from ``labels`` (default: :func:`run_labels`): final
+    metric mean/min/max across nodes, rounds, times, bytes per node (total sent per node,
+    averaged over nodes)."""
+    labels = run_labels(runs) if labels is None else labels
+    return [_summary_row(run, label) for run, label in zip(runs, labels, strict=True)]
 
 
 def _cell(value: Any, spec: str) -> str:
@@ -374,16 +511,23 @@ def draw_figures(runs: list[RunData], labels: list[str], out_dir: Path) -> list[
     return written
 
 
-def report(run_dirs: list[Path], out: Path | None = None) -> list[Path]:
+def report(
+    run_dirs: list[Path], out: Path | None = None, labels: list[str] | None = None
+) -> list[Path]:
     """Draw accuracy (or RMSE), loss and consensus PNGs; return the files written.
 
     With ``out``, one comparison of all runs (a line per run) goes into ``out``; without it,
-    each run's own figures go into ``<run>/plots/``.
+    each run's own figures go into ``<run>/plots/``. ``labels``, one per run, name the runs
+    in the legends (default: :func:`run_labels` in a comparison, each run's name on its
+    own).
     """
+    if labels is not None and len(labels) != len(run_dirs):
+        raise ValueError(f"{len(labels)} labels for {len(run_dirs)} runs: give one per run")
     runs = [load_run(Path(d)) for d in run_dirs]
     if out is not None:
-        return draw_figures(runs, run_labels(runs), Path(out))
+        return draw_figures(runs, run_labels(runs) if labels is None else labels, Path(out))
     written: list[Path] = []
-    for run in runs:
-        written += draw_figures([run], [run.name], run.path / "plots")
+    for i, run in enumerate(runs):
+        label = run.name if labels is None else labels[i]
+        written += draw_figures([run], [label], run.path / "plots")
     return written

@@ -10,7 +10,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import tomli_w
 
+from dlactor.cli import config_toml
 from dlactor.metrics.report import (
     eval_curves,
     load_run,
@@ -19,6 +21,7 @@ from dlactor.metrics.report import (
     summary_table,
     write_table,
 )
+from tests.conftest import small_config
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -50,10 +53,14 @@ def make_run(
     consensus: list[float] | None = None,
     short: dict[int, int] | None = None,
     status: str = "ok",
+    config: str | None = None,
 ) -> Path:
-    """A run directory in the results schema; ``short`` maps a node to its rounds recorded."""
+    """A run directory in the results schema; ``short`` maps a node to its rounds recorded,
+    ``config`` is its ``config.toml``."""
     run = root / f"{name}-20260101-000000"
     (run / "nodes").mkdir(parents=True)
+    if config is not None:
+        (run / "config.toml").write_text(config)
     metric, table = ("test_rmse", RMSE) if regression else ("test_acc", ACC)
     for node in range(3):
         recs = [_record(node, r, metric, table) for r in range((short or {}).get(node, rounds))]
@@ -240,6 +247,106 @@ def test_labels_are_run_names_unless_they_repeat(tmp_path: Path) -> None:
         "alpha #1",
         "alpha #2",
     ]
+
+
+# --- labels from the configs -----------------------------------------------------------------
+
+
+def resolved(*overrides: str) -> str:
+    """A run's config.toml as `dlactor launch` writes it (every default written out)."""
+    return config_toml(small_config(*overrides))
+
+
+def _labels(tmp_path: Path, *configs: str) -> list[str]:
+    return run_labels(
+        [load_run(make_run(tmp_path / str(i), f"run{i}", config=c)) for i, c in enumerate(configs)]
+    )
+
+
+def test_a_comparison_is_labelled_by_the_settings_that_differ(tmp_path: Path) -> None:
+    configs = (
+        resolved("name=ring", "topology.kind=ring"),
+        resolved("name=reg3"),
+        resolved("name=reg5", "topology.degree=5"),
+    )
+
+    assert _labels(tmp_path, *configs) == [
+        "topology.kind=ring",
+        "topology.kind=regular, topology.degree=3",
+        "topology.kind=regular, topology.degree=5",
+    ]
+
+
+def test_a_kinds_own_settings_are_compared_among_the_runs_of_that_kind(tmp_path: Path) -> None:
+    full, topk = resolved("sharing.kind=full"), resolved("sharing.kind=topk")
+    finer = resolved("sharing.kind=topk", "sharing.budget=0.01")
+
+    # topk's budget, per_layer and error_feedback are its defaults: the kind says it all
+    assert _labels(tmp_path / "a", full, topk) == ["sharing.kind=full", "sharing.kind=topk"]
+    assert _labels(tmp_path / "b", full, topk, finer) == [
+        "sharing.kind=full",
+        "sharing.kind=topk, sharing.budget=0.1",
+        "sharing.kind=topk, sharing.budget=0.01",
+    ]
+
+
+def test_a_table_that_only_some_runs_have_is_none_in_the_others(tmp_path: Path) -> None:
+    churn = resolved("availability.offline=0.3")
+
+    assert _labels(tmp_path, resolved(), churn) == [
+        "availability=none",
+        "availability.kind=sessions",
+    ]
+    wan = tomli_w.dumps({"network": {"trace": "/traces/wan.csv"}})
+    lan = tomli_w.dumps({"network": {"trace": "/traces/lan.csv"}})
+    wall = tomli_w.dumps({"network": {"clock": "wall"}})
+    labels = _labels(tmp_path / "b", wan, lan, wall, tomli_w.dumps({"nodes": 8}))
+    assert labels == [
+        "network.trace=wan.csv",  # a path by its file name
+        "network.trace=lan.csv",
+        "network=on",  # the only run with a clock setting: nothing to compare it with
+        "network=none",
+    ]
+
+
+def test_runs_of_one_config_are_numbered_in_order(tmp_path: Path) -> None:
+    one, two = resolved("seed=1"), resolved("seed=2")
+
+    assert _labels(tmp_path, one, two, two) == ["seed=1", "seed=2 #1", "seed=2 #2"]
+
+
+def test_without_configs_that_differ_the_labels_are_the_names(tmp_path: Path) -> None:
+    ring = resolved("topology.kind=ring")
+
+    # only the names differ; a config missing; a config that is not TOML
+    assert _labels(tmp_path / "a", resolved("name=a"), resolved("name=b")) == ["run0", "run1"]
+    one, two = make_run(tmp_path / "b", "one", config=ring), make_run(tmp_path / "b", "two")
+    assert run_labels([load_run(one), load_run(two)]) == ["one", "two"]
+    assert _labels(tmp_path / "c", ring, "nodes = = 3") == ["run0", "run1"]
+
+
+def test_long_labels_drop_the_table_where_the_key_stays_clear(tmp_path: Path) -> None:
+    a = resolved("topology.kind=ring", "evaluation.every=1", "checkpoint.every=1", "seed=4")
+    b = resolved("evaluation.every=2", "seed=5")
+
+    labels = _labels(tmp_path, a, b)
+
+    # evaluation.every and checkpoint.every would both be "every"; a table's kind is table=kind
+    assert labels == [
+        "seed=4, evaluation.every=1, checkpoint.every=1, topology=ring",
+        "seed=5, evaluation.every=2, checkpoint.every=0, topology=regular",
+    ]
+
+
+def test_the_summary_table_and_the_report_take_a_label_per_run(tmp_path: Path) -> None:
+    runs = [make_run(tmp_path, "alpha"), make_run(tmp_path, "beta")]
+
+    rows = summary_table([load_run(p) for p in runs], ["baseline", "mine"])
+
+    assert [row["run"] for row in rows] == ["baseline", "mine"]
+    assert report(runs, tmp_path / "cmp", ["baseline", "mine"])
+    with pytest.raises(ValueError, match="1 labels for 2 runs"):
+        report(runs, tmp_path / "cmp", ["baseline"])
 
 
 # --- figures -------------------------------------------------------------------------------
