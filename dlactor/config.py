@@ -594,10 +594,24 @@ def validate_config(data: dict[str, Any], base_dir: Path | None = None) -> RunCo
         cfg = model.model_validate(data)
     except ValidationError as exc:
         raise ConfigError(format_validation_error(exc)) from exc
+    _check_clashes(cfg)
     cfg = _resolve_paths(cfg, base_dir)
     _read_files(cfg)
     _check_algorithm(cfg, frozenset(k for k in data if k in CATEGORIES))
     return cfg  # type: ignore[return-value]
+
+
+def _check_clashes(cfg: RunConfigBase) -> None:
+    """A config whose kind an installed plugin failed to register, another class having it
+    already, cannot tell which of the two it means: refused naming the plugin."""
+    for plugin in plugins.broken():
+        if plugin.clash is None:
+            continue
+        category, kind = plugin.clash
+        if getattr(getattr(cfg, category, None), "kind", None) == kind:
+            raise ConfigError(
+                f"invalid config:\n  {category}.kind: {kind!r} has two meanings: {plugin}"
+            )
 
 
 def _resolve_paths(cfg: RunConfigBase, base_dir: Path | None) -> RunConfigBase:
@@ -625,6 +639,13 @@ def _read_files(cfg: RunConfigBase) -> None:
                 raise ConfigError(f"invalid config:\n  {category}.{exc.field}: {exc}") from exc
 
 
+def field_path(table: str, field: str) -> str:
+    """A field a hook of ``table`` named, as the TOML spells it: as given when it starts at
+    the config's top level (``sharing.kind``, ``topology``), else ``table.field``."""
+    top = field.split(".", 1)[0]
+    return field if top in RunConfigBase.model_fields or top in CATEGORIES else f"{table}.{field}"
+
+
 def _check_algorithm(cfg: RunConfigBase, given: frozenset[str]) -> None:
     """The algorithm's verdict on the rest of the config (a topology given to FedAvg...)."""
     algorithm = getattr(cfg, "algorithm", None)
@@ -634,7 +655,9 @@ def _check_algorithm(cfg: RunConfigBase, given: frozenset[str]) -> None:
         algorithm.check(cfg, given)
         check_churn(cfg)
     except FieldError as exc:
-        raise ConfigError(f"invalid config:\n  {exc.field}: {exc}") from exc
+        raise ConfigError(
+            f"invalid config:\n  {field_path('algorithm', exc.field)}: {exc}"
+        ) from exc
 
 
 def _read_config_text(path: Path) -> str:

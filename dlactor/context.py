@@ -161,16 +161,15 @@ class ModelDiverged(ArithmeticError):
 
 
 class PayloadAliasesModel(RuntimeError):
-    """A sharing strategy returned a payload that shares memory with the live model: the
-    transport could send parameters as the next round changes them, and an in-memory
-    receiver would average a tensor the sender keeps training. A bug in the strategy: the
-    node fails the run naming it, rather than run on with status ok."""
+    """A payload a node was about to send shares memory with its live model: the transport
+    could send parameters as the next round changes them, and an in-memory receiver would
+    average a tensor the sender keeps training. A bug in what made it (``makers``: the
+    sharing strategy, or the algorithm): the node fails the run naming it, rather than run
+    on with status ok."""
 
-    def __init__(self, strategy: object, tensor: str, parameter: str) -> None:
-        kind = type(strategy)
+    def __init__(self, makers: str, tensor: str, parameter: str) -> None:
         super().__init__(
-            f"sharing strategy {kind.__module__}.{kind.__qualname__} returned a payload whose "
-            f"tensor {tensor!r} shares memory with the model's {parameter!r}: a payload must "
-            "be a copy (dlactor.sharing.ops.flatten copies; .detach(), .data, views and "
-            "torch.from_numpy(p.numpy()) do not)"
+            f"a payload made by {makers} has a tensor {tensor!r} that shares memory with the "
+            f"model's {parameter!r}: a payload must be a copy (dlactor.sharing.ops.flatten "
+            "copies; .detach(), .data, views and torch.from_numpy(p.numpy()) do not)"
         )

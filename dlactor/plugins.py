@@ -44,6 +44,7 @@ from pydantic import BaseModel
 __all__ = [
     "ENTRY_POINT_GROUP",
     "BrokenPlugin",
+    "KindClash",
     "PluginError",
     "broken",
     "file_modules",
@@ -64,6 +65,14 @@ class PluginError(ValueError):
     """A plugin could not be found, imported or registered."""
 
 
+class KindClash(PluginError):
+    """Two classes register one kind of one table."""
+
+    def __init__(self, message: str, category: str, kind: str) -> None:
+        super().__init__(message)
+        self.category, self.kind = category, kind
+
+
 @dataclass(frozen=True, slots=True)
 class BrokenPlugin:
     """An installed entry point that failed to import: which package, and why."""
@@ -72,6 +81,9 @@ class BrokenPlugin:
     entry_point: str
     module: str
     error: str  # "ModuleNotFoundError: No module named 'scipy'"
+    #: (table, kind) when it failed registering a kind another class has: configs of
+    #: that kind cannot tell which one they mean.
+    clash: tuple[str, str] | None = None
 
     def __str__(self) -> str:
         return (
@@ -80,8 +92,9 @@ class BrokenPlugin:
         )
 
 
-#: Entry points that failed, by (name, module): not imported again in this process (a
-#: module that registered some kinds before failing would register them twice).
+#: The entry points that failed at the last ``load_plugins``, by (name, module). Each load
+#: tries them again (a dependency installed since); a module that registered some kinds
+#: before it failed registers them again as the same classes (``_same_source``).
 _BROKEN: dict[tuple[str, str], BrokenPlugin] = {}
 
 
@@ -107,10 +120,12 @@ def register(category: str) -> Callable[[T], T]:
             return model  # one file imported under two names (a test, and a config's list)
         if kind in known and known[kind] is not model:
             existing = known[kind]
-            raise PluginError(
+            raise KindClash(
                 f"{category} kind {kind!r} is registered twice: "
                 f"{existing.__module__}.{existing.__qualname__} and "
-                f"{model.__module__}.{model.__qualname__}"
+                f"{model.__module__}.{model.__qualname__}",
+                category,
+                kind,
             )
         known[kind] = model
         return model
@@ -169,8 +184,7 @@ def load_plugins(specs: Iterable[str], base_dir: Path | None = None) -> None:
     not raised: only configs that need a kind it would have brought fail, naming it. A
     config-listed plugin that fails raises PluginError."""
     installed = list(entry_points(group=ENTRY_POINT_GROUP))
-    for gone in set(_BROKEN) - {(ep.name, ep.value) for ep in installed}:
-        del _BROKEN[gone]  # uninstalled since
+    _BROKEN.clear()
     for ep in installed:
         _import_entry_point(ep)
     for spec in specs:
@@ -185,15 +199,14 @@ def load_plugins(specs: Iterable[str], base_dir: Path | None = None) -> None:
 
 def _import_entry_point(ep: EntryPoint) -> None:
     key = (ep.name, ep.value)
-    if key in _BROKEN:
-        return
     try:
         _import(ep.value, f"entry point {ep.name!r}")
     except PluginError as exc:
         cause = exc.__cause__ if exc.__cause__ is not None else exc
         package = ep.dist.name if ep.dist is not None else "unknown package"
         error = f"{type(cause).__name__}: {cause}"
-        _BROKEN[key] = BrokenPlugin(package, ep.name, ep.value, error)
+        clash = (exc.category, exc.kind) if isinstance(exc, KindClash) else None
+        _BROKEN[key] = BrokenPlugin(package, ep.name, ep.value, error, clash)
 
 
 def _import(module: str, what: str) -> None:

@@ -1,5 +1,6 @@
 """Config: TOML + --set overrides -> validated, frozen settings; errors name the field."""
 
+import importlib
 import textwrap
 from pathlib import Path
 
@@ -342,7 +343,47 @@ def test_a_broken_installed_plugin_fails_only_the_configs_that_need_it(
         assert f"  {table}" in message
         assert "the installed plugin package 'dlactor-wave' (entry point 'wave'" in message
         assert "ModuleNotFoundError: No module named 'a_dependency_not_installed'" in message
+    (tmp_path / "a_dependency_not_installed.py").write_text("")  # installed since
+    importlib.invalidate_caches()
+    with pytest.raises(ConfigError) as raised:
+        small_config("topology.kind=wave")  # tried again: it imports (and brings no kind)
+    assert "dlactor-wave" not in str(raised.value)
     monkeypatch.undo()  # uninstalled: no longer named
     with pytest.raises(ConfigError) as raised:
         small_config("topology.kind=wave")
     assert "dlactor-wave" not in str(raised.value)
+
+
+def test_a_field_a_hook_names_is_spelled_from_the_top_of_the_config() -> None:
+    from dlactor.config import field_path
+
+    assert field_path("sharing", "budget") == "sharing.budget"  # relative to its table
+    assert field_path("network", "classes.0.nodes") == "network.classes.0.nodes"
+    assert field_path("sharing", "topology") == "topology"  # already from the top
+    assert field_path("algorithm", "sharing.kind") == "sharing.kind"
+
+
+def test_an_installed_plugin_that_registers_a_builtin_kind_again_fails_the_configs_of_that_kind(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    dist = tmp_path / "dlactor_myring-1.0.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: dlactor-myring\nVersion: 1.0\n")
+    (dist / "entry_points.txt").write_text("[dlactor.plugins]\nmyring = myring_topology\n")
+    (tmp_path / "myring_topology.py").write_text(
+        textwrap.dedent("""
+        from typing import Literal
+        from dlactor import TopologySettings, register
+
+        @register("topology")
+        class MyRing(TopologySettings):
+            kind: Literal["ring"] = "ring"
+    """)
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert small_config().topology.kind == "regular"  # other kinds: as before
+    with pytest.raises(ConfigError) as raised:
+        small_config("topology.kind=ring")
+    message = str(raised.value)
+    assert "topology.kind: 'ring' has two meanings" in message
+    assert "'dlactor-myring'" in message and "registered twice" in message

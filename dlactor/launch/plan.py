@@ -17,7 +17,7 @@ import torch
 
 from dlactor.checkpoint.files import load_node
 from dlactor.churn.availability import Availability
-from dlactor.config import ConfigError, FieldError, LocalLauncher, RunConfig
+from dlactor.config import ConfigError, FieldError, LocalLauncher, RunConfig, field_path
 from dlactor.context import NodeEnv, Service, ServiceEnv
 from dlactor.data.base import Dataset
 from dlactor.network.model import NetworkModel
@@ -245,11 +245,12 @@ def _build_model(config: RunConfig, dataset: Dataset) -> torch.nn.Module:
 @contextmanager
 def _field(name: str) -> Iterator[None]:
     """Turn a ValueError/OSError raised while building ``name`` into a ConfigError naming it
-    (or naming the field a FieldError names)."""
+    (or naming the field a FieldError names, relative to ``name`` unless it starts at the
+    config's top level)."""
     try:
         yield
     except FieldError as exc:
-        raise ConfigError(f"invalid config:\n  {exc.field}: {exc}") from exc
+        raise ConfigError(f"invalid config:\n  {field_path(name, exc.field)}: {exc}") from exc
     except (ValueError, OSError) as exc:
         raise ConfigError(f"invalid config:\n  {name}: {exc}") from exc
 

@@ -161,11 +161,12 @@ def config_labels(runs: list[RunData]) -> list[str] | None:
     """Each run's settings that differ between the runs, as ``key=value``, comma separated,
     in the configs' order: ``topology.kind=ring`` or ``sharing.kind=topk, sharing.budget=0.1``.
 
-    A setting is compared among the runs that have it: a topk run's ``budget`` is not told
-    apart from a full-sharing run, which has none (the kinds already are). A table that only
-    some runs have is ``table=none`` in the others (``table=on`` where it has no kind).
-    ``name`` is left out: it is what a run is called, not how it ran (the names are the
-    labels when nothing else differs). Labels longer than :data:`LABEL_WIDTH` are shortened
+    A setting is compared among the runs whose table has the same kind: a topk run's
+    ``budget`` is not told apart from a full-sharing run, which has none (the kinds already
+    are); a run of the same kind without it left it unset (``test_samples=unset``). A table
+    that only some runs have is ``table=none`` in the others (``table=on`` where it has no
+    kind). ``name`` is left out: it is what a run is called, not how it ran (the names are
+    the labels when nothing else differs). Labels longer than :data:`LABEL_WIDTH` are shortened
     (:func:`_shorten`); equal ones (runs of one config) are numbered in order. None when
     there is no difference to show: fewer than two runs, a run without a readable config,
     or configs that differ in ``name`` alone."""
@@ -176,6 +177,11 @@ def config_labels(runs: list[RunData]) -> list[str] | None:
     tables = [key for key in keys if any(isinstance(s.get(key), _Table) for s in settings)]
     for s, key in product(settings, tables):
         s.setdefault(key, _Table(None))
+    for key in keys:  # left unset (None: config.toml leaves it out) where a run of its kind has it
+        kinds = {_enclosing_kind(key, s) for s in settings if key in s}
+        for s in settings:
+            if key not in s and _enclosing_kind(key, s) in kinds:
+                s[key] = None
     differing = [key for key in keys if key != "name" and _differs(key, settings)]
     if not differing:
         return None
@@ -221,6 +227,15 @@ def _shown(keys: list[str], settings: dict[str, Any]) -> list[tuple[str, Any]]:
     ]
 
 
+def _enclosing_kind(key: str, settings: dict[str, Any]) -> str | None:
+    """The kind of the table that holds the setting ``key`` in a run (``""`` at the top
+    level or for a table without kind; None where the run has no such table)."""
+    if "." not in key:
+        return ""
+    table = settings.get(key.rsplit(".", 1)[0])
+    return table.kind if isinstance(table, _Table) else None
+
+
 def _differs(key: str, settings: list[dict[str, Any]]) -> bool:
     """Whether the runs that have the setting ``key`` have it with more than one value."""
     return len({json.dumps(s[key], default=repr) for s in settings if key in s}) > 1
@@ -259,6 +274,8 @@ def _item(name: str, value: Any, *, short: bool = False) -> str:
 def _value(value: Any) -> str:
     """A setting's value as it reads in a TOML file, but a path as its file name (configs
     hold absolute paths, which would make up most of the label) and strings unquoted."""
+    if value is None:
+        return "unset"
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, str):

@@ -450,17 +450,12 @@ class Node:
         return record
 
     def check_own(self, share: Share) -> None:
-        """What this node's sharing strategy made of its model, before it is sent: a payload
-        that aliases the model is the strategy's bug (PayloadAliasesModel, naming it); a
-        strategy can overflow a finite model into Inf: never send it (ModelDiverged)."""
-        plain, strategy = share.payload, self.sharing
-        if isinstance(self.sharing, Lossless) and self.sharing.sent is not None:
-            plain, strategy = self.sharing.sent, self.sharing.inner
-        alias = aliased(plain, self.model)
-        if alias is not None:
-            raise PayloadAliasesModel(strategy, *alias)
+        """A strategy can overflow a finite model into Inf: never send it (ModelDiverged)."""
         if self.allow_nonfinite:
             return
+        plain = share.payload
+        if isinstance(self.sharing, Lossless) and self.sharing.sent is not None:
+            plain = self.sharing.sent
         try:
             check_finite(plain)
         except RemoteProtocolError:
@@ -598,8 +593,25 @@ class Node:
             out[peer] = Roster(roster.senders, mine)
         return out
 
+    def check_unaliased(self, payload: Payload) -> None:
+        """PayloadAliasesModel if ``payload`` shares memory with this node's model: whatever
+        made it (the sharing strategy, or the algorithm) has a bug that would otherwise run
+        on unseen, with the transport sending parameters the next round is changing. Run on
+        every share this node sends (``send``, ``send_each``), so no algorithm can skip it;
+        a compressed payload is checked as the strategy made it."""
+        plain = payload
+        if isinstance(self.sharing, Lossless) and payload is self.sharing.packed:
+            plain = self.sharing.sent or payload
+        alias = aliased(plain, self.model)
+        if alias is not None:
+            sharing = self.sharing.inner if isinstance(self.sharing, Lossless) else self.sharing
+            makers = f"sharing strategy {_name(sharing)} or algorithm {_name(self.algorithm)}"
+            raise PayloadAliasesModel(makers, *alias)
+
     async def send_each(self, shares: Mapping[int, Share], deadline: float) -> None:
         """Send each peer its own share by ``deadline`` (loop time), as ``send`` does."""
+        for share in shares.values():
+            self.check_unaliased(share.payload)
         remaining = max(deadline - asyncio.get_running_loop().time(), 0.0)
         try:
             await self.transport.send_each(shares, timeout=remaining)
@@ -611,6 +623,7 @@ class Node:
         """Send ``share`` to ``peers`` by ``deadline`` (loop time; default: a round timeout
         from now): a peer that stops reading fails the round (SendStalled) instead of
         hanging it in ``drain``."""
+        self.check_unaliased(share.payload)
         loop = asyncio.get_running_loop()
         if deadline is None:
             deadline = loop.time() + self.round_timeout
@@ -639,3 +652,8 @@ class Node:
             await self._overlay.aclose()
         await self.link.stop()
         await self.transport.stop()
+
+
+def _name(obj: object) -> str:
+    kind = type(obj)
+    return f"{kind.__module__}.{kind.__qualname__}"

@@ -111,11 +111,13 @@ class Lossless:
     def __init__(self, inner: Sharing, codec: Codec, max_size: int) -> None:
         self.inner, self.codec, self.max_size = inner, codec, max_size
         self._sent: Payload | None = None
+        self.packed: Payload | None = None  # what ``outgoing`` returned last (``_sent``, packed)
         self._checked: Checked[Payload] = Checked()  # unpacked on arrival
 
     async def outgoing(self, ctx: RoundContext) -> Payload:
         self._sent = await self.inner.outgoing(ctx)
-        return pack(self._sent, self.codec)
+        self.packed = pack(self._sent, self.codec)
+        return self.packed
 
     def check(self, model: torch.nn.Module, payload: Payload) -> None:
         inner = self._checked.keep(payload, unpack(payload, self.codec, self.max_size))

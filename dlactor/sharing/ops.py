@@ -70,6 +70,8 @@ def aliased(payload: Payload, model: torch.nn.Module) -> tuple[str, str] | None:
     a parameter counts too."""
     spans = []
     for name, t in payload.tensors.items():
+        if t.layout is not torch.strided:
+            continue  # no storage to compare (a sparse tensor); the codec refuses it anyway
         storage = t.untyped_storage()
         if storage.nbytes():
             spans.append((name, storage.data_ptr(), storage.data_ptr() + storage.nbytes()))

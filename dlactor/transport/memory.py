@@ -30,7 +30,7 @@ from dlactor.transport.base import (
     UnknownPeer,
 )
 from dlactor.wire.codec import decode, encode
-from dlactor.wire.errors import ProtocolError
+from dlactor.wire.errors import ProtocolError, RemoteProtocolError
 from dlactor.wire.framing import PREFIX_LEN, FrameDecoder
 
 __all__ = ["MemoryNetwork", "MemoryTransport"]
@@ -181,6 +181,9 @@ class MemoryTransport:
         except ProtocolError as exc:
             self._drop(sender, exc)
             return
+        except Exception as exc:  # a bug in what handles a message: dropped as TCP does
+            self._drop(sender, self._handler_failed(sender, exc))
+            return
         self.stats.bytes_recv += nbytes
         self.stats.msgs_recv += 1
 
@@ -200,6 +203,14 @@ class MemoryTransport:
                 self.stats.msgs_recv += 1
         except ProtocolError as exc:
             self._drop(sender, exc)
+        except Exception as exc:  # a bug in what handles a message: dropped as TCP does
+            self._drop(sender, self._handler_failed(sender, exc))
+
+    def _handler_failed(self, sender: int, exc: Exception) -> RemoteProtocolError:
+        """Log a failure of this node's own message handling with its traceback (as TCP
+        does): the connection is dropped, the node carries on."""
+        log.error("node %d: handling node %d's message failed", self.node, sender, exc_info=exc)
+        return RemoteProtocolError(f"its message could not be handled: {exc!r}")
 
     def _drop(self, sender: int, exc: ProtocolError) -> None:
         """As TCP drops a connection: forget the link's state, log, count."""

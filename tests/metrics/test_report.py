@@ -297,15 +297,23 @@ def test_a_table_that_only_some_runs_have_is_none_in_the_others(tmp_path: Path) 
         "availability=none",
         "availability.kind=sessions",
     ]
-    wan = tomli_w.dumps({"network": {"trace": "/traces/wan.csv"}})
-    lan = tomli_w.dumps({"network": {"trace": "/traces/lan.csv"}})
-    wall = tomli_w.dumps({"network": {"clock": "wall"}})
+    wan = tomli_w.dumps({"nodes": 8, "network": {"clock": "virtual", "trace": "/t/wan.csv"}})
+    lan = tomli_w.dumps({"nodes": 8, "network": {"clock": "virtual", "trace": "/t/lan.csv"}})
+    wall = tomli_w.dumps({"nodes": 8, "network": {"clock": "wall"}})
     labels = _labels(tmp_path / "b", wan, lan, wall, tomli_w.dumps({"nodes": 8}))
     assert labels == [
-        "network.trace=wan.csv",  # a path by its file name
-        "network.trace=lan.csv",
-        "network=on",  # the only run with a clock setting: nothing to compare it with
+        "clock=virtual, trace=wan.csv",  # a path by its file name; shortened past 40
+        "clock=virtual, trace=lan.csv",
+        "clock=wall, trace=unset",  # config.toml leaves out a setting left at None
         "network=none",
+    ]
+
+
+def test_a_setting_left_unset_differs_from_one_given(tmp_path: Path) -> None:
+    # test_samples is None by default, and config.toml leaves it out
+    assert _labels(tmp_path, resolved(), resolved("evaluation.test_samples=100")) == [
+        "evaluation.test_samples=unset",
+        "evaluation.test_samples=100",
     ]
 
 

@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Literal
 
 import pytest
 import torch
 
 from dlactor import NodeEnv, Payload, RoundContext, SharingSettings, register, run_in_memory
+from dlactor.config import apply_overrides, validate_config
 from dlactor.context import PayloadAliasesModel
+from dlactor.launch.plan import make_plan
 from dlactor.sharing.ops import aliased, flatten, unflatten_into, weighted_sum
-from tests.conftest import small_plan
+from tests.conftest import SMALL
 
 
 class FirstLayerSharing:
@@ -36,8 +39,21 @@ class FirstLayerSettings(SharingSettings):
         return FirstLayerSharing()
 
 
-async def test_a_payload_that_aliases_a_live_parameter_fails_the_run_naming_the_strategy() -> None:
-    plan = small_plan("sharing.kind=first_layer_aliased", "rounds=2")
+@pytest.mark.parametrize(
+    "setting",
+    [
+        [],  # D-PSGD
+        ["sharing.compression=lz4"],  # checked as the strategy made it, before compression
+        ["algorithm.kind=epidemic", "algorithm.s=2", "algorithm.variant=local"],
+        ["algorithm.kind=periodic_gossip", "algorithm.period=1", "plugins=['periodic_gossip.py']"],
+    ],
+    ids=["dpsgd", "lz4", "epidemic", "an algorithm plugin"],
+)
+async def test_a_payload_that_aliases_a_live_parameter_fails_the_run_naming_the_strategy(
+    setting: list[str],
+) -> None:
+    data = apply_overrides(SMALL, ["sharing.kind=first_layer_aliased", "rounds=2", *setting])
+    plan = make_plan(validate_config(data, base_dir=Path(__file__).parent))
     with pytest.raises(ExceptionGroup) as raised:
         await run_in_memory(plan)
     errors = [e for e in raised.value.exceptions if isinstance(e, PayloadAliasesModel)]
@@ -55,3 +71,8 @@ def test_aliasing_is_found_for_views_parts_and_numpy_views_but_not_for_copies() 
     assert aliased(Payload({"m": model[1].running_mean}), model) == ("m", "1.running_mean")
     assert aliased(Payload({"p": flatten(model.parameters())}), model) is None
     assert aliased(Payload({"c": weight.detach().clone(), "e": torch.empty(0)}), model) is None
+
+
+def test_a_sparse_payload_is_left_to_the_codec() -> None:
+    model = torch.nn.Linear(2, 2)
+    assert aliased(Payload({"s": torch.eye(2).to_sparse()}), model) is None

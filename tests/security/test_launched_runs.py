@@ -57,21 +57,26 @@ def a_listening_node(
 def test_3000_idle_connections_cost_a_node_less_than_20_mb_and_do_not_fail_the_run(
     tmp_path: Path,
 ) -> None:
-    proc = launch(tmp_path, "rounds=400", "evaluation.every=100")
+    # 1,500 rounds: about 7 s on an idle machine, so the run outlasts the flood (400 rounds
+    # took 2 s, and the node could end before the test was done reading its memory)
+    proc = launch(tmp_path, "rounds=1500", "evaluation.every=500")
     node, port = a_listening_node(proc)
     time.sleep(1.0)  # a few rounds in: its memory is at its working size
     before = node.memory_info().rss
-    flood, peak = [], before
-    for _ in range(3000):
-        sock = socket.socket()
-        sock.setblocking(False)
-        sock.connect_ex(("127.0.0.1", port))
-        flood.append(sock)
-    for _ in range(20):  # they sit idle: the node closes the oldest, then the rest time out
-        peak = max(peak, node.memory_info().rss)
-        time.sleep(0.1)
-    for sock in flood:
-        sock.close()
+    flood: list[socket.socket] = []
+    peak = before
+    try:
+        for _ in range(3000):
+            sock = socket.socket()
+            flood.append(sock)
+            sock.setblocking(False)
+            sock.connect_ex(("127.0.0.1", port))
+        for _ in range(20):  # they sit idle: the node closes the oldest, then the rest time out
+            peak = max(peak, node.memory_info().rss)
+            time.sleep(0.1)
+    finally:  # closed however the test ends (left open, they fail the next test's warnings)
+        for sock in flood:
+            sock.close()
 
     code, _, err = finish(proc)
     assert code == 0, err

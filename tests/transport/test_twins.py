@@ -30,6 +30,8 @@ def picky(inbox: Received) -> Callable[[Message, int], None]:
     payloads that do not fit its model."""
 
     def deliver(msg: Message, nbytes: int) -> None:
+        if isinstance(msg, Share) and "crash" in msg.payload.tensors:
+            raise KeyError("a bug in the receiver's own check")
         if isinstance(msg, Share) and "ok" not in msg.payload.tensors:
             raise RemoteProtocolError("payload does not fit")
         inbox.append((msg, nbytes))
@@ -116,6 +118,22 @@ async def test_a_message_the_receiver_refuses_drops_that_link_and_the_node_carri
     assert "payload does not fit" in caplog.text
     ((msg, _),) = inboxes[2]
     assert isinstance(msg, Share) and msg.sender == 1
+    assert t2.stats.dropped_connections == 1
+
+
+async def test_a_bug_in_the_receivers_handling_drops_that_link_logged_and_the_node_carries_on(
+    make: Make, caplog: pytest.LogCaptureFixture
+) -> None:
+    (t0, t1, t2), inboxes = await connected(make, 3)
+
+    with caplog.at_level(logging.WARNING, logger="dlactor.transport"):
+        await t0.send(2, share("crash"))
+        await wait_until(lambda: t2.stats.dropped_connections == 1)
+    await t1.send(2, share(sender=1))
+    await wait_until(lambda: len(inboxes[2]) == 1)
+
+    assert "a bug in the receiver's own check" in caplog.text
+    assert any(r.exc_info for r in caplog.records)  # with its traceback
     assert t2.stats.dropped_connections == 1
 
 
