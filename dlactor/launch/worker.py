@@ -14,6 +14,7 @@ import contextlib
 import os
 import signal
 import threading
+import time
 import traceback
 from collections.abc import Callable, Coroutine
 from pathlib import Path
@@ -105,7 +106,31 @@ def node_process_main(
         return EXIT_STOPPED
     _limit_threads(plan.config.launcher.torch_threads)
     set_malloc_thresholds()  # big frame bodies reuse freed heap instead of a fresh mmap each
-    return run_event_loop(_node_main(plan, credentials, control, run_dir, (host, port)))
+    main = _node_main(plan, credentials, control, run_dir, (host, port))
+    profile_dir = os.environ.get(PROFILE_ENV)
+    if profile_dir:
+        return _profiled(main, Path(profile_dir) / f"process-{node}.prof")
+    return run_event_loop(main)
+
+
+#: A directory: each node process runs its event loop under cProfile and writes its
+#: statistics there (``process-<id>.prof``, for ``pstats``) when it ends. For finding where a
+#: node's CPU goes (docs/scaling.md); cProfile slows Python code about 2x, so a profiled
+#: run's times are not a run's times.
+PROFILE_ENV = "DLACTOR_PROFILE_DIR"
+
+
+def _profiled(main: Coroutine[Any, Any, int], path: Path) -> int:
+    import cProfile
+
+    profile = cProfile.Profile(time.thread_time)  # the loop thread's CPU, not its waits
+    profile.enable()
+    try:
+        return run_event_loop(main)
+    finally:
+        profile.disable()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        profile.dump_stats(path)
 
 
 def _ignore_ctrl_c() -> None:

@@ -1,0 +1,164 @@
+"""Where a node's CPU goes in a round, besides training: a launched run, measured from outside.
+
+    .venv/bin/python experiments/bench/where_cpu_goes.py [--config C] [--rounds R]
+
+1. CPU per node-round, the start-up left out: the same config launched for 40 rounds and
+   for ``40 + R``, evaluations off; the difference of the two runs' CPU (the launcher and
+   every node, from ``getrusage`` of the children) over ``R`` rounds and the nodes. Beside
+   it, the floor: node 0's training steps of one round run alone in this process, one
+   torch thread, timed by their CPU.
+2. Who uses it, by thread: while each of the two runs goes on, every thread of the launcher
+   and of the nodes is read from /proc every 0.2 s, and the shorter run's figures are taken
+   from the longer's; a node's main thread runs its event loop (the protocol, the codec,
+   the sockets), its other threads train and evaluate.
+3. In the loop thread, by function: the run again with ``DLACTOR_PROFILE_DIR`` (cProfile on
+   each node's loop thread, timed by that thread's CPU); node 0's functions by their own
+   time per round. cProfile slows Python code about 2x: read this part as shares.
+
+Prints a markdown report; the numbers describe this machine under whatever else runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import pstats
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[2]
+DLACTOR = [sys.executable, "-m", "dlactor"]
+WARM = 40  # the shorter run's rounds: start-up and the first rounds, subtracted
+TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def command(config: Path, nodes: int, rounds: int, out: Path) -> list[str]:
+    return [*DLACTOR, "launch", str(config), "--set", f"nodes={nodes}", "--set",
+            f"rounds={rounds}", "--set", "evaluation.every=1000000", "--out", str(out),
+            "--no-progress"]  # fmt: skip
+
+
+def launch(
+    config: Path, nodes: int, rounds: int, out: Path, env: dict[str, str] | None = None
+) -> float:
+    """Launch ``config`` for ``rounds`` rounds; the CPU seconds it took, all processes."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cmd = command(config, nodes, rounds, out)
+    subprocess.run(cmd, check=True, capture_output=True, env={**os.environ, **(env or {})})
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+
+
+def thread_cpu(pid: int) -> dict[int, float]:
+    """CPU seconds of each thread of ``pid`` so far (none if it is gone)."""
+    out = {}
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return out
+    for tid in tasks:
+        try:
+            fields = Path(f"/proc/{pid}/task/{tid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        out[int(tid)] = (int(fields[11]) + int(fields[12])) / TICKS  # utime + stime
+    return out
+
+
+def children(pid: int) -> list[int]:
+    try:
+        text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
+    except OSError:
+        return []
+    return [int(p) for p in text.split()]
+
+
+def by_thread(config: Path, nodes: int, rounds: int, out: Path) -> dict[str, float]:
+    """CPU seconds of the launcher's and the nodes' threads over one run, by kind (each
+    thread's last reading: what a thread used after it, before it ended, is not counted)."""
+    cmd = command(config, nodes, rounds, out)
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    last: dict[tuple[int, int], float] = {}
+    kinds: dict[tuple[int, int], str] = {}
+    while proc.poll() is None:
+        for pid, role in [(proc.pid, "launcher"), *((c, "node") for c in children(proc.pid))]:
+            for tid, cpu in thread_cpu(pid).items():
+                last[(pid, tid)] = cpu
+                kinds[(pid, tid)] = f"{role} {'main thread' if tid == pid else 'other threads'}"
+        time.sleep(0.2)
+    totals: dict[str, float] = defaultdict(float)
+    for key, cpu in last.items():
+        totals[kinds[key]] += cpu
+    return dict(totals)
+
+
+def training_alone(config: Path, nodes: int, steps: int = 200) -> float:
+    """CPU seconds of node 0's training steps of one round, run alone in this process with
+    one torch thread (the compute a round cannot do without)."""
+    import copy
+
+    import torch
+
+    from dlactor.config import load_config
+    from dlactor.launch.plan import make_plan, node_env
+
+    torch.set_num_threads(1)
+    plan = make_plan(load_config(config, [f"nodes={nodes}"]))
+    trainer: Any = plan.config.training.build(node_env(plan, 0, copy.deepcopy(plan.model)))
+    for _ in range(20):
+        trainer.train_steps()
+    start = time.thread_time()
+    for _ in range(steps):
+        trainer.train_steps()
+    return (time.thread_time() - start) / steps
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser.add_argument("--config", type=Path, default=REPO / "configs" / "quickstart.toml")
+    parser.add_argument("--rounds", type=int, default=200, help="rounds measured (after 40)")
+    parser.add_argument("--nodes", type=int, default=16)
+    args = parser.parse_args()
+    config, n, rounds = args.config, args.nodes, args.rounds
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp)
+        short = launch(config, n, WARM, out / "a")
+        long = launch(config, n, WARM + rounds, out / "b")
+        per_node_round = (long - short) / (rounds * n)
+        warm = by_thread(config, n, WARM, out / "c")
+        threads = by_thread(config, n, WARM + rounds, out / "c")
+        threads = {kind: cpu - warm.get(kind, 0.0) for kind, cpu in threads.items()}
+        profile_dir = out / "profile"
+        launch(config, n, WARM + rounds, out / "d", {"DLACTOR_PROFILE_DIR": str(profile_dir)})
+        stats = pstats.Stats(str(profile_dir / "process-0.prof"))
+    alone = training_alone(config, n)
+
+    print(f"# Where a node's CPU goes: {config.name}, {n} nodes\n")
+    print(f"Measured {time.strftime('%Y-%m-%d %H:%M')}, {os.cpu_count()} cores, load average "
+          f"{os.getloadavg()[0]:.2f} after the runs.\n")  # fmt: skip
+    print(f"1. CPU per node-round (launcher and nodes, over {rounds} rounds, start-up left "
+          f"out): **{per_node_round * 1e3:.2f} ms**; node 0's training steps of a round, "
+          f"alone in one thread: {alone * 1e3:.2f} ms\n")  # fmt: skip
+    print(f"2. By thread, over the same {rounds} rounds (the same two run lengths):\n")
+    print("| threads | CPU s | ms per node-round |\n|---|---:|---:|")
+    for kind, cpu in sorted(threads.items()):
+        print(f"| {kind} | {cpu:.2f} | {cpu / (rounds * n) * 1e3:.3f} |")
+    total = stats.total_tt  # type: ignore[attr-defined]
+    print(f"\n3. Node 0's loop thread under cProfile: {total:.2f} s of CPU; its functions by "
+          "their own time (share of the thread, and µs per round):\n")  # fmt: skip
+    print("| function | share | µs per round |\n|---|---:|---:|")
+    rows = stats.stats  # type: ignore[attr-defined]
+    top = sorted(rows.items(), key=lambda kv: kv[1][2], reverse=True)[:20]
+    for (file, line, name), (_, _, tottime, _, _) in top:
+        where = f"{Path(file).name}:{line} {name}" if line else name
+        print(f"| `{where}` | {tottime / total:.1%} | {tottime / (WARM + rounds) * 1e6:.0f} |")
+
+
+if __name__ == "__main__":
+    main()
