@@ -106,6 +106,7 @@ def node_process_main(
         return EXIT_STOPPED
     _limit_threads(plan.config.launcher.torch_threads)
     set_malloc_thresholds()  # big frame bodies reuse freed heap instead of a fresh mmap each
+    _oom_victim_before_the_launcher()
     main = _node_main(plan, credentials, control, run_dir, (host, port))
     profile_dir = os.environ.get(PROFILE_ENV)
     if profile_dir:
@@ -131,6 +132,19 @@ def _profiled(main: Coroutine[Any, Any, int], path: Path) -> int:
         profile.disable()
         path.parent.mkdir(parents=True, exist_ok=True)
         profile.dump_stats(path)
+
+
+#: A node's ``oom_score_adj``: out of memory, the kernel kills a node before the launcher.
+#: The launcher is the largest process of a run, so it would go first, and with it every
+#: node and the run's outcome (no summary.json); a node killed instead ends the run cleanly
+#: (or not at all, under ``on_node_failure = "continue"``), its cause recorded.
+OOM_SCORE_ADJ = 500
+
+
+def _oom_victim_before_the_launcher() -> None:
+    """Raise this process's ``oom_score_adj`` (Linux; raising it needs no privilege)."""
+    with contextlib.suppress(OSError):
+        Path("/proc/self/oom_score_adj").write_text(f"{OOM_SCORE_ADJ}\n")
 
 
 def _ignore_ctrl_c() -> None:

@@ -6,7 +6,10 @@
 #   experiments/scale/figure6.sh [OUT_DIR] [LAUNCH_ARGS]     (default runs/figure6)
 # Runs in the background: it says where its log is and returns; `tail -f OUT_DIR/study.log`
 # follows it. The 1024-node run needs about 18 GiB of free memory (docs/scaling.md): the
-# script waits for it before that run. About 40 minutes on this 2-core machine.
+# script waits for it before that run. Not yet at its full length here: on this 24 GiB
+# machine the 1024-node run's free memory falls by about 1 GiB every 25 rounds and runs
+# out before round 130 (issue 17's open work); with `--set rounds=40` the three runs took
+# 4 minutes.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 out=${1:-runs/figure6}

@@ -1,4 +1,4 @@
-"""DLACTOR_PROFILE_DIR: each node process of a launched run profiles its loop thread."""
+"""A node process's own settings: profiling its loop (DLACTOR_PROFILE_DIR), its OOM score."""
 
 from __future__ import annotations
 
@@ -23,3 +23,12 @@ def test_a_profiled_run_leaves_one_profile_per_node_with_its_rounds_in_it(tmp_pa
     stats = pstats.Stats(str(tmp_path / "profile" / "process-0.prof"))
     rounds = [v for (_, _, name), v in stats.stats.items() if name == "run_round"]  # type: ignore[attr-defined]
     assert rounds and rounds[0][0] >= 3  # resumed at least once per round (a coroutine)
+
+
+def test_out_of_memory_the_kernel_kills_a_node_before_the_launcher() -> None:
+    probe = (
+        "from dlactor.launch.worker import _oom_victim_before_the_launcher as f; f(); "
+        "print(open('/proc/self/oom_score_adj').read())"
+    )
+    ran = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert int(ran.stdout) == 500
