@@ -182,9 +182,11 @@ async def test_gossip_averaging_over_the_agreed_graphs_reaches_the_exact_average
     assert torch.allclose(x.mean(0), x0.mean(0), atol=1e-6)
     spread0 = (x0 - x0.mean(0)).norm(dim=1).max().item()
     assert (x - x.mean(0)).norm(dim=1).max().item() < 1e-3 * spread0
-    rec = records[0][5]
-    assert rec["overlay_msgs_sent"] > 0 and rec["overlay_bytes_sent"] > 0
-    assert rec["bytes_sent"] >= rec["overlay_bytes_sent"]
+    # the topology's own messages are counted (in the rounds node 0 sent any: which rounds
+    # those are depends on timing, as gossip's edges do) and are part of what it sent
+    talked = [r for r in records[0] if r["overlay_msgs_sent"] > 0]
+    assert len(talked) >= 10 and all(r["overlay_bytes_sent"] > 0 for r in talked)
+    assert all(r["bytes_sent"] >= r["overlay_bytes_sent"] for r in records[0])
 
 
 def test_cyclon_shuffle_sends_the_oldest_away_with_a_fresh_self_entry() -> None:
