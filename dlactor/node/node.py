@@ -41,7 +41,7 @@ from dlactor.node.rosters import ROSTER, RosterBook, roster_message
 from dlactor.security.agreement import PairwiseKeys
 from dlactor.sharing.base import ChecksPayloads, Reports, SharesPerPeer, Sharing
 from dlactor.sharing.lossless import Lossless
-from dlactor.sharing.ops import aliased, all_finite, check_finite
+from dlactor.sharing.ops import aliased, all_finite, check_finite, model_tensors
 from dlactor.topology.base import Topology, UsesOverlay
 from dlactor.training.base import Trainer
 from dlactor.transport.base import (
@@ -144,6 +144,7 @@ class Node:
             self._rosters = RosterBook(node, count, limit if isinstance(limit, int) else count)
         self._secure_bytes = 0  # this round's bytes of rosters sent
         self.model = model
+        self._model_tensors = model_tensors(model)  # what no outgoing payload may share
         self.rounds, self.eval_every, self.round_timeout = rounds, eval_every, round_timeout
         self.on_round = on_round
         self.t0 = time.time()
@@ -449,15 +450,16 @@ class Node:
         record["bytes_sent"], record["msgs_sent"] = sent.bytes_sent, sent.msgs_sent
         return record
 
+    def _as_made(self, payload: Payload) -> Payload:
+        """``payload`` before the sharing strategy's lossless compression, if it has any."""
+        return payload if self._lossless is None else self._lossless.as_made(payload)
+
     def check_own(self, share: Share) -> None:
         """A strategy can overflow a finite model into Inf: never send it (ModelDiverged)."""
         if self.allow_nonfinite:
             return
-        plain = share.payload
-        if isinstance(self.sharing, Lossless) and self.sharing.sent is not None:
-            plain = self.sharing.sent
         try:
-            check_finite(plain)
+            check_finite(self._as_made(share.payload))
         except RemoteProtocolError:
             raise ModelDiverged(self.node, share.round, "share") from None
 
@@ -599,12 +601,9 @@ class Node:
         on unseen, with the transport sending parameters the next round is changing. Run on
         every share this node sends (``send``, ``send_each``), so no algorithm can skip it;
         a compressed payload is checked as the strategy made it."""
-        plain = payload
-        if isinstance(self.sharing, Lossless) and payload is self.sharing.packed:
-            plain = self.sharing.sent or payload
-        alias = aliased(plain, self.model)
+        alias = aliased(self._as_made(payload), self._model_tensors)
         if alias is not None:
-            sharing = self.sharing.inner if isinstance(self.sharing, Lossless) else self.sharing
+            sharing = self.sharing if self._lossless is None else self._lossless.inner
             makers = f"sharing strategy {_name(sharing)} or algorithm {_name(self.algorithm)}"
             raise PayloadAliasesModel(makers, *alias)
 

@@ -111,13 +111,21 @@ class Lossless:
     def __init__(self, inner: Sharing, codec: Codec, max_size: int) -> None:
         self.inner, self.codec, self.max_size = inner, codec, max_size
         self._sent: Payload | None = None
-        self.packed: Payload | None = None  # what ``outgoing`` returned last (``_sent``, packed)
+        self._packed: Payload | None = None  # ``_sent`` as ``outgoing`` returned it
         self._checked: Checked[Payload] = Checked()  # unpacked on arrival
 
     async def outgoing(self, ctx: RoundContext) -> Payload:
         self._sent = await self.inner.outgoing(ctx)
-        self.packed = pack(self._sent, self.codec)
-        return self.packed
+        self._packed = pack(self._sent, self.codec)
+        return self._packed
+
+    def as_made(self, payload: Payload) -> Payload:
+        """``payload`` as the wrapped strategy made it, if it is this strategy's last
+        outgoing payload (its own checks judge that, not the compressed bytes); else as
+        it is (a payload the algorithm made itself)."""
+        if payload is self._packed and self._sent is not None:
+            return self._sent
+        return payload
 
     def check(self, model: torch.nn.Module, payload: Payload) -> None:
         inner = self._checked.keep(payload, unpack(payload, self.codec, self.max_size))
@@ -129,11 +137,6 @@ class Lossless:
         plain = {j: self.unpacked(p) for j, p in received.items()}
         self._checked.clear()
         await self.inner.aggregate(ctx, plain)
-
-    @property
-    def sent(self) -> Payload | None:
-        """What the strategy itself made last (before compression)."""
-        return self._sent
 
     def forget(self) -> None:
         """Drop what was unpacked on arrival (``aggregate`` does it too): for a caller that

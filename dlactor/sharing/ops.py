@@ -20,6 +20,7 @@ __all__ = [
     "check_layout",
     "flat_layout",
     "flatten",
+    "model_tensors",
     "partial_average",
     "unflatten_into",
     "weighted_sum",
@@ -63,11 +64,19 @@ def check_finite(payload: Payload) -> None:
             raise RemoteProtocolError(f"meta[{key!r}] holds NaN or Inf")
 
 
-def aliased(payload: Payload, model: torch.nn.Module) -> tuple[str, str] | None:
-    """``(tensor, parameter)`` if one of ``payload``'s tensors shares memory with one of
-    ``model``'s parameters or buffers (a view, ``.detach()``, ``.data``, a numpy view of
-    it), else None. Compared by the memory each tensor's storage spans, so a view of part of
-    a parameter counts too."""
+def model_tensors(model: torch.nn.Module) -> list[tuple[str, torch.Tensor]]:
+    """``model``'s parameters and buffers by name: what :func:`aliased` compares a payload
+    with (a node takes this list once; the tensors' storage is read at each check)."""
+    return [*model.named_parameters(), *model.named_buffers()]
+
+
+def aliased(
+    payload: Payload, tensors: Iterable[tuple[str, torch.Tensor]]
+) -> tuple[str, str] | None:
+    """``(payload tensor, model tensor)`` if one of ``payload``'s tensors shares memory with
+    one of ``tensors`` (:func:`model_tensors`: a view, ``.detach()``, ``.data``, a numpy
+    view of it), else None. Compared by the memory each tensor's storage spans, so a view of
+    part of a parameter counts too."""
     spans = []
     for name, t in payload.tensors.items():
         if t.layout is not torch.strided:
@@ -77,7 +86,7 @@ def aliased(payload: Payload, model: torch.nn.Module) -> tuple[str, str] | None:
             spans.append((name, storage.data_ptr(), storage.data_ptr() + storage.nbytes()))
     if not spans:
         return None
-    for pname, p in [*model.named_parameters(), *model.named_buffers()]:
+    for pname, p in tensors:
         storage = p.untyped_storage()
         low, high = storage.data_ptr(), storage.data_ptr() + storage.nbytes()
         for name, start, end in spans:

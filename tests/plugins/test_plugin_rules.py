@@ -13,7 +13,7 @@ from dlactor import NodeEnv, Payload, RoundContext, SharingSettings, register, r
 from dlactor.config import apply_overrides, validate_config
 from dlactor.context import PayloadAliasesModel
 from dlactor.launch.plan import make_plan
-from dlactor.sharing.ops import aliased, flatten, unflatten_into, weighted_sum
+from dlactor.sharing.ops import aliased, flatten, model_tensors, unflatten_into, weighted_sum
 from tests.conftest import SMALL
 
 
@@ -64,15 +64,17 @@ async def test_a_payload_that_aliases_a_live_parameter_fails_the_run_naming_the_
 
 def test_aliasing_is_found_for_views_parts_and_numpy_views_but_not_for_copies() -> None:
     model = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.BatchNorm1d(3))
-    weight = model[0].weight
-    assert aliased(Payload({"w": weight.data}), model) == ("w", "0.weight")
-    assert aliased(Payload({"w": weight.detach()[1:, 2:]}), model) == ("w", "0.weight")
-    assert aliased(Payload({"b": torch.from_numpy(model[0].bias.detach().numpy())}), model)
-    assert aliased(Payload({"m": model[1].running_mean}), model) == ("m", "1.running_mean")
-    assert aliased(Payload({"p": flatten(model.parameters())}), model) is None
-    assert aliased(Payload({"c": weight.detach().clone(), "e": torch.empty(0)}), model) is None
+    weight, tensors = model[0].weight, model_tensors(model)
+    assert aliased(Payload({"w": weight.data}), tensors) == ("w", "0.weight")
+    assert aliased(Payload({"w": weight.detach()[1:, 2:]}), tensors) == ("w", "0.weight")
+    assert aliased(Payload({"b": torch.from_numpy(model[0].bias.detach().numpy())}), tensors)
+    assert aliased(Payload({"m": model[1].running_mean}), tensors) == ("m", "1.running_mean")
+    assert aliased(Payload({"p": flatten(model.parameters())}), tensors) is None
+    assert aliased(Payload({"c": weight.detach().clone(), "e": torch.empty(0)}), tensors) is None
+    weight.data = torch.zeros(3, 4)  # the parameter's memory replaced: the list still sees it
+    assert aliased(Payload({"w": weight.data}), tensors) == ("w", "0.weight")
 
 
 def test_a_sparse_payload_is_left_to_the_codec() -> None:
     model = torch.nn.Linear(2, 2)
-    assert aliased(Payload({"s": torch.eye(2).to_sparse()}), model) is None
+    assert aliased(Payload({"s": torch.eye(2).to_sparse()}), model_tensors(model)) is None
