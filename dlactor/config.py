@@ -439,11 +439,10 @@ def config_model() -> type[RunConfigBase]:
     for category, (_, default_kind) in CATEGORIES.items():
         known = plugins.registered(category)
         if default_kind not in known:
-            failed = "".join(f"; {plugin}" for plugin in plugins.broken())
             raise plugins.PluginError(
                 f"no {category} kind {default_kind!r} is registered: dlactor's built-ins come "
                 f"from its entry points (group dlactor.plugins); reinstall it (pip install -e .)"
-                f"{failed}"
+                f"{plugins.broken_note()}"
             )
         default = known[default_kind]()
         fields[category] = (_union_for(category), default)
@@ -527,7 +526,7 @@ def _broken_plugins(error: Any) -> str:
     )
     if not unknown_kind or not loc or loc[0] not in CATEGORIES:
         return ""
-    return "".join(f"; {plugin}" for plugin in plugins.broken())
+    return plugins.broken_note()
 
 
 def _parse_value(text: str) -> Any:

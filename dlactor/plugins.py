@@ -47,6 +47,7 @@ __all__ = [
     "KindClash",
     "PluginError",
     "broken",
+    "broken_note",
     "file_modules",
     "kinds",
     "load_plugins",
@@ -92,15 +93,21 @@ class BrokenPlugin:
         )
 
 
-#: The entry points that failed at the last ``load_plugins``, by (name, module). Each load
-#: tries them again (a dependency installed since); a module that registered some kinds
-#: before it failed registers them again as the same classes (``_same_source``).
-_BROKEN: dict[tuple[str, str], BrokenPlugin] = {}
+#: The entry points that failed at the last ``load_plugins``. Each load tries them again (a
+#: dependency installed since); a module that registered some kinds before it failed
+#: registers them again as the same classes (``_same_source``).
+_BROKEN: list[BrokenPlugin] = []
 
 
 def broken() -> list[BrokenPlugin]:
-    """The installed plugins that failed to import in this process."""
-    return list(_BROKEN.values())
+    """The installed plugins that failed to import at the last load."""
+    return list(_BROKEN)
+
+
+def broken_note() -> str:
+    """``; <plugin> failed to import: ...`` for each of :func:`broken`, to follow a message
+    about a kind that is missing or ambiguous (one of them may be why)."""
+    return "".join(f"; {plugin}" for plugin in _BROKEN)
 
 
 def _kind_of(model: type[BaseModel]) -> str:
@@ -183,9 +190,8 @@ def load_plugins(specs: Iterable[str], base_dir: Path | None = None) -> None:
     (importing twice is a no-op). An entry point that fails is recorded (:func:`broken`),
     not raised: only configs that need a kind it would have brought fail, naming it. A
     config-listed plugin that fails raises PluginError."""
-    installed = list(entry_points(group=ENTRY_POINT_GROUP))
     _BROKEN.clear()
-    for ep in installed:
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
         _import_entry_point(ep)
     for spec in specs:
         if spec.endswith(".py"):
@@ -198,7 +204,6 @@ def load_plugins(specs: Iterable[str], base_dir: Path | None = None) -> None:
 
 
 def _import_entry_point(ep: EntryPoint) -> None:
-    key = (ep.name, ep.value)
     try:
         _import(ep.value, f"entry point {ep.name!r}")
     except PluginError as exc:
@@ -206,7 +211,7 @@ def _import_entry_point(ep: EntryPoint) -> None:
         package = ep.dist.name if ep.dist is not None else "unknown package"
         error = f"{type(cause).__name__}: {cause}"
         clash = (exc.category, exc.kind) if isinstance(exc, KindClash) else None
-        _BROKEN[key] = BrokenPlugin(package, ep.name, ep.value, error, clash)
+        _BROKEN.append(BrokenPlugin(package, ep.name, ep.value, error, clash))
 
 
 def _import(module: str, what: str) -> None:

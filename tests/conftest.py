@@ -1,6 +1,10 @@
 from __future__ import annotations
 
 import json
+import sys
+import textwrap
+from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -43,3 +47,30 @@ def strict_json(text: str) -> Any:
 @pytest.fixture
 def plan() -> Plan:
     return small_plan()
+
+
+InstallPlugin = Callable[[str, str, str], None]
+
+
+@pytest.fixture
+def install_plugin(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[InstallPlugin]:
+    """``install(package, entry_point, source)``: an installed package (a dist-info found on
+    ``sys.path``) whose ``dlactor.plugins`` entry point names a module of ``source``, named
+    after the entry point. Uninstalled after the test, its modules forgotten, so that no
+    other test imports them."""
+    monkeypatch.syspath_prepend(str(tmp_path))
+    modules: list[str] = []
+
+    def install(package: str, entry_point: str, source: str) -> None:
+        module = f"{entry_point}_plugin"
+        dist = tmp_path / f"{package.replace('-', '_')}-1.0.dist-info"
+        dist.mkdir()
+        (dist / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {package}\nVersion: 1.0\n")
+        (dist / "entry_points.txt").write_text(f"[dlactor.plugins]\n{entry_point} = {module}\n")
+        (tmp_path / f"{module}.py").write_text(textwrap.dedent(source))
+        modules.append(module)
+
+    yield install
+    monkeypatch.undo()
+    for name in [*modules, *(p.stem for p in tmp_path.glob("*.py"))]:
+        sys.modules.pop(name, None)

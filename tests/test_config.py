@@ -1,7 +1,6 @@
 """Config: TOML + --set overrides -> validated, frozen settings; errors name the field."""
 
 import importlib
-import textwrap
 from pathlib import Path
 
 import pytest
@@ -10,7 +9,7 @@ from pydantic import ValidationError
 from dlactor.config import ConfigError, apply_overrides, load_config, validate_config
 from dlactor.plugins import PluginError, kinds
 from dlactor.topology.settings import RegularSettings
-from tests.conftest import SMALL, small_config
+from tests.conftest import SMALL, InstallPlugin, small_config
 
 PLUGINS = Path(__file__).parent / "plugins"
 
@@ -78,12 +77,12 @@ def test_config_file_errors_name_the_file_problem(tmp_path: Path) -> None:
 
 
 def test_a_plugin_listed_in_the_config_adds_its_kind() -> None:
-    data = apply_overrides(SMALL, ["sharing.kind=lazy", "sharing.mix=0.25"])
-    data["plugins"] = ["lazy_sharing.py"]
+    data = apply_overrides(SMALL, ["sharing.kind=damped", "sharing.mix=0.25"])
+    data["plugins"] = ["../../experiments/plugins/damped_sharing.py"]
     cfg = validate_config(data, base_dir=PLUGINS)
-    assert cfg.sharing.kind == "lazy"
+    assert cfg.sharing.kind == "damped"
     assert cfg.sharing.mix == 0.25  # type: ignore[attr-defined]
-    assert "lazy" in kinds("sharing")
+    assert "damped" in kinds("sharing")
 
 
 def test_a_missing_plugin_is_a_config_error() -> None:
@@ -93,16 +92,9 @@ def test_a_missing_plugin_is_a_config_error() -> None:
 
 
 def test_a_plugin_registered_through_the_entry_point_group_is_found(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    install_plugin: InstallPlugin,
 ) -> None:
-    dist = tmp_path / "dlactor_ep_example-1.0.dist-info"
-    dist.mkdir()
-    (dist / "METADATA").write_text(
-        "Metadata-Version: 2.1\nName: dlactor-ep-example\nVersion: 1.0\n"
-    )
-    (dist / "entry_points.txt").write_text("[dlactor.plugins]\nstar = ep_star_topology\n")
-    (tmp_path / "ep_star_topology.py").write_text(
-        textwrap.dedent("""
+    install_plugin("dlactor-ep-example", "star", """
         from typing import Literal
         import networkx as nx
         from dlactor import TopologySettings, register
@@ -112,9 +104,7 @@ def test_a_plugin_registered_through_the_entry_point_group_is_found(
             kind: Literal["star"] = "star"
             def graph(self, nodes, seed):
                 return nx.star_graph(nodes - 1)
-    """)
-    )
-    monkeypatch.syspath_prepend(str(tmp_path))
+    """)  # fmt: skip
     cfg = small_config("topology.kind=star")
     assert cfg.topology.graph(5, 0).number_of_edges() == 4
 
@@ -321,20 +311,14 @@ def test_a_plugin_file_that_fails_is_named_with_its_line_not_its_text(
     assert "SECRET" not in str(err.value)
 
 
-def _install_broken_plugin(root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """An installed package whose entry point fails to import (a dependency it lacks)."""
-    dist = root / "dlactor_wave-1.0.dist-info"
-    dist.mkdir()
-    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: dlactor-wave\nVersion: 1.0\n")
-    (dist / "entry_points.txt").write_text("[dlactor.plugins]\nwave = wave_topology\n")
-    (root / "wave_topology.py").write_text("import a_dependency_not_installed\n")
-    monkeypatch.syspath_prepend(str(root))
+#: An installed plugin that fails to import: a dependency it lacks.
+BROKEN = "import a_dependency_not_installed\n"
 
 
 def test_a_broken_installed_plugin_fails_only_the_configs_that_need_it(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    install_plugin: InstallPlugin, tmp_path: Path
 ) -> None:
-    _install_broken_plugin(tmp_path, monkeypatch)
+    install_plugin("dlactor-wave", "wave", BROKEN)
     assert small_config().topology.kind == "regular"  # other configs still validate
     for table in ("topology", "training"):  # a union of kinds, and a single kind
         with pytest.raises(ConfigError) as raised:
@@ -348,7 +332,15 @@ def test_a_broken_installed_plugin_fails_only_the_configs_that_need_it(
     with pytest.raises(ConfigError) as raised:
         small_config("topology.kind=wave")  # tried again: it imports (and brings no kind)
     assert "dlactor-wave" not in str(raised.value)
-    monkeypatch.undo()  # uninstalled: no longer named
+
+
+def test_an_uninstalled_broken_plugin_is_no_longer_named(
+    install_plugin: InstallPlugin, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    install_plugin("dlactor-wave", "wave", BROKEN)
+    with pytest.raises(ConfigError, match="dlactor-wave"):
+        small_config("topology.kind=wave")
+    monkeypatch.undo()  # the fixture's sys.path entry goes: uninstalled
     with pytest.raises(ConfigError) as raised:
         small_config("topology.kind=wave")
     assert "dlactor-wave" not in str(raised.value)
@@ -364,23 +356,16 @@ def test_a_field_a_hook_names_is_spelled_from_the_top_of_the_config() -> None:
 
 
 def test_an_installed_plugin_that_registers_a_builtin_kind_again_fails_the_configs_of_that_kind(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    install_plugin: InstallPlugin,
 ) -> None:
-    dist = tmp_path / "dlactor_myring-1.0.dist-info"
-    dist.mkdir()
-    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: dlactor-myring\nVersion: 1.0\n")
-    (dist / "entry_points.txt").write_text("[dlactor.plugins]\nmyring = myring_topology\n")
-    (tmp_path / "myring_topology.py").write_text(
-        textwrap.dedent("""
+    install_plugin("dlactor-myring", "myring", """
         from typing import Literal
         from dlactor import TopologySettings, register
 
         @register("topology")
         class MyRing(TopologySettings):
             kind: Literal["ring"] = "ring"
-    """)
-    )
-    monkeypatch.syspath_prepend(str(tmp_path))
+    """)  # fmt: skip
     assert small_config().topology.kind == "regular"  # other kinds: as before
     with pytest.raises(ConfigError) as raised:
         small_config("topology.kind=ring")

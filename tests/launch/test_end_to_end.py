@@ -17,7 +17,7 @@ import pytest
 ROOT = Path(__file__).parents[2]
 EXAMPLE = ROOT / "tests" / "plugins" / "example.toml"
 FAULTY = [
-    "plugins=['lazy_sharing.py', 'faulty_training.py']",
+    "plugins=['../../experiments/plugins/damped_sharing.py', 'faulty_training.py']",
     "training.kind=faulty",
     "training.lr=0.5",
     "training.local_steps=2",
@@ -107,7 +107,7 @@ def test_a_plugin_run_writes_the_whole_results_schema(
     assert {"test_acc_mean", "test_acc_min", "test_acc_max", "test_loss_mean"} <= summary[
         "final"
     ].keys()
-    assert 'kind = "lazy"' in (rd / "config.toml").read_text()
+    assert 'kind = "damped"' in (rd / "config.toml").read_text()
     assert (rd / "topology.edges").read_text().splitlines()[0] == "6"
     for node in range(6):
         recs = records(rd / "nodes" / f"{node}.jsonl")

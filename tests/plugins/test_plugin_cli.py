@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
-import pytest
 from typer.testing import CliRunner
 
 from dlactor.cli import app
-from tests.test_config import _install_broken_plugin
+from tests.conftest import InstallPlugin
+from tests.test_config import BROKEN
 
 ROOT = Path(__file__).parents[2]
 QUICKSTART = str(ROOT / "configs" / "quickstart.toml")
@@ -22,9 +24,9 @@ def _run(*args: str) -> tuple[int, str]:
 
 
 def test_a_broken_installed_plugin_fails_only_the_configs_that_use_it(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    install_plugin: InstallPlugin,
 ) -> None:
-    _install_broken_plugin(tmp_path, monkeypatch)
+    install_plugin("dlactor-wave", "wave", BROKEN)
     code, output = _run("validate", QUICKSTART)
     assert code == 0, output
     code, output = _run("validate", QUICKSTART, "--set", "topology.kind=wave")
@@ -38,12 +40,18 @@ def test_a_broken_installed_plugin_fails_only_the_configs_that_use_it(
 
 
 def test_kinds_of_a_config_include_the_plugins_it_lists() -> None:
-    code, output = _run("kinds", EXAMPLE)
-    assert code == 0, output
-    assert any(
-        "[sharing]" in ln and "damped" in ln and "mix (0.5)" in ln for ln in output.splitlines()
-    )
-    assert any("[topology]" in ln and "rotating_ring" in ln for ln in output.splitlines())
+    def kinds(*config: str) -> list[str]:  # a fresh interpreter: nothing registered before
+        ran = subprocess.run([sys.executable, "-m", "dlactor", "kinds", *config],
+                             capture_output=True, text=True, check=True)  # fmt: skip
+        return ran.stdout.splitlines()
+
+    def listed(lines: list[str], table: str, kind: str) -> bool:
+        return any(table in ln and f" {kind} " in ln for ln in lines)
+
+    assert not listed(kinds(), "[sharing]", "damped")
+    lines = kinds(EXAMPLE)
+    assert any("[sharing]" in ln and " damped " in ln and "mix (0.5)" in ln for ln in lines)
+    assert listed(lines, "[topology]", "rotating_ring")
 
 
 def test_a_missing_config_is_named_once(tmp_path: Path) -> None:
