@@ -92,10 +92,13 @@ def _console(stderr: bool = False) -> Console:
 err = _console(stderr=True)
 out = _console()
 
-ConfigArg = Annotated[
-    Path,
-    typer.Argument(help="TOML experiment config.", metavar="CONFIG.toml", show_default=False),
-]
+
+def _config_argument(help: str) -> Any:
+    """A config file argument, shown as ``CONFIG.toml``."""
+    return typer.Argument(help=help, metavar="CONFIG.toml", show_default=False)
+
+
+ConfigArg = Annotated[Path, _config_argument("TOML experiment config.")]
 SetOpt = Annotated[
     list[str] | None,
     typer.Option(
@@ -147,12 +150,7 @@ def _options(
 @app.command(cls=_Command)
 def kinds(
     config: Annotated[
-        Path | None,
-        typer.Argument(
-            help="Also the plugins this config lists (plugins = [...]).",
-            metavar="CONFIG.toml",
-            show_default=False,
-        ),
+        Path | None, _config_argument("Also the plugins this config lists (plugins = [...]).")
     ] = None,
 ) -> None:
     """Each table's kinds (built in, and from installed plugins), their settings and defaults."""
@@ -230,12 +228,7 @@ def validate(config: ConfigArg, set_: SetOpt = None) -> None:
 @app.command(cls=_Command)
 def launch(
     config: Annotated[
-        Path | None,
-        typer.Argument(
-            help="TOML experiment config (not with --resume).",
-            metavar="CONFIG.toml",
-            show_default=False,
-        ),
+        Path | None, _config_argument("TOML experiment config (not with --resume).")
     ] = None,
     set_: SetOpt = None,
     out_dir: Annotated[
@@ -528,8 +521,7 @@ def report(
     ] = None,
 ) -> None:
     """Plot accuracy against rounds, wall-clock time and bytes; write a summary table."""
-    from dlactor.metrics.report import load_run, summary_table, write_table
-    from dlactor.metrics.report import report as make_report
+    from dlactor.metrics.report import draw_report, load_run, summary_table, write_table
 
     if labels and len(labels) != len(run_dirs):
         given = f"{len(labels)} --label for {len(run_dirs)} run directories"
@@ -540,7 +532,7 @@ def report(
         runs = [load_run(d) for d in run_dirs]
     except ValueError as exc:
         _refuse(str(exc))
-    written = make_report(run_dirs, out_dir, labels or None)
+    written = draw_report(runs, out_dir, labels or None)
     table_dir = out_dir if out_dir is not None else run_dirs[0] / "plots"
     md, csv = write_table(summary_table(runs, labels or None), table_dir)
     # Plain stdout: a markdown table wrapped at the terminal's width would no longer parse.

@@ -161,6 +161,20 @@ def test_report_labels_each_run_by_the_settings_that_differ(tmp_path: Path) -> N
     assert table in output
 
 
+def test_report_reads_each_run_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from dlactor.metrics import report
+
+    runs = [str(make_run(tmp_path, "a")), str(make_run(tmp_path, "b"))]
+    reads: list[Path] = []
+    load = report.load_run
+    monkeypatch.setattr(report, "load_run", lambda path: reads.append(Path(path)) or load(path))
+
+    code, output = _run("report", *runs, "--out", str(tmp_path / "cmp"))
+
+    assert code == 0, output
+    assert sorted(map(str, reads)) == sorted(runs)  # the table and the figures share them
+
+
 def test_report_takes_a_label_per_run_in_order(tmp_path: Path) -> None:
     runs = [str(make_run(tmp_path, "a")), str(make_run(tmp_path, "b"))]
 

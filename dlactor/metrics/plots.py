@@ -135,7 +135,7 @@ def _plot(
     """The mean against ``x``, over its min-max band drawn as ``band`` says (None: no band).
     With ``positive``, only the points at an ``x`` above 0: a log axis has no place for
     the others."""
-    keep = [i for i, v in enumerate(x) if v > 0] if positive else range(len(x))
+    keep = _kept(x, positive)
     xs = [x[i] for i in keep]
 
     def at(key: str) -> list[float]:
@@ -150,6 +150,12 @@ def _plot(
     else:
         for edge in ("min", "max"):
             ax.plot(xs, at(edge), color=line.color, lw=_EDGE_WIDTH, ls=_EDGE_STYLE, zorder=1.5)
+
+
+def _kept(x: Sequence[float], positive: bool) -> Sequence[int]:
+    """The indices of the points drawn: those at an ``x`` above 0 if ``positive`` (a log
+    axis has no place for the others), else all."""
+    return [i for i, v in enumerate(x) if v > 0] if positive else range(len(x))
 
 
 def _round_ticks() -> MaxNLocator:
@@ -228,7 +234,7 @@ def metric_figure(
     to :data:`FILLED_BANDS_UP_TO` runs, else drawn as edges (:func:`band_style`); the bytes
     axis is logarithmic when the runs' bytes differ by :data:`LOG_BYTES_FROM` times."""
     drawn = [li for lines in rows.values() for li in lines]
-    band = band_style(len(drawn))
+    band = band_style(max(map(len, rows.values()), default=0))  # the runs a panel holds
     entries = _entries(drawn, band=band)
     extra = 1.6 if online else 0.0
     fig = _new_figure(12.5, 3.4 * len(rows) + extra, entries, max_cols=4)
@@ -253,11 +259,10 @@ def _online_row(
     for line in lines:
         sent = [b / size for b in line.curves["bytes_sent"]]
         for ax, x in zip(axes, (_rounds(line), line.curves[clock], sent), strict=True):
-            points = list(zip(x, line.curves["mean"], strict=True))
-            if log and ax is axes[2]:
-                points = [(a, n) for a, n in points if a > 0]
-            if points:
-                ax.step(*zip(*points, strict=True), where="post", color=line.color, lw=1.3)
+            keep = _kept(x, log and ax is axes[2])
+            counts = line.curves["mean"]
+            ax.step([x[i] for i in keep], [counts[i] for i in keep], where="post",
+                    color=line.color, lw=1.3)  # fmt: skip
         for r in line.curves.get("lost", []):
             axes[0].plot([r + 1], [0], marker="x", color=line.color, markersize=6, clip_on=False)
     axes[0].set_ylabel("nodes taking part")

@@ -28,6 +28,7 @@ __all__ = [
     "RunData",
     "config_labels",
     "draw_figures",
+    "draw_report",
     "eval_curves",
     "load_run",
     "report",
@@ -531,6 +532,13 @@ def draw_figures(runs: list[RunData], labels: list[str], out_dir: Path) -> list[
 def report(
     run_dirs: list[Path], out: Path | None = None, labels: list[str] | None = None
 ) -> list[Path]:
+    """:func:`draw_report` of the runs in ``run_dirs``."""
+    return draw_report([load_run(Path(d)) for d in run_dirs], out, labels)
+
+
+def draw_report(
+    runs: list[RunData], out: Path | None = None, labels: list[str] | None = None
+) -> list[Path]:
     """Draw accuracy (or RMSE), loss and consensus PNGs; return the files written.
 
     With ``out``, one comparison of all runs (a line per run) goes into ``out``; without it,
@@ -538,9 +546,8 @@ def report(
     in the legends (default: :func:`run_labels` in a comparison, each run's name on its
     own).
     """
-    if labels is not None and len(labels) != len(run_dirs):
-        raise ValueError(f"{len(labels)} labels for {len(run_dirs)} runs: give one per run")
-    runs = [load_run(Path(d)) for d in run_dirs]
+    if labels is not None and len(labels) != len(runs):
+        raise ValueError(f"{len(labels)} labels for {len(runs)} runs: give one per run")
     if out is not None:
         return draw_figures(runs, run_labels(runs) if labels is None else labels, Path(out))
     written: list[Path] = []

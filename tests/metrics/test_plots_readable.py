@@ -4,8 +4,10 @@ by orders of magnitude. Each test draws a row of panels on a Figure and reads it
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
+import pytest
 from matplotlib.axes import Axes
 from matplotlib.collections import PolyCollection
 from matplotlib.figure import Figure
@@ -118,3 +120,18 @@ def test_the_nodes_online_row_follows_the_log_bytes_axis_above() -> None:
 
     assert bottom[2].get_xscale() == "log"
     assert bottom[2].get_xlim() == top[2].get_xlim()
+
+
+def test_a_figure_of_two_metric_rows_fills_the_bands_of_its_two_runs(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Two metrics (a classifying run and a regressing one, say) are two rows of two runs
+    each: the band rule counts the runs a panel holds, not all the rows' lines together."""
+    from dlactor.metrics import plots
+
+    figures: list[Figure] = []
+    monkeypatch.setattr(plots, "_save", lambda fig, path: figures.append(fig) or path)
+    plots.metric_figure({"test_acc": _lines(2), "test_rmse": _lines(2)}, tmp_path / "a.png")
+    (fig,) = figures
+    for ax in fig.axes:
+        assert len([c for c in ax.collections if isinstance(c, PolyCollection)]) == 2
