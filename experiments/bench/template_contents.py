@@ -27,11 +27,11 @@ REPO = Path(__file__).resolve().parents[2]
 #: package on top: the difference is that package's own cost.
 NODE_SIDE = "import dlactor.launch.worker, dlactor.launch.plan, torch.optim"
 LAUNCHER_ONLY = {
-    "rich": "import rich.console, rich.table, rich.progress",
-    "typer (and click)": "import typer",
-    "dlactor's command line": "import dlactor.cli",
-    "dlactor's supervisor": "import dlactor.launch.supervisor, dlactor.launch.local",
-    "scikit-learn (the digits loader)": "import sklearn.datasets",
+    "rich": ["rich.console", "rich.table", "rich.progress"],
+    "typer (and click)": ["typer"],
+    "dlactor's command line": ["dlactor.cli"],
+    "dlactor's supervisor": ["dlactor.launch.supervisor", "dlactor.launch.local"],
+    "scikit-learn (the digits loader)": ["sklearn.datasets"],
 }
 
 
@@ -63,9 +63,9 @@ def main() -> None:
     print(f"\nA fresh interpreter with the nodes' imports: {base / 2**20:,.0f} MiB RSS. "
           "What each launcher-only package adds to it:\n")  # fmt: skip
     print("| package | in this template | MiB added |\n|---|---|---:|")
-    for name, code in LAUNCHER_ONLY.items():
-        loaded = code.split()[1].split(".")[0].rstrip(",") in sys.modules
-        added = (rss_after(f"{NODE_SIDE}\n{code}") - base) / 2**20
+    for name, modules in LAUNCHER_ONLY.items():
+        loaded = modules[0] in sys.modules
+        added = (rss_after(f"{NODE_SIDE}\nimport {', '.join(modules)}") - base) / 2**20
         print(f"| {name} | {'yes' if loaded else 'no'} | {added:,.1f} |")
 
 

@@ -7,9 +7,9 @@
    every node, from ``getrusage`` of the children) over ``R`` rounds and the nodes. Beside
    it, the floor: node 0's training steps of one round run alone in this process, one
    torch thread, timed by their CPU.
-2. Who uses it, by thread: while each of the two runs goes on, every thread of the launcher
-   and of the nodes is read from /proc every 0.2 s, and the shorter run's figures are taken
-   from the longer's; a node's main thread runs its event loop (the protocol, the codec,
+2. Who uses it, by thread: while each of the same two runs goes on, every thread of the
+   launcher and of the nodes is read from /proc every 0.2 s, and the shorter run's figures
+   are taken from the longer's; a node's main thread runs its event loop (the protocol, the codec,
    the sockets), its other threads train and evaluate.
 3. In the loop thread, by function: the run again with ``DLACTOR_PROFILE_DIR`` (cProfile on
    each node's loop thread, timed by that thread's CPU); node 0's functions by their own
@@ -44,17 +44,6 @@ def command(config: Path, nodes: int, rounds: int, out: Path) -> list[str]:
             "--no-progress"]  # fmt: skip
 
 
-def launch(
-    config: Path, nodes: int, rounds: int, out: Path, env: dict[str, str] | None = None
-) -> float:
-    """Launch ``config`` for ``rounds`` rounds; the CPU seconds it took, all processes."""
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    cmd = command(config, nodes, rounds, out)
-    subprocess.run(cmd, check=True, capture_output=True, env={**os.environ, **(env or {})})
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-
-
 def thread_cpu(pid: int) -> dict[int, float]:
     """CPU seconds of each thread of ``pid`` so far (none if it is gone)."""
     out = {}
@@ -79,11 +68,20 @@ def children(pid: int) -> list[int]:
     return [int(p) for p in text.split()]
 
 
-def by_thread(config: Path, nodes: int, rounds: int, out: Path) -> dict[str, float]:
-    """CPU seconds of the launcher's and the nodes' threads over one run, by kind (each
-    thread's last reading: what a thread used after it, before it ended, is not counted)."""
-    cmd = command(config, nodes, rounds, out)
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+def launch(
+    config: Path, nodes: int, rounds: int, out: Path, env: dict[str, str] | None = None
+) -> tuple[float, dict[str, float]]:
+    """Launch ``config`` for ``rounds`` rounds: the CPU seconds it took, all processes (from
+    ``getrusage``), and the launcher's and the nodes' threads' CPU seconds by kind (read
+    from /proc every 0.2 s; each thread's last reading, so what a thread used after it,
+    before it ended, is not counted)."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    proc = subprocess.Popen(
+        command(config, nodes, rounds, out),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env={**os.environ, **(env or {})},
+    )
     last: dict[tuple[int, int], float] = {}
     kinds: dict[tuple[int, int], str] = {}
     while proc.poll() is None:
@@ -92,10 +90,14 @@ def by_thread(config: Path, nodes: int, rounds: int, out: Path) -> dict[str, flo
                 last[(pid, tid)] = cpu
                 kinds[(pid, tid)] = f"{role} {'main thread' if tid == pid else 'other threads'}"
         time.sleep(0.2)
+    if proc.returncode != 0:
+        raise SystemExit(f"{' '.join(proc.args)} exited {proc.returncode}")  # type: ignore[arg-type]
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
     totals: dict[str, float] = defaultdict(float)
     for key, cpu in last.items():
         totals[kinds[key]] += cpu
-    return dict(totals)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return cpu, dict(totals)
 
 
 def training_alone(config: Path, nodes: int, steps: int = 200) -> float:
@@ -128,14 +130,12 @@ def main() -> None:
     config, n, rounds = args.config, args.nodes, args.rounds
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp)
-        short = launch(config, n, WARM, out / "a")
-        long = launch(config, n, WARM + rounds, out / "b")
+        short, warm = launch(config, n, WARM, out / "a")
+        long, threads = launch(config, n, WARM + rounds, out / "b")
         per_node_round = (long - short) / (rounds * n)
-        warm = by_thread(config, n, WARM, out / "c")
-        threads = by_thread(config, n, WARM + rounds, out / "c")
         threads = {kind: cpu - warm.get(kind, 0.0) for kind, cpu in threads.items()}
         profile_dir = out / "profile"
-        launch(config, n, WARM + rounds, out / "d", {"DLACTOR_PROFILE_DIR": str(profile_dir)})
+        launch(config, n, WARM + rounds, out / "c", {"DLACTOR_PROFILE_DIR": str(profile_dir)})
         stats = pstats.Stats(str(profile_dir / "process-0.prof"))
     alone = training_alone(config, n)
 

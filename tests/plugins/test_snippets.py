@@ -40,12 +40,13 @@ def test_the_test_snippet_runs_as_pasted(doc: str, tmp_path: Path) -> None:
     [("class DampedSharing", "damped_sharing.py"), ("class RotatingRing", "rotating_ring.py")],
 )
 def test_the_guides_code_is_the_example_files_code(marker: str, source: str) -> None:
-    """Every line docs/plugins.md shows of the worked example is in the example's file (a
-    body it leaves out is written ``...``)."""
+    """Every line docs/plugins.md shows of the worked example is in the example's file, in
+    the same order (lines the guide leaves out may sit between; a body it leaves out is
+    written ``...``)."""
     blocks = re.findall(r"```python\n(.*?)```", (ROOT / "docs/plugins.md").read_text(), re.DOTALL)
     (block,) = [b for b in blocks if marker in b]
-    lines = (ROOT / "experiments/plugins" / source).read_text().splitlines()
-    for line in block.splitlines():
-        shown = line.removesuffix(" ...")
-        if shown.strip() and not any(have.startswith(shown) for have in lines):
-            raise AssertionError(f"docs/plugins.md shows a line not in {source}: {line!r}")
+    lines = iter((ROOT / "experiments/plugins" / source).read_text().splitlines())
+    for shown in block.splitlines():
+        shown = shown.removesuffix(" ...")
+        if shown.strip() and not any(line.startswith(shown) for line in lines):
+            raise AssertionError(f"docs/plugins.md shows {shown!r}, not in {source} there")
