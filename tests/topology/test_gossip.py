@@ -183,10 +183,13 @@ async def test_gossip_averaging_over_the_agreed_graphs_reaches_the_exact_average
     spread0 = (x0 - x0.mean(0)).norm(dim=1).max().item()
     assert (x - x.mean(0)).norm(dim=1).max().item() < 1e-3 * spread0
     # the topology's own messages are counted (in the rounds node 0 sent any: which rounds
-    # those are depends on timing, as gossip's edges do) and are part of what it sent
+    # those are depends on timing, as gossip's edges do) and are part of what it sent (over
+    # the run: a reply sent from a message handler can fall in the round after the one whose
+    # record counted it)
     talked = [r for r in records[0] if r["overlay_msgs_sent"] > 0]
     assert len(talked) >= 10 and all(r["overlay_bytes_sent"] > 0 for r in talked)
-    assert all(r["bytes_sent"] >= r["overlay_bytes_sent"] for r in records[0])
+    sent = sum(r["bytes_sent"] for r in records[0])
+    assert sent >= sum(r["overlay_bytes_sent"] for r in records[0]) > 0
 
 
 def test_cyclon_shuffle_sends_the_oldest_away_with_a_fresh_self_entry() -> None:
