@@ -17,6 +17,7 @@ import threading
 import time
 import traceback
 from collections.abc import Callable, Coroutine
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -207,6 +208,12 @@ async def _node_main(
     plan: Plan, credentials: Credentials, control: Address, run_dir: Path, listen: Address
 ) -> int:
     node = credentials.identity.process
+    # One thread runs training and evaluation (what strategies hand to ``asyncio.to_thread``):
+    # asyncio's default pool starts a second one whenever a round's work comes before the
+    # last hand-off's thread is counted idle, and each thread is a stack per node.
+    asyncio.get_running_loop().set_default_executor(
+        ThreadPoolExecutor(max_workers=1, thread_name_prefix="dlactor-compute")
+    )
     # The launcher answers only once it has forked every node and started its loop, which
     # on a loaded machine takes longer than a handshake may: the node gives it as long as
     # the start barrier (the launcher still holds its own side to the handshake timeout).

@@ -31,7 +31,7 @@ MMAP_THRESHOLD = 64 << 20
 #: twice the mmap threshold, the ratio glibc's own dynamic thresholds keep.
 TRIM_THRESHOLD = 2 * MMAP_THRESHOLD
 #: glibc's mallopt parameter numbers (malloc.h).
-_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD, _M_ARENA_MAX = -1, -3, -8
 #: The largest M_MMAP_THRESHOLD glibc before 2.35 accepts on 64-bit (HEAP_MAX_SIZE / 2).
 _OLD_GLIBC_MAX_MMAP_THRESHOLD = 32 << 20
 
@@ -71,11 +71,16 @@ def set_malloc_thresholds(
     pages. Setting it turns glibc's adaptation off, so the trim threshold (free memory kept
     at the top of the heap) is set too, or the heap would shrink after every frame.
 
+    One malloc arena serves every thread (``M_ARENA_MAX`` 1): a node's threads take turns
+    (the loop, and one thread for training), and a second arena is a second heap of free
+    chunks kept per process, times every node of a run.
+
     Returns the mmap threshold now in force: ``mmap_threshold``, or 32 MiB on a glibc older
     than 2.35 that refuses more; 0 without glibc, where this does nothing.
     """
     if _MALLOPT is None:
         return 0
+    _MALLOPT(_M_ARENA_MAX, 1)
     applied = mmap_threshold
     if not _MALLOPT(_M_MMAP_THRESHOLD, applied):
         applied = min(mmap_threshold, _OLD_GLIBC_MAX_MMAP_THRESHOLD)

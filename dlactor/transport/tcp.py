@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import logging
 import socket
 import time
@@ -298,6 +299,23 @@ class _Inbound(asyncio.BufferedProtocol):
         self._transport = None  # nothing of the connection outlives it
 
 
+LISTEN_BACKLOG = 1024
+
+
+def _listening_socket(host: str, port: int, backlog: int) -> socket.socket | None:
+    """A listening socket on ``host:port`` when ``host`` is an IP address, else None (the
+    loop resolves a host name). uvloop resolves even an IP address through libuv's thread
+    pool, which starts 4 threads that then live as long as the process: about 1 MiB of a
+    node's private memory (stacks and malloc arenas), times every node of a run."""
+    try:
+        family = socket.AF_INET6 if ipaddress.ip_address(host).version == 6 else socket.AF_INET
+    except ValueError:
+        return None
+    sock = socket.create_server((host, port), family=family, backlog=backlog)
+    sock.setblocking(False)
+    return sock
+
+
 class TcpTransport:
     """The :class:`~dlactor.transport.base.Transport` over TCP sockets."""
 
@@ -340,11 +358,13 @@ class TcpTransport:
     async def start(self) -> Address:
         loop = asyncio.get_running_loop()
         tls = self.credentials.tls
+        sock = _listening_socket(self._host, self._port, LISTEN_BACKLOG)
         self._server = await loop.create_server(
             lambda: _Inbound(self),
-            self._host,
-            self._port,
-            backlog=1024,
+            None if sock else self._host,
+            None if sock else self._port,
+            sock=sock,
+            backlog=LISTEN_BACKLOG,
             ssl=tls.server if tls is not None else None,
             ssl_handshake_timeout=self.handshake_timeout if tls is not None else None,
         )

@@ -49,6 +49,41 @@ def test_after_set_malloc_thresholds_a_freed_48_mib_block_is_reused_without_page
     assert applied == MMAP_THRESHOLD
 
 
+# Threads that allocate (blocks of 200 KB: glibc's malloc, not Python's small-object pool),
+# then glibc's own count of its arenas (malloc_stats writes "Arena N:" to stderr).
+ARENAS_AFTER_THREADS = textwrap.dedent(
+    """
+    import ctypes, sys, threading
+    from dlactor.metrics.memory import set_malloc_thresholds
+
+    if sys.argv[1] == "set":
+        set_malloc_thresholds()
+    kept = []
+    def allocate():
+        kept.append(bytearray(200_000))
+    threads = [threading.Thread(target=allocate) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    ctypes.CDLL(None).malloc_stats()
+    """
+)
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="glibc's malloc arenas")
+def test_after_set_malloc_thresholds_every_thread_allocates_from_one_arena() -> None:
+    def arenas(mode: str) -> int:
+        err = subprocess.run(
+            [sys.executable, "-c", ARENAS_AFTER_THREADS, mode],
+            capture_output=True, text=True, check=True,
+        ).stderr  # fmt: skip
+        return err.count("Arena ")
+
+    assert arenas("default") > 1, "glibc gives threads arenas of their own by default"
+    assert arenas("set") == 1
+
+
 def test_set_malloc_thresholds_does_nothing_without_glibc(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(memory, "_MALLOPT", None)
 
@@ -67,7 +102,7 @@ def test_a_glibc_that_refuses_a_threshold_over_32_mib_gets_32_mib(
     monkeypatch.setattr(memory, "_MALLOPT", old_glibc_mallopt)
 
     assert set_malloc_thresholds() == 32 << 20
-    assert calls == [(-3, MMAP_THRESHOLD), (-3, 32 << 20), (-1, TRIM_THRESHOLD)]
+    assert calls == [(-8, 1), (-3, MMAP_THRESHOLD), (-3, 32 << 20), (-1, TRIM_THRESHOLD)]
 
 
 def test_the_sampler_reads_every_node_of_a_small_run(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -4,6 +4,10 @@ import asyncio
 import contextlib
 import gc
 import logging
+import os
+import socket
+import subprocess
+import sys
 import time
 import tracemalloc
 import weakref
@@ -638,3 +642,47 @@ async def test_a_frame_begun_by_a_peer_must_complete_within_frame_timeout(
     assert receiver.stats.dropped_connections == 1
     assert len(inbox.messages) == 1
     await receiver.stop()
+
+
+# A fresh interpreter (the test session has threads of its own): two transports under uvloop,
+# one sending to the other: the process's thread count before and after.
+THREADS_AFTER_START = """
+import os, sys, uvloop
+from dlactor.messages import Progress
+from dlactor.testing import credentials
+from dlactor.transport.tcp import TcpTransport
+
+def threads():
+    return len(os.listdir(f"/proc/{os.getpid()}/task"))
+
+async def main():
+    before = threads()
+    creds = credentials(2)
+    a = TcpTransport(credentials=creds[0], deliver=lambda *_: None, host=sys.argv[1])
+    b = TcpTransport(credentials=creds[1], deliver=lambda *_: None, host=sys.argv[1])
+    a.set_peers({1: await b.start()})
+    b.set_peers({0: await a.start()})
+    await a.send(1, Progress(0, 0))
+    print(before, threads())
+    await a.stop()
+    await b.stop()
+
+uvloop.run(main())
+"""
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="threads read from /proc")
+@pytest.mark.parametrize("host", ["127.0.0.1", "::1"])
+def test_a_transport_on_an_ip_address_starts_no_resolver_threads(host: str) -> None:
+    """uvloop resolves a host given as a string, even an IP address, in libuv's thread pool:
+    4 threads that stay for the process's life (about 0.8 MiB of a node's private memory)."""
+    if host == "::1" and not socket.has_ipv6:
+        pytest.skip("no IPv6")
+    out = subprocess.run(
+        [sys.executable, "-c", THREADS_AFTER_START, host], capture_output=True, text=True
+    )
+    if "Cannot assign requested address" in out.stderr:
+        pytest.skip(f"{host} is not configured here")
+    assert out.returncode == 0, out.stderr
+    before, after = (int(n) for n in out.stdout.split())
+    assert after == before
