@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import ipaddress
 import logging
 import socket
@@ -358,16 +359,15 @@ class TcpTransport:
     async def start(self) -> Address:
         loop = asyncio.get_running_loop()
         tls = self.credentials.tls
-        sock = _listening_socket(self._host, self._port, LISTEN_BACKLOG)
-        self._server = await loop.create_server(
+        serve = functools.partial(
+            loop.create_server,
             lambda: _Inbound(self),
-            None if sock else self._host,
-            None if sock else self._port,
-            sock=sock,
             backlog=LISTEN_BACKLOG,
             ssl=tls.server if tls is not None else None,
             ssl_handshake_timeout=self.handshake_timeout if tls is not None else None,
         )
+        sock = _listening_socket(self._host, self._port, LISTEN_BACKLOG)
+        self._server = await (serve(self._host, self._port) if sock is None else serve(sock=sock))
         host, port = self._server.sockets[0].getsockname()[:2]
         self.address = (str(host), int(port))
         return self.address
