@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 
 from dlactor.config import ConfigError, LocalLauncher
-from dlactor.launch.plan import Plan
+from dlactor.launch.plan import Plan, warm_up_node
 from dlactor.launch.supervisor import STOP_GRACE_S, ForkedNodes, Outcome, Supervisor
 from dlactor.launch.worker import node_process_main, run_event_loop
 from dlactor.metrics.memory import release_freed_memory
@@ -118,6 +118,7 @@ def _fork_nodes(
     control = listener.getsockname()[:2]
     # One torch thread per node (inherited by every fork): see docs/decisions.md.
     torch.set_num_threads(plan.config.launcher.torch_threads)
+    warm_up_node(plan)
     gc.collect()
     gc.freeze()
     # Loading (Shakespeare's parser above all) leaves free chunks all over the heap; a child

@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import random
+import subprocess
+import sys
+
+import numpy as np
 import pytest
 import torch
 
 from dlactor.config import ConfigError
 from dlactor.data.base import Dataset
 from dlactor.launch import plan as plan_module
-from tests.conftest import small_config
+from dlactor.launch.plan import warm_up_node
+from tests.conftest import small_config, small_plan
 
 
 def tiny_images(side: int) -> Dataset:
@@ -38,3 +44,51 @@ def test_a_model_that_fits_is_built_and_left_in_training_mode(
 
     assert plan.model.training
     assert plan.model(torch.zeros(2, 1, 28, 28)).shape == (2, 10)
+
+
+def test_warming_up_a_node_leaves_the_plan_and_every_random_generator_as_they_were() -> None:
+    plan = small_plan("model.kind=mlp")
+    before = [p.detach().clone() for p in plan.model.parameters()]
+    torch.manual_seed(5)
+    np.random.seed(5)
+    random.seed(5)
+    expected = (torch.rand(3), np.random.rand(3), random.random())
+    torch.manual_seed(5)
+    np.random.seed(5)
+    random.seed(5)
+
+    warm_up_node(plan)
+
+    assert torch.equal(torch.rand(3), expected[0])
+    assert np.array_equal(np.random.rand(3), expected[1])
+    assert random.random() == expected[2]
+    assert all(torch.equal(a, b) for a, b in zip(before, plan.model.parameters(), strict=True))
+
+
+# A fresh interpreter: what a node would still import after the launcher has warmed up.
+IMPORTED_BY_A_NODE = """
+import sys
+from tests.conftest import small_plan
+from dlactor.launch import local  # the launcher's side, as `dlactor launch` has it
+from dlactor.launch.plan import build_node, warm_up_node
+from dlactor.transport.memory import MemoryNetwork
+
+plan = small_plan()
+warm_up_node(plan)
+before = set(sys.modules)
+net = MemoryNetwork()
+node = build_node(plan, 1, lambda deliver: net.transport(1, deliver))
+node.trainer.train_steps()
+print("uvloop" in before)
+print(" ".join(sorted(set(sys.modules) - before)))
+"""
+
+
+def test_after_the_warm_up_a_node_imports_nothing_to_build_and_train() -> None:
+    """A module a forked node imports itself is memory of its own (4.4 MiB for uvloop)."""
+    out = subprocess.run(
+        [sys.executable, "-c", IMPORTED_BY_A_NODE], capture_output=True, text=True, check=True
+    )
+    uvloop_first, *imported = out.stdout.split()
+    assert uvloop_first == "True"
+    assert imported == []
