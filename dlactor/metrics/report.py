@@ -6,6 +6,7 @@ Imported by the CLI only; matplotlib is imported when plots are drawn, never by 
 from __future__ import annotations
 
 import csv
+import functools
 import json
 import math
 import statistics
@@ -84,9 +85,10 @@ class RunData:
         """Whose records hold the run's test figures: the servers', if there are any."""
         return self.servers or self.records
 
-    @property
+    @functools.cached_property
     def metric(self) -> str:
-        """``test_rmse`` for regression runs (MovieLens), ``test_acc`` otherwise."""
+        """``test_rmse`` for regression runs (MovieLens), ``test_acc`` otherwise (read once:
+        it scans every record)."""
         regression = any("test_rmse" in r for rs in self.evaluated.values() for r in rs)
         return "test_rmse" if regression else "test_acc"
 

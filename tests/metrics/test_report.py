@@ -207,6 +207,33 @@ def test_summary_table_of_a_failed_run_keeps_each_nodes_last_value(tmp_path: Pat
     assert row["final_mean"] == pytest.approx((0.5 + 0.6 + 0.9) / 3)
 
 
+class _Counted(dict[str, Any]):
+    """A record that counts the lookups of every record made into it (class-wide)."""
+
+    lookups = 0
+
+    def get(self, key: str, default: Any = None) -> Any:
+        _Counted.lookups += 1
+        return super().get(key, default)
+
+    def __contains__(self, key: object) -> bool:
+        _Counted.lookups += 1
+        return super().__contains__(key)
+
+
+def test_the_summary_table_reads_each_record_a_bounded_number_of_times(tmp_path: Path) -> None:
+    """A 1024-node run of 300 rounds has 307,200 records: a table that scanned them all for
+    each record (finding the run's metric again) never finished."""
+    run = load_run(make_run(tmp_path, "long", rounds=200))
+    run.records = {n: [_Counted(r) for r in rs] for n, rs in run.records.items()}
+    records = sum(len(rs) for rs in run.records.values())
+    _Counted.lookups = 0
+
+    summary_table([run])
+
+    assert _Counted.lookups <= 20 * records
+
+
 def test_write_table_writes_markdown_and_csv(tmp_path: Path) -> None:
     rows = summary_table([load_run(make_run(tmp_path, "alpha"))])
 
