@@ -152,10 +152,13 @@ def dlactor_command() -> list[str]:
     return [str(exe)] if exe.exists() else [sys.executable, "-m", "dlactor"]
 
 
-def launch_command(nodes: int, out: str) -> list[str]:
+def launch_command(nodes: int, out: str, source: Path = REPO) -> list[str]:
+    """The run's command; from another ``source`` tree (an earlier revision), that tree's
+    package through ``python -m dlactor``, run in that tree."""
     sets = [x for o in (f"nodes={nodes}", *overrides_for(nodes)) for x in ("--set", o)]
     args = ["launch", CONFIG, *sets, "--out", out, "--no-progress"]
-    return [*dlactor_command(), *args]
+    command = dlactor_command() if source == REPO else [sys.executable, "-m", "dlactor"]
+    return [*command, *args]
 
 
 def shown_command(nodes: int) -> str:
@@ -185,14 +188,17 @@ def make_sampler(pid: int, nodes: int) -> RunSampler:
     )
 
 
-def launch(nodes: int, out: Path) -> Run:
-    """Run the quickstart config with ``nodes`` nodes into ``out``, watching it."""
+def launch(nodes: int, out: Path, source: Path = REPO) -> Run:
+    """Run the quickstart config with ``nodes`` nodes into ``out``, watching it; with
+    another ``source`` tree, that tree's dlactor runs it."""
     mem_before, cpu_before = MemInfo.now(), CpuTimes.now()
+    env = None if source == REPO else {**os.environ, "PYTHONPATH": str(source)}
     t0 = time.time()
     boot_offset = t0 - boot_clock()
     proc = subprocess.Popen(
-        launch_command(nodes, str(out)),
-        cwd=REPO,
+        launch_command(nodes, str(out), source),
+        cwd=source,
+        env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -269,24 +275,28 @@ def cannot_start(nodes: int) -> str | None:
 
 
 def run_e2e(
-    progress: Callable[[str], None], node_counts: Sequence[int] = NODE_COUNTS
+    progress: Callable[[str], None],
+    node_counts: Sequence[int] = NODE_COUNTS,
+    source: Path = REPO,
+    label: str = "e2e",
 ) -> tuple[list[Run], list[Failure]]:
-    """One run per node count; a count that cannot run, or fails, is a Failure."""
+    """One run per node count (by ``source``'s dlactor); a count that cannot run, or
+    fails, is a Failure."""
     runs, failures = [], []
     for nodes in node_counts:
-        progress(f"e2e: {shown_command(nodes)}")
+        progress(f"{label}: {shown_command(nodes)}")
         reason = cannot_start(nodes)
         if reason is None:
             try:
                 with tempfile.TemporaryDirectory(prefix="dlactor-bench-") as tmp:
-                    run = launch(nodes, Path(tmp))
+                    run = launch(nodes, Path(tmp), source)
             except RuntimeError as exc:
                 reason = str(exc)
         if reason is not None:
-            progress(f"e2e: {nodes} nodes: not measured: {reason}")
+            progress(f"{label}: {nodes} nodes: not measured: {reason}")
             failures.append(Failure(nodes, reason.splitlines()[0]))
             continue
-        progress(f"e2e: {nodes} nodes: {_progress_line(run)}")
+        progress(f"{label}: {nodes} nodes: {_progress_line(run)}")
         runs.append(run)
     return runs, failures
 

@@ -17,7 +17,10 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import dataclasses
+import os
 import statistics
+import struct
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -87,6 +90,9 @@ class Floor:
 
     nodes: int
     passes: list[Pass]
+    #: CPU seconds per node-round of the same computation with one process per node
+    #: (``measure_process_floor``), evaluations included.
+    process_cpu: float | None = None
 
     @property
     def best(self) -> Pass:
@@ -193,6 +199,74 @@ def measure_floor(nodes: int, passes: int = FLOOR_PASSES) -> Floor:
     return Floor(nodes, asyncio.run(all_passes()))
 
 
+def measure_process_floor(nodes: int) -> float:
+    """The floor's computation with every node in a process of its own, as in a run: CPU
+    seconds per node-round (rounds 1.., evaluations included), the mean over the nodes.
+
+    The processes are forked from this one after the plan and the nodes' trainers are
+    built (as a launcher forks its template), and they keep in step as a run's nodes do:
+    after each round a node writes one byte to this process and sleeps until every node has
+    (one wake-up per round; a run's nodes wake up once per message). Each aggregates its
+    neighbours' vectors of round 0 (the same arithmetic as fresh ones). What this adds to
+    the one-process floor is the cost of N processes sharing the cores: their switches and
+    cold caches, the cores' time slices, the kernel's wake-ups."""
+    plan = make_plan(config_for(nodes))
+    members = [_member(plan, i) for i in range(nodes)]
+    shares = asyncio.run(_first_shares(members))
+    pipes = []
+    for m in members:
+        up, down = os.pipe(), os.pipe()
+        if os.fork() == 0:  # the node: rounds, then its CPU per round, then exit
+            os.close(up[0])
+            os.close(down[1])
+            cpu = asyncio.run(_node_rounds(plan.config, m, shares, up[1], down[0]))
+            os.write(up[1], struct.pack("d", cpu))
+            os._exit(0)
+        os.close(up[1])
+        os.close(down[0])
+        pipes.append((up[0], down[1]))
+    for _ in range(plan.config.rounds):
+        for r, _w in pipes:
+            os.read(r, 1)
+        for _r, w in pipes:
+            os.write(w, b"x")
+    per_node = [struct.unpack("d", os.read(r, 8))[0] for r, _w in pipes]
+    for r, w in pipes:
+        os.close(r)
+        os.close(w)
+    for _ in members:
+        os.wait()
+    return statistics.fmean(per_node)
+
+
+async def _first_shares(members: list[Member]) -> dict[int, Any]:
+    return {
+        m.node: await m.sharing.outgoing(RoundContext(node=m.node, round=0, model=m.model))
+        for m in members
+    }
+
+
+async def _node_rounds(
+    cfg: RunConfig, m: Member, shares: dict[int, Any], up: int, down: int
+) -> float:
+    """One node's rounds in its own process: train, aggregate, evaluate on the run's
+    evaluation rounds, report, wait for the rest."""
+    started = 0.0
+    for r in range(cfg.rounds):
+        if r == 1:
+            started = time.process_time()
+        m.trainer.train_steps()
+        ctx = RoundContext(node=m.node, round=r, model=m.model)
+        ctx.peers = await m.topology.neighbors(m.node, r)
+        ctx.weights = await m.topology.weights(m.node, r)
+        await m.sharing.aggregate(ctx, {p: shares[p] for p in ctx.peers})
+        if _evaluates(cfg, r):
+            m.trainer.evaluate_now()
+        os.write(up, b"x")
+        os.read(down, 1)
+    return (time.process_time() - started) / (cfg.rounds - 1)
+
+
 def run_floors(
     progress: Callable[[str], None], node_counts: Sequence[int] = FLOOR_NODES
 ) -> list[Floor]:
@@ -201,6 +275,13 @@ def run_floors(
         progress(f"compute floor: {nodes} nodes' training and aggregation in one process")
         floor = measure_floor(nodes)
         progress(f"compute floor: {nodes} nodes: {floor.round_cpu * 1e3:.1f} ms per round")
+        progress(f"compute floor: {nodes} nodes' training and aggregation, a process each")
+        process_cpu = measure_process_floor(nodes)
+        floor = dataclasses.replace(floor, process_cpu=process_cpu)
+        progress(
+            f"compute floor: {nodes} processes: {process_cpu * 1e3:.2f} ms of CPU per "
+            f"node-round (one process: {floor.cpu_per_node_round * 1e3:.2f} ms)"
+        )
         floors.append(floor)
     return floors
 
@@ -244,6 +325,17 @@ class Pair:
     def overhead(self) -> float | None:
         measured = self.run.plain_round_median
         return None if measured is None else (measured - self.floor.round_cpu) / measured
+
+    @property
+    def framework_cpu(self) -> float | None:
+        """The nodes' CPU per node-round beyond the same compute in a process per node."""
+        if self.cpu is None or self.floor.process_cpu is None:
+            return None
+        return self.cpu[0] - self.floor.process_cpu
+
+
+def _ratio(a: float | None, b: float | None) -> str:
+    return "-" if a is None or not b else f"{a / b:.2f}x"
 
 
 def _pct(value: float | None) -> str:
@@ -309,6 +401,25 @@ ROWS: list[tuple[str, Callable[[Pair], str], str, str]] = [
         "",
         "",
     ),
+    (
+        "floor, a process per node (one wake-up per round): CPU per node-round, evaluations "
+        "included (ms)",
+        lambda p: ms(p.floor.process_cpu, 2),
+        "",
+        "",
+    ),
+    (
+        "  against the one-process floor: the cost of N processes on the cores",
+        lambda p: _ratio(p.floor.process_cpu, p.floor.cpu_per_node_round),
+        "",
+        "",
+    ),
+    (
+        "run: node processes' CPU per node-round beyond the process-per-node floor (ms)",
+        lambda p: ms(p.framework_cpu, 2),
+        "",
+        "",
+    ),
     ("run: launcher's CPU per node-round (ms)", lambda p: _cpu(p, 1), "", ""),
     (
         "other processes' CPU during the run; stolen by the hypervisor (shares of the machine)",
@@ -363,11 +474,20 @@ def _limit(p: Pair) -> str:
     nodes_cpu, launcher_cpu = p.cpu
     busy = (nodes_cpu + launcher_cpu) * p.run.nodes / cpu_count()
     share = 1 - p.floor.cpu_per_node_round / nodes_cpu
-    return (
+    text = (
         f"CPU: nodes use {ms(nodes_cpu, 2)} ms of CPU per node-round against "
         f"{ms(p.floor.cpu_per_node_round, 2)} ms of compute ({share:.0%} of it is the "
         f"framework's); with the launcher's, {ms(busy, 0)} ms of CPU per "
         f"{ms(p.run.plain_round_median, 0)} ms round on {cpu_count()} cores"
+    )
+    process = p.floor.process_cpu
+    if process is None or p.framework_cpu is None:
+        return text
+    return (
+        f"{text}. The same compute with a process per node takes {ms(process, 2)} ms per "
+        f"node-round ({process / p.floor.cpu_per_node_round:.2f}x: processes sharing "
+        f"{cpu_count()} cores); beyond that, the framework's own is {ms(p.framework_cpu, 2)} "
+        f"ms ({p.framework_cpu / nodes_cpu:.0%} of the nodes' CPU)"
     )
 
 

@@ -7,6 +7,8 @@
 5. round overhead at 16 and 64 nodes against the compute floor (bench_overhead.py)
 6. memory per node and for the whole run, from the same runs (bench_memory.py)
 7. start-up, command to start barrier, from the same runs (bench_startup.py)
+7b. round overhead, memory and start-up before and after: the same runs by an earlier
+   revision (`--baseline`), in a git worktree (bench_before_after.py)
 8. security: the handshake per connection, TLS against plain TCP, the quickstart's round
    time against the revision before per-node identity (bench_security.py)
 9. network: how precisely the emulated network's wall clock holds messages over real TCP,
@@ -26,12 +28,14 @@ import os
 import shlex
 import sys
 import time
+from contextlib import nullcontext
 from datetime import datetime
 from pathlib import Path
 
 import torch
+from bench_before_after import BASELINE, baseline_tree, before_after_section, revision_of
 from bench_codec import codec_section, run_codec
-from bench_e2e import NODE_COUNTS, e2e_section, eval_section, run_e2e
+from bench_e2e import NODE_COUNTS, Failure, Run, e2e_section, eval_section, run_e2e
 from bench_memory import memory_section
 from bench_network import network_section, run_network
 from bench_overhead import FLOOR_NODES, overhead_section, run_floors
@@ -58,6 +62,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         type=_node_counts,
         default=NODE_COUNTS,
         help="end-to-end node counts, comma-separated (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--baseline",
+        default=BASELINE,
+        help="the revision whose end-to-end runs are the 'before' of section 8, or 'none' "
+        "(default: %(default)s, before the cuts of docs/scaling.md)",
     )
     parser.add_argument(
         "--parts",
@@ -124,7 +134,7 @@ def run_all(progress: Progress, args: argparse.Namespace) -> tuple[list[Section]
         sections.append(transport)
         verdicts += [_pointing(v, "section 2's notes") for v in transport_verdicts]
     if "e2e" in args.parts:
-        e2e_sections, e2e_verdicts = run_end_to_end(progress, args.nodes)
+        e2e_sections, e2e_verdicts = run_end_to_end(progress, args.nodes, args.baseline)
         sections += e2e_sections
         verdicts += e2e_verdicts
     if "security" in args.parts:
@@ -140,11 +150,25 @@ def run_all(progress: Progress, args: argparse.Namespace) -> tuple[list[Section]
 
 
 def run_end_to_end(
-    progress: Progress, node_counts: tuple[int, ...]
+    progress: Progress, node_counts: tuple[int, ...], baseline: str
 ) -> tuple[list[Section], list[Verdict]]:
-    """Sections 3-7: the runs, then the compute floor of those that have one."""
+    """Sections 3-7: the runs, then the compute floor of those that have one; section 7b:
+    the same runs by the ``baseline`` revision ('none': not run)."""
     progress("end-to-end runs")
-    runs, failures = run_e2e(progress, node_counts)
+    runs: list[Run] = []
+    failures: list[Failure] = []
+    before: list[Run] = []
+    if baseline != "none":
+        baseline = revision_of(baseline)
+        progress(f"each run again by revision {baseline}, from a git worktree")
+    with baseline_tree(baseline) if baseline != "none" else nullcontext() as tree:
+        for nodes in node_counts:
+            done, failed = run_e2e(progress, (nodes,))
+            runs += done
+            failures += failed
+            if tree is not None:
+                done, _ = run_e2e(progress, (nodes,), source=tree, label=f"e2e {baseline}")
+                before += done
     floors = run_floors(progress, [n for n in FLOOR_NODES if any(r.nodes == n for r in runs)])
     e2e, bytes_verdicts = e2e_section(runs, failures)
     evaluation, eval_verdicts = eval_section(runs)
@@ -158,7 +182,10 @@ def run_end_to_end(
         *bytes_verdicts,
         *eval_verdicts,
     ]
-    return [e2e, evaluation, overhead, memory, startup], verdicts
+    sections = [e2e, evaluation, overhead, memory, startup]
+    if before:
+        sections.append(before_after_section(before, runs, floors, baseline))
+    return sections, verdicts
 
 
 def _pointing(verdict: Verdict, where: str) -> Verdict:

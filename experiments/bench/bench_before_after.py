@@ -1,0 +1,132 @@
+"""Benchmark 7b: the round's fixed cost, memory and start-up, before and after, in one run.
+
+The "before" runs are section 3's commands run by an earlier revision of dlactor (option
+`--baseline`, by default `BASELINE`: the last revision before the cuts that docs/scaling.md
+describes), checked out into a git worktree and imported from there; the "after" runs are
+section 3's own. Both go through the same sampler on the same machine within minutes of each
+other, and both are set against the same compute floor (section 5's, which measures the
+computation, not dlactor).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import subprocess
+import sys
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+from bench_e2e import REPO, Run
+from bench_memory import memory_of
+from bench_overhead import Floor, Pair, node_cpu_per_node_round
+from bench_startup import startup_of
+from report import Section, Table, mib, ms
+
+#: The last revision before issue 17's cuts (libuv's resolver threads, one malloc arena,
+#: one training thread per node).
+BASELINE = "f49cea0"
+
+
+@contextlib.contextmanager
+def baseline_tree(revision: str) -> Iterator[Path]:
+    """``revision`` of this repository checked out in a temporary git worktree."""
+    with tempfile.TemporaryDirectory(prefix="dlactor-baseline-") as tmp:
+        tree = Path(tmp) / "tree"
+        git = ["git", "-C", str(REPO)]
+        subprocess.run([*git, "worktree", "add", "--detach", str(tree), revision],
+                       check=True, capture_output=True)  # fmt: skip
+        try:
+            # Compiled once here, as the working tree's are: a first run would otherwise
+            # compile what it imports, every forked node what it imports after the fork.
+            subprocess.run([sys.executable, "-m", "compileall", "-q", str(tree / "dlactor")],
+                           check=True, capture_output=True)  # fmt: skip
+            yield tree
+        finally:
+            subprocess.run([*git, "worktree", "remove", "--force", str(tree)],
+                           check=False, capture_output=True)  # fmt: skip
+
+
+def revision_of(revision: str) -> str:
+    out = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", revision],
+                         capture_output=True, text=True, check=True)  # fmt: skip
+    return out.stdout.strip()
+
+
+def _overhead(run: Run, floors: dict[int, Floor]) -> str:
+    floor = floors.get(run.nodes)
+    if floor is None:
+        return ""
+    overhead = Pair(run, floor, None).overhead
+    return "-" if overhead is None else f"{overhead:.0%}"
+
+
+def _cpu(run: Run) -> str:
+    cpu = node_cpu_per_node_round(run)
+    return "-" if cpu is None else ms(cpu[0], 2)
+
+
+def _s(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"
+
+
+Figure = Callable[[Run, dict[int, Floor]], str]
+ROWS: list[tuple[str, Figure]] = [
+    ("median round without an evaluation (ms)", lambda r, _: ms(r.plain_round_median, 1)),
+    ("**round overhead** against the compute floor (section 5)", _overhead),
+    ("node processes' CPU per node-round (ms)", lambda r, _: _cpu(r)),
+    ("**USS per node**, median (MiB)", lambda r, _: mib(memory_of(r).node_median("uss"))),
+    ("PSS per node, median (MiB)", lambda r, _: mib(memory_of(r).node_median("pss"))),
+    (
+        "**template**: the launcher's PSS before the first fork (MiB)",
+        lambda r, _: mib(memory_of(r).template_pss, 0),
+    ),
+    (
+        "  of it anonymous memory, whose page tables every fork copies (MiB)",
+        lambda r, _: mib(startup_of(r).template_anon, 0),
+    ),
+    (
+        "MemAvailable drop per node, all in (MiB)",
+        lambda r, _: mib(memory_of(r).drop / r.nodes),
+    ),
+    (
+        "**start-up**: command to start barrier (s)",
+        lambda r, _: _s(r.command_to_barrier_s),
+    ),
+    ("  the fork loop (s)", lambda r, _: _s(startup_of(r).fork_loop)),
+    (
+        "  a node's own CPU from its fork to the barrier (ms)",
+        lambda r, _: ms(_per_node(startup_of(r).nodes_cpu_at_barrier, r.nodes), 1),
+    ),
+]
+
+
+def _per_node(value: float | None, nodes: int) -> float | None:
+    return None if value is None else value / nodes
+
+
+def before_after_section(
+    before: list[Run], after: list[Run], floors: list[Floor], baseline: str
+) -> Section:
+    """A column pair per node count that both revisions ran."""
+    by_nodes = {r.nodes: r for r in before}
+    pairs = [(by_nodes[r.nodes], r) for r in after if r.nodes in by_nodes]
+    floor_of = {f.nodes: f for f in floors}
+    headers = ["figure"]
+    for b, _a in pairs:
+        headers += [f"{b.nodes} nodes, before", "after"]
+    table = Table(headers)
+    for label, figure in ROWS:
+        cells = [label]
+        for b, a in pairs:
+            cells += [figure(b, floor_of) or "", figure(a, floor_of) or ""]
+        table.add(*cells)
+    intro = (
+        f"Before: revision `{baseline}` (`--baseline`), the same commands as section 3 from a "
+        "git worktree of it, each run right after section 3's run of the same node count; "
+        "after: section 3's runs. Each figure is read as sections 5-7 "
+        "read it, and both sides of a round overhead are set against the same floor. "
+        "Figures of one run move between runs of the same code (on this shared machine, "
+        "CPU per node-round by several percent): the notes of sections 5-7 say where."
+    )
+    return Section("7b. Before and after: fixed cost, memory, start-up", intro, [table])
