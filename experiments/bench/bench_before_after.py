@@ -130,3 +130,20 @@ def before_after_section(
         "CPU per node-round by several percent): the notes of sections 5-7 say where."
     )
     return Section("7b. Before and after: fixed cost, memory, start-up", intro, [table])
+
+
+def template_section() -> Section:
+    """What the quickstart's template holds, by experiments/bench/template_contents.py in a
+    fresh interpreter (the benchmark's own process has imported more than a launcher)."""
+    script = Path(__file__).with_name("template_contents.py")
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                         check=True, cwd=REPO).stdout  # fmt: skip
+    body = out.split("\n", 2)[2]  # its own title goes: the section has one
+    intro = (
+        "`experiments/bench/template_contents.py` (the quickstart): the launcher as it "
+        "forks, what it has imported, and what each package that only the launcher uses "
+        "would shed from it. The template's pages are shared by every node, so its size is "
+        "paid once; what it costs per node is the page tables each fork copies (section 7) "
+        "and the pages a node writes (section 6's USS).\n\n" + body
+    )
+    return Section("7c. What the template holds", intro)

@@ -9,6 +9,7 @@
 7. start-up, command to start barrier, from the same runs (bench_startup.py)
 7b. round overhead, memory and start-up before and after: the same runs by an earlier
    revision (`--baseline`), in a git worktree (bench_before_after.py)
+7c. what the launcher's template holds that nodes do not need (template_contents.py)
 8. security: the handshake per connection, TLS against plain TCP, the quickstart's round
    time against the revision before per-node identity (bench_security.py)
 9. network: how precisely the emulated network's wall clock holds messages over real TCP,
@@ -33,7 +34,13 @@ from datetime import datetime
 from pathlib import Path
 
 import torch
-from bench_before_after import BASELINE, baseline_tree, before_after_section, revision_of
+from bench_before_after import (
+    BASELINE,
+    baseline_tree,
+    before_after_section,
+    revision_of,
+    template_section,
+)
 from bench_codec import codec_section, run_codec
 from bench_e2e import NODE_COUNTS, Failure, Run, e2e_section, eval_section, run_e2e
 from bench_memory import memory_section
@@ -185,6 +192,8 @@ def run_end_to_end(
     sections = [e2e, evaluation, overhead, memory, startup]
     if before:
         sections.append(before_after_section(before, runs, floors, baseline))
+    progress("what the template holds (template_contents.py)")
+    sections.append(template_section())
     return sections, verdicts
 
 
