@@ -149,7 +149,6 @@ def make_plan(config: RunConfig) -> Plan:
         network = _network(config)
     with _field("availability"):
         availability = _availability(config)
-    _warm_up(model)
     plan = Plan(
         config,
         graph,
@@ -257,22 +256,15 @@ def _field(name: str) -> Iterator[None]:
         raise ConfigError(f"invalid config:\n  {name}: {exc}") from exc
 
 
-def _warm_up(model: torch.nn.Module) -> None:
-    """Build one optimizer before forking: the first torch.optim import pulls in torch._dynamo
-    (~150 MB, ~1 s) and every forked node would otherwise pay for it again."""
-    torch.optim.SGD(model.parameters(), lr=0.0)
-
-
 def warm_up_node(plan: Plan) -> None:
     """Do once, before forking, what every forked node would otherwise do first for itself:
     build a learning node's strategies (importing their modules) and train its model for a
     round, on a copy (torch's first backward pass and optimizer step import and set up parts
     of torch). A page of the template that a node writes becomes that node's own: a node
     that imported and set up these itself held about 5 MiB more, and spent start-up CPU on
-    it. The random generators' states are put back: the nodes draw what they drew before."""
+    it (the first optimizer alone imports torch._dynamo: ~150 MB, ~1 s). The random
+    generators' states are put back: the nodes draw what they drew before."""
     cfg = plan.config
-    if cfg.nodes == 0:
-        return
     env = node_env(plan, 0, copy.deepcopy(plan.model))
     with _random_state_kept():
         cfg.sharing.build(env)

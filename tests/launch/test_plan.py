@@ -14,6 +14,8 @@ from dlactor.config import ConfigError
 from dlactor.data.base import Dataset
 from dlactor.launch import plan as plan_module
 from dlactor.launch.plan import warm_up_node
+from dlactor.training.base import TrainStats
+from dlactor.training.sgd import SGDTrainer
 from tests.conftest import small_config, small_plan
 
 
@@ -46,7 +48,16 @@ def test_a_model_that_fits_is_built_and_left_in_training_mode(
     assert plan.model(torch.zeros(2, 1, 28, 28)).shape == (2, 10)
 
 
-def test_warming_up_a_node_leaves_the_plan_and_every_random_generator_as_they_were() -> None:
+def test_warming_up_a_node_leaves_the_plan_and_every_random_generator_as_they_were(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    train_steps = SGDTrainer.train_steps
+
+    def drawing(trainer: SGDTrainer) -> TrainStats:  # as a model with dropout would
+        torch.rand(1), np.random.rand(), random.random()
+        return train_steps(trainer)
+
+    monkeypatch.setattr(SGDTrainer, "train_steps", drawing)
     plan = small_plan("model.kind=mlp")
     before = [p.detach().clone() for p in plan.model.parameters()]
     torch.manual_seed(5)
