@@ -15,12 +15,13 @@ import subprocess
 import sys
 import tempfile
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 from bench_e2e import REPO, Run
-from bench_memory import memory_of
+from bench_memory import Memory, memory_of
 from bench_overhead import Floor, Pair, node_cpu_per_node_round
-from bench_startup import startup_of
+from bench_startup import Startup, startup_of
 from report import Section, Table, mib, ms
 
 #: The last revision before issue 17's cuts (libuv's resolver threads, one malloc arena,
@@ -53,11 +54,24 @@ def revision_of(revision: str) -> str:
     return out.stdout.strip()
 
 
-def _overhead(run: Run, floors: dict[int, Floor]) -> str:
-    floor = floors.get(run.nodes)
-    if floor is None:
+@dataclass(frozen=True)
+class _Seen:
+    """One run as sections 5-7 read it, read once."""
+
+    run: Run
+    memory: Memory
+    startup: Startup
+    floor: Floor | None
+
+    @classmethod
+    def of(cls, run: Run, floors: dict[int, Floor]) -> _Seen:
+        return cls(run, memory_of(run), startup_of(run), floors.get(run.nodes))
+
+
+def _overhead(seen: _Seen) -> str:
+    if seen.floor is None:
         return ""
-    overhead = Pair(run, floor, None).overhead
+    overhead = Pair(seen.run, seen.floor, None).overhead
     return "-" if overhead is None else f"{overhead:.0%}"
 
 
@@ -70,39 +84,32 @@ def _s(value: float | None) -> str:
     return "-" if value is None else f"{value:.2f}"
 
 
-Figure = Callable[[Run, dict[int, Floor]], str]
-ROWS: list[tuple[str, Figure]] = [
-    ("median round without an evaluation (ms)", lambda r, _: ms(r.plain_round_median, 1)),
+def _per_node(value: float | None, nodes: int) -> float | None:
+    return None if value is None else value / nodes
+
+
+ROWS: list[tuple[str, Callable[[_Seen], str]]] = [
+    ("median round without an evaluation (ms)", lambda x: ms(x.run.plain_round_median, 1)),
     ("**round overhead** against the compute floor (section 5)", _overhead),
-    ("node processes' CPU per node-round (ms)", lambda r, _: _cpu(r)),
-    ("**USS per node**, median (MiB)", lambda r, _: mib(memory_of(r).node_median("uss"))),
-    ("PSS per node, median (MiB)", lambda r, _: mib(memory_of(r).node_median("pss"))),
+    ("node processes' CPU per node-round (ms)", lambda x: _cpu(x.run)),
+    ("**USS per node**, median (MiB)", lambda x: mib(x.memory.node_median("uss"))),
+    ("PSS per node, median (MiB)", lambda x: mib(x.memory.node_median("pss"))),
     (
         "**template**: the launcher's PSS before the first fork (MiB)",
-        lambda r, _: mib(memory_of(r).template_pss, 0),
+        lambda x: mib(x.memory.template_pss, 0),
     ),
     (
         "  of it anonymous memory, whose page tables every fork copies (MiB)",
-        lambda r, _: mib(startup_of(r).template_anon, 0),
+        lambda x: mib(x.startup.template_anon, 0),
     ),
-    (
-        "MemAvailable drop per node, all in (MiB)",
-        lambda r, _: mib(memory_of(r).drop / r.nodes),
-    ),
-    (
-        "**start-up**: command to start barrier (s)",
-        lambda r, _: _s(r.command_to_barrier_s),
-    ),
-    ("  the fork loop (s)", lambda r, _: _s(startup_of(r).fork_loop)),
+    ("MemAvailable drop per node, all in (MiB)", lambda x: mib(x.memory.drop / x.run.nodes)),
+    ("**start-up**: command to start barrier (s)", lambda x: _s(x.run.command_to_barrier_s)),
+    ("  the fork loop (s)", lambda x: _s(x.startup.fork_loop)),
     (
         "  a node's own CPU from its fork to the barrier (ms)",
-        lambda r, _: ms(_per_node(startup_of(r).nodes_cpu_at_barrier, r.nodes), 1),
+        lambda x: ms(_per_node(x.startup.nodes_cpu_at_barrier, x.run.nodes), 1),
     ),
 ]
-
-
-def _per_node(value: float | None, nodes: int) -> float | None:
-    return None if value is None else value / nodes
 
 
 def before_after_section(
@@ -110,17 +117,17 @@ def before_after_section(
 ) -> Section:
     """A column pair per node count that both revisions ran."""
     by_nodes = {r.nodes: r for r in before}
-    pairs = [(by_nodes[r.nodes], r) for r in after if r.nodes in by_nodes]
     floor_of = {f.nodes: f for f in floors}
-    headers = ["figure"]
-    for b, _a in pairs:
-        headers += [f"{b.nodes} nodes, before", "after"]
-    table = Table(headers)
+    pairs = [
+        (_Seen.of(by_nodes[r.nodes], floor_of), _Seen.of(r, floor_of))
+        for r in after
+        if r.nodes in by_nodes
+    ]
+    table = Table(
+        ["figure", *(h for b, _ in pairs for h in (f"{b.run.nodes} nodes, before", "after"))]
+    )
     for label, figure in ROWS:
-        cells = [label]
-        for b, a in pairs:
-            cells += [figure(b, floor_of) or "", figure(a, floor_of) or ""]
-        table.add(*cells)
+        table.add(label, *(figure(seen) for pair in pairs for seen in pair))
     intro = (
         f"Before: revision `{baseline}` (`--baseline`), the same commands as section 3 from a "
         "git worktree of it, each run right after section 3's run of the same node count; "

@@ -161,9 +161,9 @@ def launch_command(nodes: int, out: str, source: Path = REPO) -> list[str]:
     return [*command, *args]
 
 
-def shown_command(nodes: int) -> str:
+def shown_command(nodes: int, source: Path = REPO) -> str:
     """The command as it appears in BENCHMARKS.md (paths relative to the repository)."""
-    cmd = launch_command(nodes, "<tmpdir>")
+    cmd = launch_command(nodes, "<tmpdir>", source)
     exe = Path(cmd[0])
     if exe.is_absolute() and exe.is_relative_to(REPO):
         cmd[0] = str(exe.relative_to(REPO))
@@ -192,13 +192,11 @@ def launch(nodes: int, out: Path, source: Path = REPO) -> Run:
     """Run the quickstart config with ``nodes`` nodes into ``out``, watching it; with
     another ``source`` tree, that tree's dlactor runs it."""
     mem_before, cpu_before = MemInfo.now(), CpuTimes.now()
-    env = None if source == REPO else {**os.environ, "PYTHONPATH": str(source)}
     t0 = time.time()
     boot_offset = t0 - boot_clock()
     proc = subprocess.Popen(
         launch_command(nodes, str(out), source),
-        cwd=source,
-        env=env,
+        cwd=source,  # `python -m` imports the dlactor of the directory it runs in
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -284,7 +282,7 @@ def run_e2e(
     fails, is a Failure."""
     runs, failures = [], []
     for nodes in node_counts:
-        progress(f"{label}: {shown_command(nodes)}")
+        progress(f"{label}: {shown_command(nodes, source)}")
         reason = cannot_start(nodes)
         if reason is None:
             try:

@@ -163,14 +163,19 @@ async def _round(members: list[Member], r: int, evaluate: bool) -> tuple[_Clock,
             outgoing[m.node] = await m.sharing.outgoing(ctx)
     for m, ctx in zip(members, contexts, strict=True):
         with aggregate:
-            ctx.peers = await m.topology.neighbors(m.node, r)
-            ctx.weights = await m.topology.weights(m.node, r)
-            await m.sharing.aggregate(ctx, {p: outgoing[p] for p in ctx.peers})
+            await _aggregate(m, ctx, outgoing)
     if evaluate:
         for m in members:
             with evaluation:
                 m.trainer.evaluate_now()
     return train, aggregate, evaluation
+
+
+async def _aggregate(m: Member, ctx: RoundContext, shares: dict[int, Any]) -> None:
+    """The node's D-PSGD step: its neighbours' ``shares`` of the round, weighted."""
+    ctx.peers = await m.topology.neighbors(m.node, ctx.round)
+    ctx.weights = await m.topology.weights(m.node, ctx.round)
+    await m.sharing.aggregate(ctx, {p: shares[p] for p in ctx.peers})
 
 
 async def _pass(cfg: RunConfig, members: list[Member]) -> Pass:
@@ -217,11 +222,15 @@ def measure_process_floor(nodes: int) -> float:
     for m in members:
         up, down = os.pipe(), os.pipe()
         if os.fork() == 0:  # the node: rounds, then its CPU per round, then exit
-            os.close(up[0])
-            os.close(down[1])
-            cpu = asyncio.run(_node_rounds(plan.config, m, shares, up[1], down[0]))
-            os.write(up[1], struct.pack("d", cpu))
-            os._exit(0)
+            status = 1  # whatever happens, the child never returns into the benchmark
+            try:
+                os.close(up[0])
+                os.close(down[1])
+                cpu = asyncio.run(_node_rounds(plan.config, m, shares, up[1], down[0]))
+                os.write(up[1], struct.pack("d", cpu))
+                status = 0
+            finally:
+                os._exit(status)
         os.close(up[1])
         os.close(down[0])
         pipes.append((up[0], down[1]))
@@ -256,10 +265,7 @@ async def _node_rounds(
         if r == 1:
             started = time.process_time()
         m.trainer.train_steps()
-        ctx = RoundContext(node=m.node, round=r, model=m.model)
-        ctx.peers = await m.topology.neighbors(m.node, r)
-        ctx.weights = await m.topology.weights(m.node, r)
-        await m.sharing.aggregate(ctx, {p: shares[p] for p in ctx.peers})
+        await _aggregate(m, RoundContext(node=m.node, round=r, model=m.model), shares)
         if _evaluates(cfg, r):
             m.trainer.evaluate_now()
         os.write(up, b"x")

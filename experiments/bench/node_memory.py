@@ -25,6 +25,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import BinaryIO
 
 REPO = Path(__file__).resolve().parents[2]
 PAGE = os.sysconf("SC_PAGE_SIZE")
@@ -42,19 +43,22 @@ def writable_mappings(pid: int) -> list[tuple[int, int, str]]:
     return out
 
 
-def entries(pagemap: object, start: int, end: int) -> tuple[int, ...]:
-    pagemap.seek(start // PAGE * 8)  # type: ignore[attr-defined]
-    data = pagemap.read((end - start) // PAGE * 8)  # type: ignore[attr-defined]
+def entries(pagemap: BinaryIO, start: int, end: int) -> tuple[int, ...]:
+    pagemap.seek(start // PAGE * 8)
+    data = pagemap.read((end - start) // PAGE * 8)
     return struct.unpack(f"{len(data) // 8}Q", data)
 
 
 def classify(launcher: int, node: int) -> collections.Counter[tuple[str, str]]:
     """Bytes of the node's private pages by (mapping kind, copied or own)."""
     kinds: collections.Counter[tuple[str, str]] = collections.Counter()
-    with open(f"/proc/{launcher}/pagemap", "rb") as lp, open(f"/proc/{node}/pagemap", "rb") as np:
+    with (
+        open(f"/proc/{launcher}/pagemap", "rb") as launcher_map,
+        open(f"/proc/{node}/pagemap", "rb") as node_map,
+    ):
         for start, end, kind in writable_mappings(node):
             try:
-                mine, theirs = entries(np, start, end), entries(lp, start, end)
+                mine, theirs = entries(node_map, start, end), entries(launcher_map, start, end)
             except OSError:
                 continue
             for n, t in zip(mine, theirs, strict=False):

@@ -73,7 +73,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--baseline",
         default=BASELINE,
-        help="the revision whose end-to-end runs are the 'before' of section 8, or 'none' "
+        help="the revision whose end-to-end runs are the 'before' of section 7b, or 'none' "
         "(default: %(default)s, before the cuts of docs/scaling.md)",
     )
     parser.add_argument(
