@@ -1,12 +1,17 @@
-"""A node process's own settings: profiling its loop (DLACTOR_PROFILE_DIR), its OOM score."""
+"""A node process's own settings: profiling its loop (DLACTOR_PROFILE_DIR), its OOM score, its
+threads."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pstats
 import subprocess
 import sys
+import time
 from pathlib import Path
+
+import psutil
 
 ROOT = Path(__file__).parents[2]
 
@@ -32,3 +37,31 @@ def test_out_of_memory_the_kernel_kills_a_node_before_the_launcher() -> None:
     )
     ran = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
     assert int(ran.stdout) == 500
+
+
+def test_a_node_process_runs_on_two_threads_its_loop_and_its_compute_thread(
+    tmp_path: Path,
+) -> None:
+    """Every thread is a stack and memory per node, times every node of a run: uvloop's
+    resolver pool (4 threads) and a second thread of asyncio's default pool are not."""
+    cmd = [sys.executable, "-m", "dlactor", "launch", str(ROOT / "configs" / "quickstart.toml"),
+           "--set", "nodes=4", "--set", "topology.degree=2", "--set", "rounds=60",
+           "--out", str(tmp_path), "--no-progress"]  # fmt: skip
+    threads: dict[int, int] = {}
+    with (tmp_path / "stderr").open("w") as err, subprocess.Popen(cmd, stderr=err) as launcher:
+        while launcher.poll() is None:
+            if _in_rounds(tmp_path, nodes=4, rounds=60):  # not starting, not shutting down
+                for node in psutil.Process(launcher.pid).children():
+                    with contextlib.suppress(psutil.Error):
+                        threads[node.pid] = max(threads.get(node.pid, 0), node.num_threads())
+            time.sleep(0.02)
+    assert launcher.returncode == 0, (tmp_path / "stderr").read_text()
+    assert len(threads) == 4
+    assert set(threads.values()) <= {1, 2}, threads
+    assert 2 in threads.values()  # sampled while they trained
+
+
+def _in_rounds(out: Path, *, nodes: int, rounds: int) -> bool:
+    """Every node has recorded a round, and none its last."""
+    done = [len(f.read_text().splitlines()) for f in out.glob("*/nodes/*.jsonl")]
+    return len(done) == nodes and min(done) > 0 and max(done) < rounds
