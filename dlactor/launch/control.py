@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Iterable
 
 from dlactor.messages import Hello, Message
 from dlactor.security.credentials import Credentials
@@ -17,7 +18,7 @@ from dlactor.wire.codec import MAX_HEADER, decode, encode
 from dlactor.wire.errors import ProtocolError, RemoteProtocolError
 from dlactor.wire.framing import HANDSHAKE_MAX_FRAME, PREFIX_LEN, FrameDecoder
 
-__all__ = ["FROM_LAUNCHER_MAX_FRAME", "ControlStream", "accept_node"]
+__all__ = ["FROM_LAUNCHER_MAX_FRAME", "ControlStream", "accept_node", "post_to"]
 
 #: What the launcher sends (the address book, a stop) is a header only.
 FROM_LAUNCHER_MAX_FRAME = PREFIX_LEN + MAX_HEADER
@@ -113,6 +114,14 @@ class ControlStream:
 
     def close(self) -> None:
         self._writer.close()
+
+
+def post_to(streams: Iterable[ControlStream], msg: Message) -> None:
+    """``post`` one message to many streams, encoded once: the start barrier's address book
+    goes to every node, and encoding it (O(nodes)) per node made the barrier O(nodes²)."""
+    frame = encode(msg)
+    for stream in streams:
+        stream.writer.writelines(frame)
 
 
 async def accept_node(stream: ControlStream, credentials: Credentials) -> int:

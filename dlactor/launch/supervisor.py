@@ -27,7 +27,7 @@ from typing import Any, Protocol
 
 from dlactor.checkpoint.files import prune
 from dlactor.context import SendStalled
-from dlactor.launch.control import ControlStream, accept_node
+from dlactor.launch.control import ControlStream, accept_node, post_to
 from dlactor.launch.plan import Plan
 from dlactor.launch.progress import RunProgress
 from dlactor.launch.resume import savers
@@ -237,8 +237,7 @@ class Supervisor:
         ring = self.credentials.ring
         keys = {process: ring[process] for process in self.addresses}
         start = Start(dict(self.addresses), self.outcome.t_start_barrier, keys, self.agreement)
-        for stream in self.streams.values():
-            stream.post(start)
+        post_to(self.streams.values(), start)
         first = self.plan.resume_round or 0
         for node in [n for n, r in self.kills.items() if first and r == first]:
             self.injected.add(node)  # [faults] in a resumed run's first round: no report
@@ -395,10 +394,14 @@ class Supervisor:
         self._stranger_log.warning(
             "dlactor: lost node %d in round %d (%s); going on", node, r, cause
         )
-        lost = Lost(node, r, cause)
-        for other, stream in self.streams.items():
-            if other != node and other not in self.lost and self.nodes.ended(other) is None:
-                stream.post(lost)
+        post_to(
+            (
+                stream
+                for other, stream in self.streams.items()
+                if other != node and other not in self.lost and self.nodes.ended(other) is None
+            ),
+            Lost(node, r, cause),
+        )
         self.progress.lose(node)
         for done_round, distance in self.consensus.forget(r):
             self._write_consensus(done_round, distance)
@@ -459,10 +462,10 @@ class Supervisor:
     async def _stop_all(self) -> None:
         if self.outcome.status == "ok":
             return
-        stop = Stop(self.outcome.reason)
-        for node, stream in self.streams.items():
-            if self.nodes.ended(node) is None:
-                stream.post(stop)
+        post_to(
+            (stream for node, stream in self.streams.items() if self.nodes.ended(node) is None),
+            Stop(self.outcome.reason),
+        )
         deadline = time.monotonic() + STOP_GRACE_S
         while time.monotonic() < deadline and not self._all_ended():
             await asyncio.sleep(0.05)

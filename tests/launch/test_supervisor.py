@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from dlactor.launch import control as control_module
 from dlactor.launch import supervisor as supervisor_module
 from dlactor.launch.control import ControlStream
 from dlactor.launch.plan import Plan
@@ -419,3 +420,40 @@ async def test_under_continue_a_node_that_raises_or_dies_is_lost_and_the_others_
     assert outcome.lost[0]["cause"] == "raised ValueError: a bug in node 3"
     assert "ActorDiedError" in outcome.lost[1]["cause"]
     assert 3 in nodes.killed  # a node that raised is made sure of
+
+
+async def test_the_start_barrier_encodes_the_address_book_once_for_every_node(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Encoded per node, the address book (O(nodes)) made the barrier O(nodes²) in the launcher.
+    encoded: list[str] = []
+
+    def counting_encode(msg: Message, **kwargs: int) -> list[bytes | memoryview]:
+        encoded.append(type(msg).__name__)
+        return encode(msg, **kwargs)
+
+    monkeypatch.setattr(control_module, "encode", counting_encode)
+    monkeypatch.setattr(supervisor_module, "STOP_GRACE_S", 0.1)
+    plan = small_plan()
+    _, sup = placed(plan, tmp_path)
+    running = asyncio.ensure_future(sup.run())
+    await asyncio.sleep(0.05)
+    addr = sup.listener.getsockname()[:2]
+    streams = {n: await connect(addr, plan, n) for n in range(plan.config.nodes)}
+    for n, stream in streams.items():
+        await stream.send(Register(n, "127.0.0.1", 40000 + n))
+    starts = [await stream.receive() for stream in streams.values()]
+    for n, stream in streams.items():
+        await stream.send(Done(n))
+    async with asyncio.timeout(5):
+        outcome = await running
+    for stream in streams.values():
+        stream.close()
+    sup.listener.close()
+
+    assert outcome.status == "ok"
+    assert encoded.count("Start") == 1
+    book = {n: ("127.0.0.1", 40000 + n) for n in range(plan.config.nodes)}
+    assert all(isinstance(s, Start) and s.addresses == book for s in starts)
+    assert all(s == starts[0] for s in starts)
+
