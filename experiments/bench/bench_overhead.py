@@ -295,25 +295,27 @@ def run_floors(
 # ---------------------------------------------------------------- the run's side
 
 
-def node_cpu_per_node_round(run: Run) -> tuple[float, float] | None:
-    """CPU seconds per node-round of the node processes, and of the launcher, from the
-    start barrier to the last sampler tick at which every node was still alive, over the
-    node-rounds completed in that span (from the nodes' `t_wall`)."""
+def node_cpu_per_node_round(run: Run) -> tuple[float, float, float] | None:
+    """CPU seconds per node-round of the node processes, of the launcher, and of the nodes'
+    loop threads (part of the first), from the start barrier to the last sampler tick at
+    which every node was still alive, over the node-rounds completed in that span (from the
+    nodes' `t_wall`)."""
     barrier = run.barrier_at
     full = [t for t in run.watch.ticks if t.alive == run.nodes]
     if barrier is None or not full:
         return None
     end = full[-1]
-    nodes_at, launcher_at = (value_at(run.watch.ticks, barrier, f) for f in _CPU_FIELDS)
-    if nodes_at is None or launcher_at is None:
-        return None
+    at = [value_at(run.watch.ticks, barrier, f) for f in _CPU_FIELDS]
     done = sum(barrier + r["t_wall"] <= end.t for rs in run.records.values() for r in rs)
-    if done == 0:
+    if done == 0 or any(v is None for v in at):
         return None
-    return (end.nodes_cpu_s - nodes_at) / done, (end.launcher_cpu_s - launcher_at) / done
+    nodes, launcher, loops = (
+        (getattr(end, f) - (v or 0.0)) / done for f, v in zip(_CPU_FIELDS, at, strict=True)
+    )
+    return nodes, launcher, loops
 
 
-_CPU_FIELDS = ("nodes_cpu_s", "launcher_cpu_s")
+_CPU_FIELDS = ("nodes_cpu_s", "launcher_cpu_s", "nodes_loop_cpu_s")
 
 
 # ---------------------------------------------------------------- the report
@@ -325,7 +327,7 @@ class Pair:
 
     run: Run
     floor: Floor
-    cpu: tuple[float, float] | None  # nodes', launcher's
+    cpu: tuple[float, float, float] | None  # nodes', launcher's, nodes' loop threads'
 
     @property
     def overhead(self) -> float | None:
@@ -398,6 +400,19 @@ ROWS: list[tuple[str, Callable[[Pair], str], str, str]] = [
     (
         "run: node processes' CPU per node-round, evaluations included (ms)",
         lambda p: _cpu(p, 0),
+        "",
+        "",
+    ),
+    (
+        "  of it, the nodes' loop threads: the protocol (codec, sockets, checks, the "
+        "hand-offs, records) and the aggregation (ms)",
+        lambda p: _cpu(p, 2),
+        "",
+        "",
+    ),
+    (
+        "  of it, their compute threads: training and evaluation (ms)",
+        lambda p: "-" if p.cpu is None else ms(p.cpu[0] - p.cpu[2], 2),
         "",
         "",
     ),
@@ -477,7 +492,7 @@ def _verdict(p: Pair) -> Verdict:
 def _limit(p: Pair) -> str:
     if p.cpu is None:
         return ""
-    nodes_cpu, launcher_cpu = p.cpu
+    nodes_cpu, launcher_cpu, loop_cpu = p.cpu
     busy = (nodes_cpu + launcher_cpu) * p.run.nodes / cpu_count()
     share = 1 - p.floor.cpu_per_node_round / nodes_cpu
     text = (
@@ -493,12 +508,15 @@ def _limit(p: Pair) -> str:
         f"{text}. The same compute with a process per node takes {ms(process, 2)} ms per "
         f"node-round ({process / p.floor.cpu_per_node_round:.2f}x: processes sharing "
         f"{cpu_count()} cores); beyond that, the framework's own is {ms(p.framework_cpu, 2)} "
-        f"ms ({p.framework_cpu / nodes_cpu:.0%} of the nodes' CPU)"
+        f"ms ({p.framework_cpu / nodes_cpu:.0%} of the nodes' CPU). By thread, a node's "
+        f"event loop (the protocol and the aggregation) used {ms(loop_cpu, 2)} ms per "
+        f"node-round and its compute thread (training, evaluation) "
+        f"{ms(nodes_cpu - loop_cpu, 2)} ms"
     )
 
 
-def _cpu_note(p: Pair, cpu: tuple[float, float]) -> str:
-    nodes_cpu, launcher_cpu = cpu
+def _cpu_note(p: Pair, cpu: tuple[float, float, float]) -> str:
+    nodes_cpu, launcher_cpu, _ = cpu
     per_round = (nodes_cpu + launcher_cpu) * p.run.nodes / cpu_count()
     return (
         f"{p.run.nodes} nodes: the node processes used {ms(nodes_cpu, 2)} ms of CPU per "
@@ -531,10 +549,10 @@ _INTRO = (
     "The run's round: the median of every node's intervals between consecutive rounds' "
     "`t_wall`, leaving out round 0 and each round that follows an evaluation (so neither "
     "side has an evaluation in it). Overhead = (round - floor) / round.\n\n"
-    "To tell CPU overhead from waiting, the sampler reads every node's CPU time "
-    "(/proc/<pid>/stat) at each tick: the CPU the nodes and the launcher used from the "
-    "start barrier to the last tick with every node alive, divided by the node-rounds "
-    "completed in that span, is set against the floor's CPU per node-round (here with "
+    "To tell CPU overhead from waiting, the sampler reads every node thread's CPU time "
+    "(/proc/<pid>/task/<tid>/schedstat) at each tick: the CPU the nodes and the launcher "
+    "used from the start barrier to the last tick with every node alive, divided by the "
+    "node-rounds completed in that span, is set against the floor's CPU per node-round (here with "
     "evaluations on both sides)."
 )
 

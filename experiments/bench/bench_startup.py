@@ -34,6 +34,7 @@ class Startup:
     forker_run: float | None  # the launcher's main thread in the fork loop: on a CPU
     forker_wait: float | None  # the same: runnable, waiting for a CPU
     nodes_cpu_at_barrier: float | None  # all nodes' CPU from creation to the barrier
+    nodes_faults_at_barrier: float | None  # all nodes' minor page faults, the same span
     launcher_cpu_after_forks: float | None  # launcher CPU, last fork to barrier
     template_anon: int | None  # the launcher's anonymous memory, last sample before forking
 
@@ -57,6 +58,26 @@ class Startup:
         cpu = (self.launcher_cpu_forking or 0) + (self.nodes_cpu_at_barrier or 0)
         cpu += self.launcher_cpu_after_forks or 0
         return cpu / (span * cpu_count()) if span > 0 else None
+
+    @property
+    def cpu_per_node(self) -> float | None:
+        """CPU seconds the run spent per node from the first fork to the barrier: the
+        launcher's (forking it, then its handshake and registration) and the node's own."""
+        parts = (
+            self.launcher_cpu_forking,
+            self.launcher_cpu_after_forks,
+            self.nodes_cpu_at_barrier,
+        )
+        if any(p is None for p in parts):
+            return None
+        return sum(p or 0.0 for p in parts) / self.nodes
+
+    @property
+    def cpu_bound(self) -> float | None:
+        """How long first fork to barrier would take if CPU time were all that bounded it:
+        every node's start-up CPU spread evenly over the cores."""
+        per_node = self.cpu_per_node
+        return None if per_node is None else per_node * self.nodes / cpu_count()
 
 
 def startup_of(run: Run) -> Startup:
@@ -82,6 +103,9 @@ def startup_of(run: Run) -> Startup:
         forker_run=launcher_between(first, last, "launcher_run_s"),
         forker_wait=launcher_between(first, last, "launcher_wait_s"),
         nodes_cpu_at_barrier=None if barrier is None else value_at(ticks, barrier, "nodes_cpu_s"),
+        nodes_faults_at_barrier=None
+        if barrier is None
+        else value_at(ticks, barrier, "nodes_minor_faults"),
         launcher_cpu_after_forks=launcher_between(last, barrier),
         template_anon=_template_anon(run),
     )
@@ -157,6 +181,17 @@ ROWS: list[tuple[str, Callable[[Startup], str], str, str]] = [
         "",
     ),
     (
+        "  their minor page faults from fork to barrier, per node (pages copied on write "
+        "or first touched)",
+        lambda s: (
+            "-"
+            if s.nodes_faults_at_barrier is None
+            else f"{s.nodes_faults_at_barrier / s.nodes:,.0f}"
+        ),
+        "",
+        "",
+    ),
+    (
         "launcher CPU from the last fork to the barrier, per node (ms)",
         lambda s: _per_node(s.launcher_cpu_after_forks, s.nodes),
         "",
@@ -165,6 +200,18 @@ ROWS: list[tuple[str, Callable[[Startup], str], str, str]] = [
     (
         "CPU busy with the run, first fork to barrier (share of the cores)",
         lambda s: "-" if s.busy is None else f"{s.busy:.0%}",
+        "",
+        "",
+    ),
+    (
+        "**CPU per node started**: the launcher's (fork, handshake) and the node's own (ms)",
+        lambda s: ms(s.cpu_per_node, 1),
+        "",
+        "",
+    ),
+    (
+        f"  x nodes / {cpu_count()} cores: first fork to barrier if only CPU bounded it (s)",
+        lambda s: _s(s.cpu_bound),
         "",
         "",
     ),
@@ -216,8 +263,17 @@ def _note(s: Startup) -> str:
         f"and {_s(s.after_forks)} s pass from the last fork to the barrier. The nodes' own "
         f"start-up took {_per_node(s.nodes_cpu_at_barrier, s.nodes)} ms of CPU each, "
         f"{_s(child)} s of both cores in all; the cores were {s.busy:.0%} busy with the run "
-        "from the first fork to the barrier."
+        f"from the first fork to the barrier. All in, starting a node took "
+        f"{ms(s.cpu_per_node, 1)} ms of CPU: at that, {s.nodes} nodes on {cpu_count()} cores "
+        f"need {_s(s.cpu_bound)} s from first fork to barrier, against "
+        f"{_s(_span(s))} s measured."
     )
+
+
+def _span(s: Startup) -> float | None:
+    if s.fork_loop is None or s.after_forks is None:
+        return None
+    return s.fork_loop + s.after_forks
 
 
 _INTRO = (
@@ -228,8 +284,10 @@ _INTRO = (
     "`start`). `launch_to_barrier_s` is the launcher's own figure, from just before it forks "
     "(after imports, config and `make_plan`) to the barrier. The fork times are the node "
     "processes' creation times as the kernel records them (/proc/<pid>/stat, 10 ms "
-    "resolution); CPU times are the sampler's readings of the launcher's and every node's "
-    "/proc/<pid>/stat at each tick, interpolated to those moments. The launcher's forking "
+    "resolution); CPU times are the sampler's readings at each tick, interpolated to those "
+    "moments: the launcher's /proc/<pid>/stat, and every node thread's "
+    "/proc/<pid>/task/<tid>/schedstat (to the nanosecond: a node starts in a few ms, which "
+    "stat's 10 ms ticks truncate to zero). The launcher's forking "
     "(main) thread is also read from /proc/<pid>/schedstat: time on a CPU, time runnable but "
     "waiting for one, and the rest of the fork loop's wall time, when it was neither "
     "(sleeping or blocked)."

@@ -1,12 +1,14 @@
 """A sampler that watches one `dlactor launch` process tree, cheaply enough for 1024 nodes.
 
 One thread ticks every 0.2-0.5 s: it reads /proc/meminfo, the launcher's /proc/<pid>/stat
-and schedstat, the launcher's list of children and every child's /proc/<pid>/stat (state,
-CPU time, creation time): ~15 us per process. PSS needs /proc/<pid>/smaps_rollup, for which
-the kernel walks the process's whole address space: measured at ~8 ms of CPU per node
-process here, so reading all 1024 nodes would take 8 s of CPU per sample. So another thread,
-every ``rollup_every_s``, reads the launcher and a fixed random subset of ``rollup_nodes``
-nodes (chosen once every node is alive), and the whole run's PSS is extrapolated from it.
+and schedstat, the launcher's list of children, every child's /proc/<pid>/stat (state,
+creation time) and its threads' schedstat (CPU time to the nanosecond: stat's is in 10 ms
+ticks, truncated, which undercounts a node's start-up of a few ms to zero): ~15 us per
+process. PSS needs /proc/<pid>/smaps_rollup, for which the kernel walks the process's whole
+address space: measured at ~8 ms of CPU per node process here, so reading all 1024 nodes
+would take 8 s of CPU per sample. So another thread, every ``rollup_every_s``, reads the
+launcher and a fixed random subset of ``rollup_nodes`` nodes (chosen once every node is
+alive), and the whole run's PSS is extrapolated from it.
 
 It also guards the machine: if MemAvailable falls under ``guard_bytes`` it kills the
 launcher (the nodes die with it, PR_SET_PDEATHSIG) and says so in ``aborted``.
@@ -23,7 +25,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from procfs import Mem, MemInfo, SchedStat, Stat, children
+from procfs import Mem, MemInfo, SchedStat, Stat, children, threads, threads_cpu_s
 
 SAMPLER_NICE = -10
 #: PSS samples read ~16 processes at ~8 ms of CPU each: at nice -10 against 256 runnable
@@ -40,7 +42,9 @@ class Tick:
     meminfo: MemInfo
     alive: int  # node processes (the launcher's children) that exist
     runnable: int  # of which in state R
-    nodes_cpu_s: float  # CPU seconds used so far, summed over the node processes alive
+    nodes_cpu_s: float  # CPU seconds used so far, summed over the node processes alive (schedstat)
+    nodes_loop_cpu_s: float  # of which their main threads' (a node's event loop)
+    nodes_minor_faults: int  # minor page faults so far, summed over the node processes alive
     launcher_cpu_s: float  # the launcher process, every thread
     launcher_run_s: float  # the launcher's main thread (the one that forks): on a CPU
     launcher_wait_s: float  # the same thread: runnable, waiting for a CPU
@@ -128,9 +132,24 @@ class RunSampler:
         for pid, s in stats:
             self.starts.setdefault(pid, s.start_s)
         runnable = sum(s.state == "R" for _, s in stats)
-        cpu = sum(s.cpu_s for _, s in stats)
+        cpu = loop_cpu = 0.0
+        for pid, _ in stats:
+            by_thread = threads_cpu_s(pid, threads(pid))
+            cpu += sum(by_thread.values())
+            loop_cpu += by_thread.get(pid, 0.0)
         self.ticks.append(
-            Tick(t, meminfo, len(stats), runnable, cpu, launcher.cpu_s, sched.run_s, sched.wait_s)
+            Tick(
+                t,
+                meminfo,
+                len(stats),
+                runnable,
+                cpu,
+                loop_cpu,
+                sum(s.minor_faults for _, s in stats),
+                launcher.cpu_s,
+                sched.run_s,
+                sched.wait_s,
+            )
         )
 
     def _rollup(self) -> None:
