@@ -19,6 +19,7 @@ import asyncio
 import copy
 import dataclasses
 import os
+import socket
 import statistics
 import struct
 import time
@@ -26,6 +27,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+import torch
 from bench_e2e import CONFIG, DPY, DPY_HEADER, REPO, Failure, Run, cpu_count, overrides_for
 from report import Section, Verdict, figure_table, ms
 from sampler import value_at
@@ -33,6 +36,8 @@ from sampler import value_at
 from dlactor.config import RunConfig, load_config
 from dlactor.context import RoundContext
 from dlactor.launch.plan import Plan, make_plan, node_env
+from dlactor.launch.worker import run_event_loop
+from dlactor.messages import Payload
 
 OVERHEAD_TARGET = 0.20
 FLOOR_NODES = (16, 64)
@@ -93,6 +98,8 @@ class Floor:
     #: CPU seconds per node-round of the same computation with one process per node
     #: (``measure_process_floor``), evaluations included.
     process_cpu: float | None = None
+    #: The same with the round's messages exchanged over TCP (``measure_message_floor``).
+    message_cpu: float | None = None
 
     @property
     def best(self) -> Pass:
@@ -273,6 +280,84 @@ async def _node_rounds(
     return (time.process_time() - started) / (cfg.rounds - 1)
 
 
+def measure_message_floor(nodes: int) -> float:
+    """The process-per-node floor plus the round's messages, as plainly as an asyncio node
+    process can exchange them: CPU seconds per node-round (rounds 1.., evaluations
+    included), the mean over the nodes.
+
+    Each node process runs dlactor's event loop (uvloop) and, per round, trains, sends its
+    sharing strategy's vector to every neighbour of the run's topology over a TCP connection
+    on 127.0.0.1 (one per edge, opened before forking) behind a 4-byte length, reads each
+    neighbour's, aggregates them and evaluates on the run's evaluation rounds. The messages
+    pace the rounds, as in a run. Left out, against a node: the codec, the checks, the
+    mailbox, the training thread, the handshakes, the records and the launcher."""
+    plan = make_plan(config_for(nodes))
+    members = [_member(plan, i) for i in range(nodes)]
+    peers = asyncio.run(_round0_peers(members))
+    ends: dict[tuple[int, int], socket.socket] = {}  # (node, peer) -> node's end
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        for a in range(nodes):
+            for b in (p for p in peers[a] if p > a):
+                ends[(a, b)] = socket.create_connection(listener.getsockname()[:2])
+                ends[(b, a)] = listener.accept()[0]
+    reads = []
+    for m in members:
+        up = os.pipe()
+        if os.fork() == 0:  # the node: rounds, then its CPU per round, then exit
+            status = 1  # whatever happens, the child never returns into the benchmark
+            try:
+                os.close(up[0])
+                for (a, _b), sock in ends.items():
+                    if a != m.node:
+                        sock.close()
+                mine = {b: sock for (a, b), sock in ends.items() if a == m.node}
+                cpu = run_event_loop(_messaging_rounds(plan.config, m, mine))
+                os.write(up[1], struct.pack("d", cpu))
+                status = 0
+            finally:
+                os._exit(status)
+        os.close(up[1])
+        reads.append(up[0])
+    for sock in ends.values():
+        sock.close()
+    per_node = [struct.unpack("d", os.read(r, 8))[0] for r in reads]
+    for r in reads:
+        os.close(r)
+    for _ in members:
+        os.wait()
+    return statistics.fmean(per_node)
+
+
+async def _round0_peers(members: list[Member]) -> dict[int, frozenset[int]]:
+    return {m.node: frozenset(await m.topology.neighbors(m.node, 0)) for m in members}
+
+
+async def _messaging_rounds(cfg: RunConfig, m: Member, socks: dict[int, socket.socket]) -> float:
+    streams = {p: await asyncio.open_connection(sock=sock) for p, sock in socks.items()}
+    started = 0.0
+    for r in range(cfg.rounds):
+        if r == 1:
+            started = time.process_time()
+        m.trainer.train_steps()
+        ctx = RoundContext(node=m.node, round=r, model=m.model)
+        ctx.sent = await m.sharing.outgoing(ctx)
+        [(name, vector)] = ctx.sent.tensors.items()
+        data = vector.numpy().tobytes()
+        for _, writer in streams.values():
+            writer.write(struct.pack("<I", len(data)) + data)
+        received = {}
+        for p, (reader, _) in streams.items():
+            (size,) = struct.unpack("<I", await reader.readexactly(4))
+            values = np.frombuffer(bytearray(await reader.readexactly(size)), dtype=np.float32)
+            received[p] = Payload({name: torch.from_numpy(values)})
+        await _aggregate(m, ctx, received)
+        if _evaluates(cfg, r):
+            m.trainer.evaluate_now()
+    for _, writer in streams.values():
+        writer.close()
+    return (time.process_time() - started) / (cfg.rounds - 1)
+
+
 def run_floors(
     progress: Callable[[str], None], node_counts: Sequence[int] = FLOOR_NODES
 ) -> list[Floor]:
@@ -283,10 +368,13 @@ def run_floors(
         progress(f"compute floor: {nodes} nodes: {floor.round_cpu * 1e3:.1f} ms per round")
         progress(f"compute floor: {nodes} nodes' training and aggregation, a process each")
         process_cpu = measure_process_floor(nodes)
-        floor = dataclasses.replace(floor, process_cpu=process_cpu)
+        progress(f"compute floor: {nodes} processes exchanging the round's messages")
+        message_cpu = measure_message_floor(nodes)
+        floor = dataclasses.replace(floor, process_cpu=process_cpu, message_cpu=message_cpu)
         progress(
             f"compute floor: {nodes} processes: {process_cpu * 1e3:.2f} ms of CPU per "
-            f"node-round (one process: {floor.cpu_per_node_round * 1e3:.2f} ms)"
+            f"node-round, {message_cpu * 1e3:.2f} ms with the messages (one process: "
+            f"{floor.cpu_per_node_round * 1e3:.2f} ms)"
         )
         floors.append(floor)
     return floors
@@ -336,10 +424,18 @@ class Pair:
 
     @property
     def framework_cpu(self) -> float | None:
-        """The nodes' CPU per node-round beyond the same compute in a process per node."""
-        if self.cpu is None or self.floor.process_cpu is None:
+        """The nodes' CPU per node-round beyond the same compute and messages in a process
+        per node (the message floor): what is dlactor's own."""
+        if self.cpu is None or self.floor.message_cpu is None:
             return None
-        return self.cpu[0] - self.floor.process_cpu
+        return self.cpu[0] - self.floor.message_cpu
+
+    @property
+    def messages_cpu(self) -> float | None:
+        """What exchanging the round's messages adds to the process-per-node floor."""
+        if self.floor.message_cpu is None or self.floor.process_cpu is None:
+            return None
+        return self.floor.message_cpu - self.floor.process_cpu
 
 
 def _ratio(a: float | None, b: float | None) -> str:
@@ -436,7 +532,20 @@ ROWS: list[tuple[str, Callable[[Pair], str], str, str]] = [
         "",
     ),
     (
-        "run: node processes' CPU per node-round beyond the process-per-node floor (ms)",
+        "floor, a process per node exchanging the round's messages over TCP (an asyncio loop, "
+        "a length prefix, no codec or checks): CPU per node-round, evaluations included (ms)",
+        lambda p: ms(p.floor.message_cpu, 2),
+        "",
+        "",
+    ),
+    (
+        "  the messages' cost, against the process-per-node floor (ms)",
+        lambda p: ms(p.messages_cpu, 2),
+        "",
+        "",
+    ),
+    (
+        "run: node processes' CPU per node-round beyond the message floor: dlactor's own (ms)",
         lambda p: ms(p.framework_cpu, 2),
         "",
         "",
@@ -507,7 +616,8 @@ def _limit(p: Pair) -> str:
     return (
         f"{text}. The same compute with a process per node takes {ms(process, 2)} ms per "
         f"node-round ({process / p.floor.cpu_per_node_round:.2f}x: processes sharing "
-        f"{cpu_count()} cores); beyond that, the framework's own is {ms(p.framework_cpu, 2)} "
+        f"{cpu_count()} cores), and {ms(p.floor.message_cpu, 2)} ms with the round's "
+        f"messages over TCP; beyond that, the framework's own is {ms(p.framework_cpu, 2)} "
         f"ms ({p.framework_cpu / nodes_cpu:.0%} of the nodes' CPU). By thread, a node's "
         f"event loop (the protocol and the aggregation) used {ms(loop_cpu, 2)} ms per "
         f"node-round and its compute thread (training, evaluation) "
@@ -552,8 +662,17 @@ _INTRO = (
     "To tell CPU overhead from waiting, the sampler reads every node thread's CPU time "
     "(/proc/<pid>/task/<tid>/schedstat) at each tick: the CPU the nodes and the launcher "
     "used from the start barrier to the last tick with every node alive, divided by the "
-    "node-rounds completed in that span, is set against the floor's CPU per node-round (here with "
-    "evaluations on both sides)."
+    "node-rounds completed in that span, is set against the floor's CPU per node-round "
+    "(here with evaluations on both sides).\n\n"
+    "Two more floors place that CPU. The process-per-node floor runs the same computation "
+    "with each node in a process of its own, forked from the benchmark as a launcher forks, "
+    "woken once per round: what N processes cost on the cores. The message floor adds the "
+    "round's messages to it: each node process runs dlactor's event loop (uvloop) and sends "
+    "its vector to its neighbours of the run's topology over TCP on 127.0.0.1, behind a "
+    "4-byte length, reading theirs before it aggregates, so the messages pace the rounds as "
+    "in a run. What a run's nodes use beyond the message floor is dlactor's own: the codec, "
+    "the checks, the mailbox, the training thread's hand-off, the records and the launcher's "
+    "progress reports."
 )
 
 
