@@ -451,12 +451,18 @@ class TcpTransport:
     async def _open(self, peer: int) -> asyncio.StreamWriter:
         """A new connection to ``peer``, its handshake done."""
         tls = self.credentials.tls
-        async with asyncio.timeout(self.handshake_timeout):
-            reader, writer = await asyncio.open_connection(
-                *self._peers[peer],
-                ssl=tls.client if tls is not None else None,
-                ssl_handshake_timeout=self.handshake_timeout if tls is not None else None,
-            )
+        try:
+            async with asyncio.timeout(self.handshake_timeout):
+                reader, writer = await asyncio.open_connection(
+                    *self._peers[peer],
+                    ssl=tls.client if tls is not None else None,
+                    ssl_handshake_timeout=self.handshake_timeout if tls is not None else None,
+                )
+        except TimeoutError as exc:
+            # Tried again like a handshake cut short: with a thousand node processes on two
+            # cores, a node can go seconds without the CPU while its connect completes, and
+            # its loop then runs the expired timer before it sees the connection.
+            raise HandshakeFailed(peer, exc) from exc
         if self._closed:  # stopped while we were connecting
             await _abort(writer)
             raise TransportClosed(self.node)
