@@ -42,6 +42,7 @@ from dlactor.churn.settings import (
 from dlactor.network.settings import NetworkSettings
 from dlactor.settings_base import FieldError, Settings
 from dlactor.topology.graphs import MAX_NODES
+from dlactor.transport.tcp import HANDSHAKE_TIMEOUT_S
 
 if TYPE_CHECKING:
     from dlactor.algorithms.base import Algorithm
@@ -283,7 +284,10 @@ class SecuritySettings(Settings):
         False, description="accept NaN or Inf in peers' payloads (for a study that wants them)"
     )
     handshake_timeout_s: float = Field(
-        5.0, gt=0, le=300, description="longest a connection may take to prove who it is"
+        HANDSHAKE_TIMEOUT_S,
+        gt=0,
+        le=300,
+        description="longest a connection may take to prove who it is",
     )
     max_pending_handshakes: int = Field(
         128, ge=1, le=65536, description="connections kept at once whose handshake is unfinished"
