@@ -84,6 +84,7 @@ class RunSampler:
         self.ticks: list[Tick] = []
         self.rollups: list[Rollup] = []
         self.starts: dict[int, float] = {}  # node pid -> creation, seconds since boot
+        self._threads_seen: dict[int, dict[int, float]] = {}  # node pid -> tid -> CPU s
         self.niced: list[bool] = []  # per thread: did raising its priority work
         self.aborted: str | None = None
         self.cpu_s = 0.0  # both threads' own CPU time
@@ -134,9 +135,12 @@ class RunSampler:
         runnable = sum(s.state == "R" for _, s in stats)
         cpu = loop_cpu = 0.0
         for pid, _ in stats:
-            by_thread = threads_cpu_s(pid, threads(pid))
-            cpu += sum(by_thread.values())
-            loop_cpu += by_thread.get(pid, 0.0)
+            # A thread that has ended counts at its last reading: a node's compute thread
+            # ends before the process does, when its event loop shuts down.
+            seen = self._threads_seen.setdefault(pid, {})
+            seen.update(threads_cpu_s(pid, threads(pid)))
+            cpu += sum(seen.values())
+            loop_cpu += seen.get(pid, 0.0)
         self.ticks.append(
             Tick(
                 t,
