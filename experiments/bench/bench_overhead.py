@@ -25,7 +25,7 @@ import struct
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NoReturn
 
 import numpy as np
 import torch
@@ -228,16 +228,16 @@ def measure_process_floor(nodes: int) -> float:
     pipes = []
     for m in members:
         up, down = os.pipe(), os.pipe()
-        if os.fork() == 0:  # the node: rounds, then its CPU per round, then exit
-            status = 1  # whatever happens, the child never returns into the benchmark
-            try:
+        if os.fork() == 0:
+
+            def node(
+                m: Member = m, up: tuple[int, int] = up, down: tuple[int, int] = down
+            ) -> float:
                 os.close(up[0])
                 os.close(down[1])
-                cpu = asyncio.run(_node_rounds(plan.config, m, shares, up[1], down[0]))
-                os.write(up[1], struct.pack("d", cpu))
-                status = 0
-            finally:
-                os._exit(status)
+                return asyncio.run(_node_rounds(plan.config, m, shares, up[1], down[0]))
+
+            _child(up[1], node)
         os.close(up[1])
         os.close(down[0])
         pipes.append((up[0], down[1]))
@@ -253,6 +253,17 @@ def measure_process_floor(nodes: int) -> float:
     for _ in members:
         os.wait()
     return statistics.fmean(per_node)
+
+
+def _child(report: int, node: Callable[[], float]) -> NoReturn:
+    """A forked node process: run ``node`` (its rounds), write the CPU seconds per round it
+    returns to ``report``, and exit; whatever happens, it never returns into the benchmark."""
+    status = 1
+    try:
+        os.write(report, struct.pack("d", node()))
+        status = 0
+    finally:
+        os._exit(status)
 
 
 async def _first_shares(members: list[Member]) -> dict[int, Any]:
@@ -303,19 +314,17 @@ def measure_message_floor(nodes: int) -> float:
     reads = []
     for m in members:
         up = os.pipe()
-        if os.fork() == 0:  # the node: rounds, then its CPU per round, then exit
-            status = 1  # whatever happens, the child never returns into the benchmark
-            try:
+        if os.fork() == 0:
+
+            def node(m: Member = m, up: tuple[int, int] = up) -> float:
                 os.close(up[0])
                 for (a, _b), sock in ends.items():
                     if a != m.node:
                         sock.close()
                 mine = {b: sock for (a, b), sock in ends.items() if a == m.node}
-                cpu = run_event_loop(_messaging_rounds(plan.config, m, mine))
-                os.write(up[1], struct.pack("d", cpu))
-                status = 0
-            finally:
-                os._exit(status)
+                return run_event_loop(_messaging_rounds(plan.config, m, mine))
+
+            _child(up[1], node)
         os.close(up[1])
         reads.append(up[0])
     for sock in ends.values():

@@ -17,7 +17,7 @@ from dlactor.launch import control as control_module
 from dlactor.launch import supervisor as supervisor_module
 from dlactor.launch.control import ControlStream
 from dlactor.launch.plan import Plan
-from dlactor.launch.supervisor import ForkedNodes, Supervisor
+from dlactor.launch.supervisor import ForkedNodes, Outcome, Supervisor
 from dlactor.messages import (
     Done,
     Failed,
@@ -422,6 +422,27 @@ async def test_under_continue_a_node_that_raises_or_dies_is_lost_and_the_others_
     assert 3 in nodes.killed  # a node that raised is made sure of
 
 
+async def register_all(streams: dict[int, ControlStream]) -> list[Message | None]:
+    """Every node registers; what each then hears first (the start barrier's Start)."""
+    for n, stream in streams.items():
+        await stream.send(Register(n, "127.0.0.1", 40000 + n))
+    return [await stream.receive() for stream in streams.values()]
+
+
+async def finish(
+    sup: Supervisor, streams: dict[int, ControlStream], running: asyncio.Future[Outcome]
+) -> Outcome:
+    """Every node reports Done; the run's outcome, its connections and listener closed."""
+    for n, stream in streams.items():
+        await stream.send(Done(n))
+    async with asyncio.timeout(5):
+        outcome = await running
+    for stream in streams.values():
+        stream.close()
+    sup.listener.close()
+    return outcome
+
+
 async def test_the_start_barrier_encodes_the_address_book_once_for_every_node(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -440,16 +461,8 @@ async def test_the_start_barrier_encodes_the_address_book_once_for_every_node(
     await asyncio.sleep(0.05)
     addr = sup.listener.getsockname()[:2]
     streams = {n: await connect(addr, plan, n) for n in range(plan.config.nodes)}
-    for n, stream in streams.items():
-        await stream.send(Register(n, "127.0.0.1", 40000 + n))
-    starts = [await stream.receive() for stream in streams.values()]
-    for n, stream in streams.items():
-        await stream.send(Done(n))
-    async with asyncio.timeout(5):
-        outcome = await running
-    for stream in streams.values():
-        stream.close()
-    sup.listener.close()
+    starts = await register_all(streams)
+    outcome = await finish(sup, streams, running)
 
     assert outcome.status == "ok"
     assert encoded.count("Start") == 1
@@ -474,15 +487,7 @@ async def test_every_node_of_the_run_is_admitted_however_many_connect_at_once(
     await asyncio.sleep(0.2)  # every connection in the backlog before the launcher accepts
     running = asyncio.ensure_future(sup.run())
     streams = dict(zip(nodes, await asyncio.gather(*connecting), strict=True))
-    for n, stream in streams.items():
-        await stream.send(Register(n, "127.0.0.1", 40000 + n))
-    for stream in streams.values():
-        assert isinstance(await stream.receive(), Start)
-    for n, stream in streams.items():
-        await stream.send(Done(n))
-    async with asyncio.timeout(5):
-        outcome = await running
-    for stream in streams.values():
-        stream.close()
-    sup.listener.close()
+    starts = await register_all(streams)
+    outcome = await finish(sup, streams, running)
+    assert all(isinstance(s, Start) for s in starts)
     assert outcome.status == "ok"
