@@ -271,11 +271,13 @@ class Supervisor:
             self._strangers.pop(writer, None)
 
     def _admit(self, writer: asyncio.StreamWriter) -> None:
-        """A new connection: while ``max_pending_handshakes`` more than the run's processes
-        have not finished theirs, the oldest of them is closed to make room (as a node's
-        transport does). The run's own count on top: every node connects while the launcher
-        is still forking, and they are all accepted at once when its loop starts."""
-        if len(self._strangers) >= self.plan.config.security.max_pending_handshakes + self.n:
+        """A new connection: while too many have not finished their handshakes, the oldest
+        of them is closed to make room (as a node's transport does). Too many is
+        ``max_pending_handshakes`` plus the run's processes not connected yet: every node
+        connects while the launcher is still forking, and they are all accepted at once
+        when its loop starts; once they are in, a flood gets ``max_pending_handshakes``."""
+        waited = self.n - len(self.streams)
+        if len(self._strangers) >= self.plan.config.security.max_pending_handshakes + waited:
             oldest = next(iter(self._strangers))
             del self._strangers[oldest]
             oldest.transport.abort()

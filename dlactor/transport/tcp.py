@@ -453,7 +453,8 @@ class TcpTransport:
             return writer
 
     async def _open(self, peer: int) -> asyncio.StreamWriter:
-        """A new connection to ``peer``, its handshake done."""
+        """A new connection to ``peer``, its handshake done, both within one
+        ``handshake_timeout`` (HandshakeFailed otherwise: ``_connect`` tries again)."""
         tls = self.credentials.tls
         try:
             async with asyncio.timeout(self.handshake_timeout):
@@ -462,19 +463,20 @@ class TcpTransport:
                     ssl=tls.client if tls is not None else None,
                     ssl_handshake_timeout=self.handshake_timeout if tls is not None else None,
                 )
+                if self._closed:  # stopped while we were connecting
+                    await _abort(writer)
+                    raise TransportClosed(self.node)
+                try:
+                    await self._handshake(peer, reader, writer)
+                except BaseException:
+                    await _abort(writer)
+                    raise
         except TimeoutError as exc:
-            # Tried again like a handshake cut short: with a thousand node processes on two
-            # cores, a node can go seconds without the CPU while its connect completes, and
-            # its loop then runs the expired timer before it sees the connection.
-            raise HandshakeFailed(peer, exc) from exc
-        if self._closed:  # stopped while we were connecting
-            await _abort(writer)
-            raise TransportClosed(self.node)
-        try:
-            await self._handshake(peer, reader, writer)
-        except BaseException:
-            await _abort(writer)
-            raise
+            # A connect that times out is tried again like a handshake cut short: with a
+            # thousand node processes on two cores a node can go seconds without the CPU
+            # while its connect completes, and its loop then runs the expired timer first.
+            why = TimeoutError(f"no connection and handshake within {self.handshake_timeout:g} s")
+            raise HandshakeFailed(peer, why) from exc
         if self._closed:  # stopped during the handshake
             await _abort(writer)
             raise TransportClosed(self.node)

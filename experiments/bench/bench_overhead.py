@@ -304,6 +304,12 @@ def measure_message_floor(nodes: int) -> float:
     mailbox, the training thread, the handshakes, the records and the launcher."""
     plan = make_plan(config_for(nodes))
     members = [_member(plan, i) for i in range(nodes)]
+    cfg = plan.config
+    if cfg.topology.kind != "regular" or cfg.sharing.kind != "full":
+        raise ValueError(  # what the floor's exchange assumes: fixed peers, one float32 vector
+            "the message floor takes a static topology and full sharing, got "
+            f"{cfg.topology.kind!r} and {cfg.sharing.kind!r}"
+        )
     peers = asyncio.run(_round0_peers(members))
     ends: dict[tuple[int, int], socket.socket] = {}  # (node, peer) -> node's end
     with socket.create_server(("127.0.0.1", 0)) as listener:
@@ -615,8 +621,8 @@ def _limit(p: Pair) -> str:
     share = 1 - p.floor.cpu_per_node_round / nodes_cpu
     text = (
         f"CPU: nodes use {ms(nodes_cpu, 2)} ms of CPU per node-round against "
-        f"{ms(p.floor.cpu_per_node_round, 2)} ms of compute ({share:.0%} of it is the "
-        f"framework's); with the launcher's, {ms(busy, 0)} ms of CPU per "
+        f"{ms(p.floor.cpu_per_node_round, 2)} ms of compute ({share:.0%} of their CPU is beyond "
+        f"the one-process floor); with the launcher's, {ms(busy, 0)} ms of CPU per "
         f"{ms(p.run.plain_round_median, 0)} ms round on {cpu_count()} cores"
     )
     process = p.floor.process_cpu

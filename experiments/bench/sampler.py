@@ -42,7 +42,10 @@ class Tick:
     meminfo: MemInfo
     alive: int  # node processes (the launcher's children) that exist
     runnable: int  # of which in state R
-    nodes_cpu_s: float  # CPU seconds used so far, summed over the node processes alive (schedstat)
+    # CPU seconds used so far, summed over the node processes alive and every thread each was
+    # seen with (schedstat; a thread that started and ended between two ticks is missed, and
+    # one that ended counts at its last reading: a node keeps its two threads to the end)
+    nodes_cpu_s: float
     nodes_loop_cpu_s: float  # of which their main threads' (a node's event loop)
     nodes_minor_faults: int  # minor page faults so far, summed over the node processes alive
     launcher_cpu_s: float  # the launcher process, every thread

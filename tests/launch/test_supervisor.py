@@ -391,10 +391,7 @@ async def test_under_continue_a_node_that_raises_or_dies_is_lost_and_the_others_
     await asyncio.sleep(0.05)
     addr = sup.listener.getsockname()[:2]
     streams = {n: await connect(addr, plan, n) for n in range(plan.config.nodes)}
-    for n, stream in streams.items():
-        await stream.send(Register(n, "127.0.0.1", 40000 + n))
-    for stream in streams.values():
-        assert isinstance(await stream.receive(), Start)
+    assert all(isinstance(s, Start) for s in await register_all(streams))
     for n, stream in streams.items():
         await stream.send(Progress(n, 0))
     raised = "Traceback (most recent call last):\n  ...\nValueError: a bug in node 3\n"
@@ -488,6 +485,15 @@ async def test_every_node_of_the_run_is_admitted_however_many_connect_at_once(
     running = asyncio.ensure_future(sup.run())
     streams = dict(zip(nodes, await asyncio.gather(*connecting), strict=True))
     starts = await register_all(streams)
+    # Once every node is in, strangers get max_pending_handshakes slots again.
+    idle = [await asyncio.open_connection(*addr) for _ in range(5)]
+    async with asyncio.timeout(5):
+        while sup._strangers and len(sup._strangers) != 2:
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.05)
+    assert len(sup._strangers) == 2
+    for _, writer in idle:
+        writer.close()
     outcome = await finish(sup, streams, running)
     assert all(isinstance(s, Start) for s in starts)
     assert outcome.status == "ok"
