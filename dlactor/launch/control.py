@@ -110,15 +110,16 @@ class ControlStream:
 
     def post(self, msg: Message) -> None:
         """Queue a message without waiting (for synchronous callbacks)."""
-        self._writer.writelines(encode(msg))
+        post_to((self,), msg)
 
     def close(self) -> None:
         self._writer.close()
 
 
 def post_to(streams: Iterable[ControlStream], msg: Message) -> None:
-    """``post`` one message to many streams, encoded once: the start barrier's address book
-    goes to every node, and encoding it (O(nodes)) per node made the barrier O(nodes²)."""
+    """Queue one message on many streams, encoded once: the start barrier's address book
+    goes to every node, and encoding it (O(nodes)) per node made the barrier O(nodes²). A
+    frame's tensors go by reference: they must not change until it is written."""
     frame = encode(msg)
     for stream in streams:
         stream.writer.writelines(frame)

@@ -278,10 +278,26 @@ def placed(plan: Plan, run_dir: Path) -> tuple[Placed, Supervisor]:
     return nodes, sup
 
 
-async def test_a_node_process_that_ends_unreported_fails_the_run_in_its_backends_words(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+@pytest.fixture
+def quick_stop(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The supervisor gives its nodes 0.1 s, not seconds, to leave after a stop."""
     monkeypatch.setattr(supervisor_module, "STOP_GRACE_S", 0.1)
+
+
+async def run_connected(
+    plan: Plan, sup: Supervisor
+) -> tuple[asyncio.Future[Outcome], dict[int, ControlStream]]:
+    """The supervisor's run, and every node's control stream to it, handshakes done."""
+    running = asyncio.ensure_future(sup.run())
+    await asyncio.sleep(0.05)
+    addr = sup.listener.getsockname()[:2]
+    return running, {n: await connect(addr, plan, n) for n in range(plan.config.nodes)}
+
+
+@pytest.mark.usefixtures("quick_stop")
+async def test_a_node_process_that_ends_unreported_fails_the_run_in_its_backends_words(
+    tmp_path: Path,
+) -> None:
     plan = small_plan()
     nodes, sup = placed(plan, tmp_path)
     running = asyncio.ensure_future(sup.run())
@@ -381,16 +397,13 @@ async def test_the_launcher_sums_at_most_max_consensus_rounds_at_once(
     sup.listener.close()
 
 
+@pytest.mark.usefixtures("quick_stop")
 async def test_under_continue_a_node_that_raises_or_dies_is_lost_and_the_others_are_told(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path,
 ) -> None:
-    monkeypatch.setattr(supervisor_module, "STOP_GRACE_S", 0.1)
     plan = small_plan('launcher.on_node_failure="continue"')
     nodes, sup = placed(plan, tmp_path)
-    running = asyncio.ensure_future(sup.run())
-    await asyncio.sleep(0.05)
-    addr = sup.listener.getsockname()[:2]
-    streams = {n: await connect(addr, plan, n) for n in range(plan.config.nodes)}
+    running, streams = await run_connected(plan, sup)
     assert all(isinstance(s, Start) for s in await register_all(streams))
     for n, stream in streams.items():
         await stream.send(Progress(n, 0))
@@ -440,6 +453,7 @@ async def finish(
     return outcome
 
 
+@pytest.mark.usefixtures("quick_stop")
 async def test_the_start_barrier_encodes_the_address_book_once_for_every_node(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -451,13 +465,9 @@ async def test_the_start_barrier_encodes_the_address_book_once_for_every_node(
         return encode(msg, **kwargs)
 
     monkeypatch.setattr(control_module, "encode", counting_encode)
-    monkeypatch.setattr(supervisor_module, "STOP_GRACE_S", 0.1)
     plan = small_plan()
     _, sup = placed(plan, tmp_path)
-    running = asyncio.ensure_future(sup.run())
-    await asyncio.sleep(0.05)
-    addr = sup.listener.getsockname()[:2]
-    streams = {n: await connect(addr, plan, n) for n in range(plan.config.nodes)}
+    running, streams = await run_connected(plan, sup)
     starts = await register_all(streams)
     outcome = await finish(sup, streams, running)
 
@@ -468,14 +478,14 @@ async def test_the_start_barrier_encodes_the_address_book_once_for_every_node(
     assert all(s == starts[0] for s in starts)
 
 
+@pytest.mark.usefixtures("quick_stop")
 async def test_every_node_of_the_run_is_admitted_however_many_connect_at_once(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path,
 ) -> None:
     # A launcher forks every node before its loop runs: all N control connections wait in
     # its backlog and are accepted at once, more than max_pending_handshakes of them. Their
     # handshakes then took turns, and the newest pushed out the oldest mid-handshake: 1024-node
     # runs failed now and then with a node's Register met by "Connection lost".
-    monkeypatch.setattr(supervisor_module, "STOP_GRACE_S", 0.1)
     plan = small_plan("security.max_pending_handshakes=2")
     _, sup = placed(plan, tmp_path)
     addr = sup.listener.getsockname()[:2]
