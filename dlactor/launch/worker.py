@@ -213,9 +213,11 @@ async def _node_main(
     plan: Plan, credentials: Credentials, control: Address, run_dir: Path, listen: Address
 ) -> int:
     node = credentials.identity.process
-    # One thread runs training and evaluation (what strategies hand to ``asyncio.to_thread``):
-    # asyncio's default pool starts a second one whenever a round's work comes before the
-    # last hand-off's thread is counted idle, and each thread is a stack per node.
+    # One thread runs the training and evaluation handed off the loop (``Handoff``: work of
+    # 10 ms and more, and every function's first run; what strategies hand to
+    # ``asyncio.to_thread``): asyncio's default pool starts a second one whenever a round's
+    # work comes before the last hand-off's thread is counted idle, and each thread is a
+    # stack per node.
     asyncio.get_running_loop().set_default_executor(
         ThreadPoolExecutor(max_workers=1, thread_name_prefix="dlactor-compute")
     )

@@ -20,7 +20,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import psutil
 import torch
 
 from dlactor.algorithms.base import Record
@@ -35,6 +34,7 @@ from dlactor.context import (
     TrainStats,
 )
 from dlactor.messages import Message, Overlay, Payload, Share
+from dlactor.metrics.memory import ResidentMemory
 from dlactor.network.clock import Clock
 from dlactor.node.mailbox import Mailbox
 from dlactor.node.rosters import ROSTER, RosterBook, roster_message
@@ -148,7 +148,7 @@ class Node:
         self.rounds, self.eval_every, self.round_timeout = rounds, eval_every, round_timeout
         self.on_round = on_round
         self.t0 = time.time()
-        self._process = psutil.Process()
+        self._rss = ResidentMemory()
         self._peers: frozenset[int] = frozenset()  # the last round's neighbours
         self._recorded_row: tuple[tuple[int, ...], tuple[float, ...]] | None = None
         self.link = Link(node, self.transport)
@@ -432,7 +432,7 @@ class Node:
             msgs_recv=got.msgs,
             t_wall=time.time() - self.t0,
             t_round=time.perf_counter() - start.t_start,
-            rss_bytes=self._process.memory_info().rss,
+            rss_bytes=self._rss.bytes(),
         )
         if self.clock is not None:
             if self.clock.virtual:

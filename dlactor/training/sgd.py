@@ -1,8 +1,8 @@
-"""Local SGD steps and evaluation, run in a worker thread so the node keeps receiving."""
+"""Local SGD steps and evaluation: in the compute thread, or on the loop when they are short
+(``Handoff``)."""
 
 from __future__ import annotations
 
-import asyncio
 import math
 import time
 
@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from dlactor.context import EvalStats, RoundContext, TrainStats
 from dlactor.data.base import Dataset, Task
 from dlactor.metrics.memory import release_freed_memory
+from dlactor.training.base import Handoff
 
 __all__ = ["Evaluator", "SGDTrainer", "evaluate_model", "loss_fn"]
 
@@ -76,16 +77,17 @@ class SGDTrainer:
         self._gen = torch.Generator().manual_seed(seed)
         self._order = torch.empty(0, dtype=torch.int64)
         self._cursor = 0
+        self._handoff = Handoff()
 
     async def train(self, ctx: RoundContext) -> TrainStats:
-        return await asyncio.to_thread(self.train_steps)
+        return await self._handoff.run(self.train_steps)
 
     def restart(self) -> None:
         """Drop the optimizer's state (the momentum buffers): the next step starts afresh."""
         self._opt.state.clear()
 
     async def evaluate(self, ctx: RoundContext) -> EvalStats:
-        return await asyncio.to_thread(self.evaluate_now)
+        return await self._handoff.run(self.evaluate_now)
 
     def _next_batch(self) -> torch.Tensor:
         if self._cursor + self._batch_size > len(self._order):
@@ -114,7 +116,7 @@ class SGDTrainer:
         return TrainStats(loss=total / steps, steps=steps, samples=steps * self._batch_size)
 
     async def gradient(self, ctx: RoundContext) -> tuple[torch.Tensor, TrainStats]:
-        return await asyncio.to_thread(self.gradient_steps)
+        return await self._handoff.run(self.gradient_steps)
 
     def gradient_steps(self) -> tuple[torch.Tensor, TrainStats]:
         """The mean gradient of the round's ``local_steps`` minibatches at the current model,
@@ -173,10 +175,11 @@ class Evaluator:
 
     def __init__(self, *, model: torch.nn.Module, dataset: Dataset) -> None:
         self._model, self._dataset = model, dataset
+        self._handoff = Handoff()
 
     async def train(self, ctx: RoundContext) -> TrainStats:
         raise RuntimeError("a server process does not train")
 
     async def evaluate(self, ctx: RoundContext) -> EvalStats:
         ds = self._dataset
-        return await asyncio.to_thread(evaluate_model, ctx.model, ds.x_test, ds.y_test, ds.task)
+        return await self._handoff.run(evaluate_model, ctx.model, ds.x_test, ds.y_test, ds.task)

@@ -515,14 +515,14 @@ ROWS: list[tuple[str, Callable[[Pair], str], str, str]] = [
         "",
     ),
     (
-        "  of it, the nodes' loop threads: the protocol (codec, sockets, checks, the "
-        "hand-offs, records) and the aggregation (ms)",
+        "  of it, the nodes' loop threads: the protocol (codec, sockets, checks, records), "
+        "the aggregation, and training and evaluation short enough to run there (ms)",
         lambda p: _cpu(p, 2),
         "",
         "",
     ),
     (
-        "  of it, their compute threads: training and evaluation (ms)",
+        "  of it, their compute threads: training and evaluation handed off the loop (ms)",
         lambda p: "-" if p.cpu is None else ms(p.cpu[0] - p.cpu[2], 2),
         "",
         "",
@@ -634,8 +634,8 @@ def _limit(p: Pair) -> str:
         f"{cpu_count()} cores), and {ms(p.floor.message_cpu, 2)} ms with the round's "
         f"messages over TCP; beyond that, the framework's own is {ms(p.framework_cpu, 2)} "
         f"ms ({p.framework_cpu / nodes_cpu:.0%} of the nodes' CPU). By thread, a node's "
-        f"event loop (the protocol and the aggregation) used {ms(loop_cpu, 2)} ms per "
-        f"node-round and its compute thread (training, evaluation) "
+        f"event loop (the protocol, the aggregation, short training) used {ms(loop_cpu, 2)} "
+        f"ms per node-round and its compute thread (training and evaluation handed off) "
         f"{ms(nodes_cpu - loop_cpu, 2)} ms"
     )
 
@@ -665,7 +665,7 @@ _INTRO = (
     "steps), then every node's D-PSGD aggregation on that round's vectors (`outgoing`, the "
     "topology's neighbours and Metropolis-Hastings weights, `aggregate`: weighted sum and "
     "copy back). Not in the floor: encoding, sending, receiving, decoding and checking "
-    "messages, the event loop, the training thread hand-off, the JSONL records, and "
+    "messages, the event loop, the training hand-off, the JSONL records, and "
     "evaluations. Each piece is timed in CPU seconds of this thread (`time.thread_time`), "
     "which other processes' load inflates less than wall-clock time (though on a shared "
     "virtual machine it moves too: the passes' spread shows by how much). A pass's floor is "
@@ -686,8 +686,10 @@ _INTRO = (
     "its vector to its neighbours of the run's topology over TCP on 127.0.0.1, behind a "
     "4-byte length, reading theirs before it aggregates, so the messages pace the rounds as "
     "in a run. What a run's nodes use beyond the message floor is dlactor's own: the codec, "
-    "the checks, the mailbox, the training thread's hand-off, the records and the launcher's "
-    "progress reports."
+    "the checks, the mailbox, the training hand-off, the records and the launcher's "
+    "progress reports. A node trains on its event loop when a round's training takes under "
+    "10 ms of CPU (`Handoff`), and in its compute thread otherwise and in its first round, "
+    "so the split by thread puts short training on the loop's side."
 )
 
 

@@ -125,3 +125,33 @@ def test_the_sampler_extrapolates_a_big_run_from_a_spread_subset(
     assert sampler.sample() == 100 + 1024 * 100
     assert len(read) == 1 + memory.MemorySampler.MAX_READ
     assert sampler.peak_pss == 100 + 1024 * 100
+
+
+def test_resident_memory_reads_what_psutil_reads() -> None:
+    """The kept-open /proc/self/statm and psutil give this process's RSS alike, and a
+    megabyte touched shows in the next read."""
+    import psutil
+
+    rss = memory.ResidentMemory()
+    try:
+        before = rss.bytes()
+        assert abs(before - psutil.Process().memory_info().rss) < 1 << 20
+        block = bytearray(32 << 20)  # zero pages touched on write below
+        for i in range(0, len(block), 4096):
+            block[i] = 1
+        assert rss.bytes() - before > 16 << 20
+        del block
+    finally:
+        rss.close()
+    rss.close()  # twice is harmless
+
+
+def test_resident_memory_without_procfs(monkeypatch: pytest.MonkeyPatch) -> None:
+    import psutil
+
+    def no_procfs(*args: object, **kwargs: object) -> int:
+        raise FileNotFoundError("/proc/self/statm")
+
+    monkeypatch.setattr(memory.os, "open", no_procfs)
+    rss = memory.ResidentMemory()
+    assert abs(rss.bytes() - psutil.Process().memory_info().rss) < 1 << 20
