@@ -10,10 +10,12 @@
 2. Who uses it, by thread: while each of the same two runs goes on, every thread of the
    launcher and of the nodes is read from /proc every 0.2 s, and the shorter run's figures
    are taken from the longer's; a node's main thread runs its event loop (the protocol, the codec,
-   the sockets), its other threads train and evaluate.
+   the sockets, and training and evaluation short enough to run there: ``Handoff``), its
+   other thread what is handed off (a function's first run, and runs of 10 ms and more).
 3. In the loop thread, by function: the run again with ``DLACTOR_PROFILE_DIR`` (cProfile on
    each node's loop thread, timed by that thread's CPU); node 0's functions by their own
-   time per round. cProfile slows Python code about 2x: read this part as shares.
+   time per round outside training (``besides_training``). cProfile slows Python code about
+   2x: read this part as shares.
 
 Prints a markdown report; the numbers describe this machine under whatever else runs.
 """
@@ -150,14 +152,45 @@ def main() -> None:
     for kind, cpu in sorted(threads.items()):
         print(f"| {kind} | {cpu:.2f} | {cpu / (rounds * n) * 1e3:.3f} |")
     total = stats.total_tt  # type: ignore[attr-defined]
-    print(f"\n3. Node 0's loop thread under cProfile: {total:.2f} s of CPU; its functions by "
-          "their own time (share of the thread, and µs per round):\n")  # fmt: skip
-    print("| function | share | µs per round |\n|---|---:|---:|")
     rows = stats.stats  # type: ignore[attr-defined]
-    top = sorted(rows.items(), key=lambda kv: kv[1][2], reverse=True)[:20]
-    for (file, line, name), (_, _, tottime, _, _) in top:
+    besides = besides_training(rows)
+    loop_own = sum(besides.values())
+    print(f"\n3. Node 0's loop thread under cProfile: {total:.2f} s of CPU, of which "
+          f"{total - loop_own:.2f} s training and evaluation run on the loop (`Handoff`) and "
+          f"{loop_own:.2f} s the rest; the rest's functions by their own time outside "
+          "training (share of the rest, and µs per round):\n")  # fmt: skip
+    print("| function | share | µs per round |\n|---|---:|---:|")
+    top = sorted(besides.items(), key=lambda kv: kv[1], reverse=True)[:20]
+    for (file, line, name), own in top:
         where = f"{Path(file).name}:{line} {name}" if line else name
-        print(f"| `{where}` | {tottime / total:.1%} | {tottime / (WARM + rounds) * 1e6:.0f} |")
+        print(f"| `{where}` | {own / loop_own:.1%} | {own / (WARM + rounds) * 1e6:.0f} |")
+
+
+#: The trainer's synchronous work, which runs on the loop when it is short (``Handoff``).
+TRAINING = {"train_steps", "evaluate_now", "gradient_steps", "evaluate_model"}
+
+
+def besides_training(rows: dict[Any, Any], passes: int = 50) -> dict[Any, float]:
+    """Each function's own time outside training: its own time less the share of it that
+    came from calls made inside ``TRAINING``'s functions. cProfile records a function's own
+    time by caller; a caller's calls count as much of it as came from inside training,
+    which depends on the caller's own callers: worked out by repeating that over every
+    function until it settles (call cycles, a module calling its submodules, included)."""
+    inside = {func: 1.0 if func[2] in TRAINING else 0.0 for func in rows}
+    for _ in range(passes):
+        changed = False
+        for func, (_, _, tottime, _, callers) in rows.items():
+            if func[2] in TRAINING or tottime <= 0:
+                continue
+            from_training = sum(
+                entry[2] * inside[caller] for caller, entry in callers.items() if caller in rows
+            )
+            share = min(1.0, from_training / tottime)
+            if abs(share - inside[func]) > 1e-9:
+                inside[func], changed = share, True
+        if not changed:
+            break
+    return {func: row[2] * (1.0 - inside[func]) for func, row in rows.items()}
 
 
 if __name__ == "__main__":
