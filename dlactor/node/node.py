@@ -651,6 +651,7 @@ class Node:
             await self._overlay.aclose()
         await self.link.stop()
         await self.transport.stop()
+        self._rss.close()
 
 
 def _name(obj: object) -> str:

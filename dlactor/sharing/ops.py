@@ -33,10 +33,12 @@ Layout = Mapping[str, tuple[torch.dtype, tuple[int, ...]]]
 def all_finite(tensors: Iterable[torch.Tensor]) -> bool:
     """True if no floating-point tensor among ``tensors`` holds a NaN or an infinity.
 
-    Through numpy where it can: it runs on the node's event loop, and every torch call there
+    Through numpy where it can: it runs on the node's event loop, and while training runs in
+    the compute thread (``Handoff``: training of 10 ms and more) every torch call there
     releases the GIL, to get it back only after the training thread's next switch interval
-    (torch's ``isfinite`` + ``all`` on a small tensor cost ~0.5 ms of a round that way, numpy's
-    a few microseconds; on large arrays numpy releases the GIL too, and the work dominates)."""
+    (torch's ``isfinite`` + ``all`` on a small tensor cost ~0.5 ms of a round that way,
+    numpy's a few microseconds; on large arrays numpy releases the GIL too, and the work
+    dominates)."""
     for t in tensors:
         if t.dtype in _NUMPY_FLOATS and t.device.type == "cpu":
             if not np.isfinite(t.data.numpy()).all():

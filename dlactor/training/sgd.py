@@ -99,7 +99,7 @@ class SGDTrainer:
         return idx
 
     def train_steps(self) -> TrainStats:
-        """The round's local steps, synchronously (what ``train`` runs in a thread)."""
+        """The round's local steps, synchronously (what ``train`` hands to ``Handoff``)."""
         self._model.train()
         started = time.perf_counter()
         total = 0.0

@@ -30,9 +30,12 @@ from where_cpu_goes import REPO, WARM, command
 def cpu_of_launch(tree: Path, config: Path, nodes: int, rounds: int, out: Path) -> float:
     """CPU seconds of one launch of ``config`` by the dlactor in ``tree`` (every process)."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    subprocess.run(command(config, nodes, rounds, out), cwd=tree, check=True,
-                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    done = subprocess.run(command(config, nodes, rounds, out), cwd=tree,
+                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)  # fmt: skip
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    if done.returncode != 0:
+        tail = "\n".join(done.stderr.strip().splitlines()[-15:])
+        raise SystemExit(f"the launch in {tree} exited {done.returncode}:\n{tail}")
     return (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
 
 
@@ -53,6 +56,9 @@ def main() -> None:
     args = parser.parse_args()
     config = args.config.resolve()
     names = [("working tree" if r == "." else revision_of(r)) for r in args.revisions]
+    names = [
+        name if names.count(name) == 1 else f"{name} ({i + 1})" for i, name in enumerate(names)
+    ]
     runs: dict[str, list[float]] = {name: [] for name in names}
     with contextlib.ExitStack() as stack:
         trees = [

@@ -301,7 +301,7 @@ def measure_message_floor(nodes: int) -> float:
     on 127.0.0.1 (one per edge, opened before forking) behind a 4-byte length, reads each
     neighbour's, aggregates them and evaluates on the run's evaluation rounds. The messages
     pace the rounds, as in a run. Left out, against a node: the codec, the checks, the
-    mailbox, the training thread, the handshakes, the records and the launcher."""
+    mailbox, the training hand-off, the handshakes, the records and the launcher."""
     plan = make_plan(config_for(nodes))
     members = [_member(plan, i) for i in range(nodes)]
     cfg = plan.config

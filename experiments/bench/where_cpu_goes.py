@@ -171,26 +171,40 @@ TRAINING = {"train_steps", "evaluate_now", "gradient_steps", "evaluate_model"}
 
 
 def besides_training(rows: dict[Any, Any], passes: int = 50) -> dict[Any, float]:
-    """Each function's own time outside training: its own time less the share of it that
-    came from calls made inside ``TRAINING``'s functions. cProfile records a function's own
-    time by caller; a caller's calls count as much of it as came from inside training,
-    which depends on the caller's own callers: worked out by repeating that over every
-    function until it settles (call cycles, a module calling its submodules, included)."""
+    """Each function's own time outside training: its own time less the part of it spent in
+    calls made from inside ``TRAINING``'s functions.
+
+    cProfile records, for each function and each caller, the own and the cumulative time of
+    the calls from that caller. What share of a function's activity is inside training is
+    the cumulative-time-weighted share of its callers' (a thin wrapper called from both
+    sides counts by the work under it, not by its own few microseconds); worked out by
+    repeating that over every function until it settles (call cycles included). A
+    function's own time from a caller then counts as inside training by that caller's
+    share."""
     inside = {func: 1.0 if func[2] in TRAINING else 0.0 for func in rows}
     for _ in range(passes):
         changed = False
-        for func, (_, _, tottime, _, callers) in rows.items():
-            if func[2] in TRAINING or tottime <= 0:
+        for func, (_, _, _, cumtime, callers) in rows.items():
+            if func[2] in TRAINING or cumtime <= 0:
                 continue
-            from_training = sum(
-                entry[2] * inside[caller] for caller, entry in callers.items() if caller in rows
+            weighted = sum(
+                entry[3] * inside[caller] for caller, entry in callers.items() if caller in rows
             )
-            share = min(1.0, from_training / tottime)
+            share = min(1.0, weighted / cumtime)
             if abs(share - inside[func]) > 1e-9:
                 inside[func], changed = share, True
         if not changed:
             break
-    return {func: row[2] * (1.0 - inside[func]) for func, row in rows.items()}
+    out = {}
+    for func, (_, _, tottime, _, callers) in rows.items():
+        if func[2] in TRAINING:
+            out[func] = 0.0
+            continue
+        from_training = sum(
+            entry[2] * inside[caller] for caller, entry in callers.items() if caller in rows
+        )
+        out[func] = max(0.0, tottime - min(tottime, from_training))
+    return out
 
 
 if __name__ == "__main__":

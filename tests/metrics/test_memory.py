@@ -146,6 +146,26 @@ def test_resident_memory_reads_what_psutil_reads() -> None:
     rss.close()  # twice is harmless
 
 
+def test_resident_memory_made_before_a_fork_reads_the_child_in_the_child() -> None:
+    rss = memory.ResidentMemory()
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: grow by 64 MiB, then say what it and psutil read
+        import psutil
+
+        block = bytearray(64 << 20)
+        for i in range(0, len(block), 4096):
+            block[i] = 1
+        os.write(write, f"{rss.bytes()} {psutil.Process().memory_info().rss}".encode())
+        os._exit(0)
+    os.close(write)
+    ours, psutils = map(int, os.read(read, 64).split())
+    os.close(read)
+    os.waitpid(pid, 0)
+    assert abs(ours - psutils) < 1 << 20
+    rss.close()
+
+
 def test_resident_memory_without_procfs(monkeypatch: pytest.MonkeyPatch) -> None:
     import psutil
 

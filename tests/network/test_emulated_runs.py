@@ -120,6 +120,7 @@ async def test_on_the_wall_clock_a_round_really_takes_the_networks_time() -> Non
     for records in wall.values():
         assert all("t_virtual" not in r for r in records)
         assert all(r["t_wall"] >= 0.06 * (r["round"] + 1) for r in records)
+        assert max(r["t_wait"] for r in records) >= 0.02  # the held shares were waited for
 
 
 async def test_the_shipped_wan_config_runs_with_its_trace_and_its_mobile_class() -> None:

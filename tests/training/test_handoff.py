@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import threading
 import time
 
@@ -93,3 +94,20 @@ class Probe:
 
 def divide(x: int) -> float:
     return 1 / x
+
+
+async def test_a_partial_counts_as_its_function_and_a_key_names_a_lambda() -> None:
+    handoff = Handoff(inline_under_s=0.05)
+    loop_thread = where()
+    assert await handoff.run(functools.partial(burn, 0.0)) != loop_thread
+    assert await handoff.run(functools.partial(burn, 0.0)) == loop_thread
+    assert await handoff.run(lambda: where(), key="w") != loop_thread
+    assert await handoff.run(lambda: where(), key="w") == loop_thread
+
+
+async def test_it_remembers_a_bounded_number_of_functions() -> None:
+    handoff = Handoff()
+    for i in range(Handoff.REMEMBERED + 10):
+        await handoff.run(where, key=i)
+    assert len(handoff._cpu) == Handoff.REMEMBERED
+    assert set(handoff._cpu) == set(range(10, Handoff.REMEMBERED + 10))  # the newest
