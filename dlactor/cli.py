@@ -261,7 +261,7 @@ def launch(
         raise typer.Exit(EXIT_INVALID)
     else:
         cfg = _load(config, set_)
-        plan = _plan(cfg, config)
+        plan = None
     source = resume if resume is not None else config
     assert source is not None
     with ExitStack() as stack:
@@ -269,6 +269,11 @@ def launch(
             backend = stack.enter_context(open_backend(cfg))
         except ConfigError as exc:
             _invalid(source, str(exc))
+        if plan is None:
+            # After connecting: under Ray's agents, each machine's agent starts (its worker
+            # imports torch) while this process makes the plan.
+            assert config is not None
+            plan = _plan(cfg, config)
         if resume is None:
             try:
                 run_dir = make_run_dir(out_dir, cfg.name)

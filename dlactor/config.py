@@ -334,9 +334,31 @@ class RayLauncher(LauncherSettings):
     Nodes listen on their Ray node's IP address; the launcher's control channel listens on
     ``control_host`` (default: this machine's Ray node IP). A local cluster that dlactor
     starts itself (``address`` unset) keeps everything on 127.0.0.1.
+
+    ``placement = "agents"`` (the default) puts one agent actor on each machine (each Ray
+    node), which forks that machine's share of the nodes from itself as the local launcher
+    does (``dlactor.launch.agents``); ``"workers"`` makes every node a Ray worker process of
+    its own (docs/scaling.md compares the two).
     """
 
     kind: Literal["ray"] = "ray"
+    placement: Literal["agents", "workers"] = Field(
+        "agents",
+        description='"agents": an agent per machine forks its nodes; "workers": a Ray '
+        "worker process per node",
+    )
+    nodes_per_machine: int | None = Field(
+        None,
+        ge=1,
+        le=MAX_NODES,
+        description="agents: at most this many nodes per machine (unset: from its memory)",
+    )
+    memory_per_node_mib: float = Field(
+        16.0,
+        gt=0,
+        le=1 << 20,
+        description="agents: MiB a node needs; a machine holds its Ray memory / this",
+    )
     address: str | None = Field(
         None,
         min_length=1,
@@ -347,7 +369,7 @@ class RayLauncher(LauncherSettings):
         0.25,
         gt=0,
         le=1024,
-        description="Ray CPUs reserved per node: 0.25 places up to 4 nodes per core (<= 1,024)",
+        description="workers: Ray CPUs reserved per node, 0.25: up to 4 per core (<= 1,024)",
     )
     control_host: str | None = Field(
         None, min_length=1, description="address the launcher's control channel listens on"

@@ -14,6 +14,7 @@ reaped.
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import multiprocessing as mp
 import os
@@ -21,6 +22,7 @@ import signal
 import socket
 import sys
 import time
+from collections.abc import Iterator
 from multiprocessing.process import BaseProcess
 from pathlib import Path
 
@@ -34,7 +36,7 @@ from dlactor.metrics.memory import release_freed_memory
 from dlactor.security.identity import LAUNCHER
 from dlactor.transport.base import Address
 
-__all__ = ["launch_local"]
+__all__ = ["forking_template", "launch_local"]
 
 
 def _child(
@@ -114,8 +116,19 @@ def _fork_nodes(
     terminal sends to the whole process group cannot reach it before it has set SIGINT to
     ignored (it unblocks after); here, a pending Ctrl-C is raised when the mask is restored.
     """
-    ctx = mp.get_context("fork")
     control = listener.getsockname()[:2]
+    with forking_template(plan) as ctx:
+        for node in range(plan.processes):
+            procs.append(_start_node(ctx, plan, node, control, listener, run_dir))
+            plan.keys.forget(node)  # its private key is the child's alone now
+
+
+@contextlib.contextmanager
+def forking_template(plan: Plan) -> Iterator[mp.context.ForkContext]:
+    """This process made ready to fork ``plan``'s nodes from (the local launcher, or a Ray
+    machine's agent): a node's first round warmed up in it, its objects frozen out of the
+    collector's reach, freed heap handed back, SIGINT blocked; all undone on the way out."""
+    ctx = mp.get_context("fork")
     # One torch thread per node (inherited by every fork): see docs/decisions.md.
     torch.set_num_threads(plan.config.launcher.torch_threads)
     warm_up_node(plan)
@@ -127,9 +140,7 @@ def _fork_nodes(
     release_freed_memory()
     mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
     try:
-        for node in range(plan.processes):
-            procs.append(_start_node(ctx, plan, node, control, listener, run_dir))
-            plan.keys.forget(node)  # its private key is the child's alone now
+        yield ctx
     finally:
         gc.unfreeze()
         signal.pthread_sigmask(signal.SIG_SETMASK, mask)

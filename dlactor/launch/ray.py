@@ -47,6 +47,7 @@ import torch
 from dlactor import plugins
 from dlactor.config import ConfigError, RayLauncher
 from dlactor.data.base import Dataset
+from dlactor.launch.agents import AgentNodes, Machine, check_capacity
 from dlactor.launch.plan import Plan
 from dlactor.launch.supervisor import STOP_GRACE_S, Outcome, Supervisor, describe_exit
 from dlactor.launch.worker import node_process_main, results_path, run_event_loop
@@ -290,10 +291,20 @@ def _wait_gone(pids: list[int], timeout: float) -> None:
 class RayBackend:
     """A connection to a Ray cluster, and runs on it. Build it with :meth:`connect`."""
 
-    def __init__(self, settings: RayLauncher, *, control_host: str, node_host: str | None):
+    def __init__(
+        self,
+        settings: RayLauncher,
+        *,
+        control_host: str,
+        node_host: str | None,
+        machines: list[Machine] | None = None,
+        agents: AgentNodes | None = None,
+    ):
         self.settings = settings
         self.control_host = control_host
         self.node_host = node_host  # None: each node its own Ray node's IP
+        self.machines = machines or []  # placement "agents": where the agents go
+        self.agents = agents  # placement "agents": placed as the backend connected
 
     @classmethod
     @contextlib.contextmanager
@@ -304,16 +315,27 @@ class RayBackend:
         ConfigError naming the setting."""
         _check_ports(settings, nodes)
         _init(settings, nodes)
+        agents = None
         try:
-            _check_cpus(settings, nodes)
-            local = settings.address is None
+            found = None
             here = ray.util.get_node_ip_address()
+            if settings.placement == "agents":
+                found = check_capacity(settings, nodes)
+                agents = AgentNodes(here)
+                agents.place(nodes, found)  # their workers start while the launcher goes on
+            else:
+                _check_cpus(settings, nodes)
+            local = settings.address is None
             yield cls(
                 settings,
                 control_host=settings.control_host or ("127.0.0.1" if local else here),
                 node_host="127.0.0.1" if local else None,
+                machines=found,
+                agents=agents,
             )
         finally:
+            if agents is not None:
+                agents.kill_agents()
             ray.shutdown()
 
     def launch(self, plan: Plan, run_dir: Path, *, show_progress: bool = True) -> Outcome:
@@ -324,12 +346,23 @@ class RayBackend:
         listener = socket.create_server(
             (self.control_host, self.settings.control_port), backlog=backlog
         )
-        nodes = RayNodes(here=ray.util.get_node_ip_address(), servers=plan.servers)
+        here = ray.util.get_node_ip_address()
+        nodes: RayNodes | AgentNodes
+        if self.settings.placement == "agents":
+            placed, self.agents = self.agents, None  # placed agents serve one launch
+            nodes = placed if placed is not None else AgentNodes(here=here)
+            nodes.servers = plan.servers
+        else:
+            nodes = RayNodes(here=here, servers=plan.servers)
         outcome: Outcome | None = None
         try:
             _ship_plugin_code()
             try:
-                plan.keys.add_public(nodes.create(self.settings, plan.processes))
+                if isinstance(nodes, AgentNodes):
+                    keys = nodes.create(self.settings, plan.processes, self.machines)
+                else:
+                    keys = nodes.create(self.settings, plan.processes)
+                plan.keys.add_public(keys)
             except RuntimeError as exc:
                 return Outcome(status="failed", reason=f"start barrier: {exc}")
             if plan.keys.tls:
@@ -349,6 +382,8 @@ class RayBackend:
             ok = outcome is not None and outcome.status == "ok"
             nodes.finish(run_dir, grace_s=STOP_GRACE_S if ok else 0)
         outcome.hosts = nodes.hosts()
+        if isinstance(nodes, AgentNodes):
+            outcome.machines = nodes.machines()
         return outcome
 
 

@@ -320,6 +320,8 @@ def _close_manifest(manifest: dict[str, Any], outcome: Outcome, problems: list[s
     manifest.update(status=status, end=datetime.now().astimezone().isoformat())
     if outcome.hosts:  # where a backend placed the nodes, when it was not only here
         manifest["hosts"] = outcome.hosts
+    if outcome.machines:
+        manifest["machines"] = outcome.machines
     # Where each node listened: what a firewall on a cluster must let through.
     manifest["addresses"] = {str(n): a for n, a in sorted(outcome.addresses.items())}
 

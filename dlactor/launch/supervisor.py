@@ -76,6 +76,8 @@ class Outcome:
     peak_pss_bytes: int = 0
     t_start_barrier: float = 0.0
     hosts: list[str] = field(default_factory=list)  # where nodes ran, if not only here
+    #: Ray's placement "agents": each machine's Ray node id -> the nodes its agent forked.
+    machines: dict[str, list[int]] = field(default_factory=dict)
     addresses: dict[int, str] = field(default_factory=dict)  # node -> "host:port" it listened on
     #: Learning nodes the run went on without (``on_node_failure = "continue"``): each one's
     #: ``node``, the ``round`` it was lost in, and the ``cause``.

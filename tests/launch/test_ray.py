@@ -9,10 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import secrets
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -32,6 +30,7 @@ from dlactor.config import RayLauncher, load_config
 from dlactor.launch.plan import make_plan
 from dlactor.testing import run_in_memory
 from tests.conftest import small_plan
+from tests.launch.conftest import start_blocking_ray, stop_blocking_ray
 from tests.launch.test_end_to_end import EXAMPLE, FAULTY, records
 
 ROOT = Path(__file__).parents[2]
@@ -180,22 +179,6 @@ def test_what_ray_says_of_a_lost_node_becomes_one_line(message: str, said: str) 
 # --- real runs against real local Ray clusters --------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def ray_env() -> Iterator[dict[str, str]]:
-    """Token authentication on a token of our own; Ray's temp files in a directory of our own
-    (short: Ray's unix sockets live under it)."""
-    tmp = tempfile.mkdtemp(prefix="dlr-", dir="/tmp")
-    env = dict(os.environ)
-    env.update(
-        RAY_AUTH_MODE="token",
-        RAY_AUTH_TOKEN=secrets.token_hex(16),
-        RAY_TMPDIR=tmp,
-        RAY_USAGE_STATS_ENABLED="0",
-    )
-    yield env
-    shutil.rmtree(tmp, ignore_errors=True)
-
-
 class Launch:
     """`dlactor launch` in a subprocess, its output in files (Ray is talkative), and the Ray
     workers that ran its nodes (``ray::RayNode`` processes under ``root``) as seen while
@@ -282,7 +265,7 @@ def test_a_run_on_a_local_ray_cluster_it_starts_itself_completes_and_leaves_no_w
 ) -> None:
     env = {**ray_env, "RAY_TMPDIR": tempfile.mkdtemp(prefix="dll-", dir="/tmp")}
     try:
-        launch = Launch(tmp_path, env, SMALL_RUN)
+        launch = Launch(tmp_path, env, [*SMALL_RUN, "launcher.placement=workers"])
         code, out, err = launch.finish()
     finally:
         shutil.rmtree(env["RAY_TMPDIR"], ignore_errors=True)
@@ -371,31 +354,12 @@ def ray_cluster(ray_env: dict[str, str]) -> Iterator[tuple[str, psutil.Process]]
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    log = Path(ray_env["RAY_TMPDIR"]) / "head.log"
-    ray = Path(sys.executable).parent / "ray"
-    cmd = [str(ray), "start", "--head", f"--port={port}", "--num-cpus=2", "--block",
-           "--include-dashboard=false", "--disable-usage-stats"]  # fmt: skip
-    with log.open("w") as f:
-        head = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, env=ray_env)
-    proc = psutil.Process(head.pid)
+    args = ["--head", f"--port={port}", "--num-cpus=2", "--include-dashboard=false"]
+    head = start_blocking_ray(args, Path(ray_env["RAY_TMPDIR"]) / "head.log", ray_env)
     try:
-        deadline = time.monotonic() + 90
-        while "Ray runtime started" not in log.read_text():
-            assert head.poll() is None, log.read_text()
-            assert time.monotonic() < deadline, log.read_text()
-            time.sleep(0.2)
-        yield f"127.0.0.1:{port}", proc
+        yield f"127.0.0.1:{port}", psutil.Process(head.pid)
     finally:
-        started = proc.children(recursive=True) if head.poll() is None else []
-        head.send_signal(signal.SIGTERM)
-        try:
-            head.wait(60)
-        except subprocess.TimeoutExpired:
-            head.kill()
-            head.wait()
-        _, alive = psutil.wait_procs(started, timeout=10)
-        for p in alive:  # what the head started and did not stop, by pid
-            p.kill()
+        stop_blocking_ray(head)
 
 
 def test_a_fedavg_run_on_a_running_cluster_given_by_address_completes_and_leaves_no_worker(
@@ -409,7 +373,7 @@ def test_a_fedavg_run_on_a_running_cluster_given_by_address_completes_and_leaves
     run = ["nodes=4", "rounds=3", "evaluation.every=1", "algorithm.fraction=0.5",
            "network.uplink_mbps=20", "network.latency_ms=25", "network.jitter_ms=5",
            'network.compute="profile"', "network.step_ms=3"]  # fmt: skip
-    overrides = ["launcher.kind=ray", f"launcher.address={address}",
+    overrides = ["launcher.kind=ray", f"launcher.address={address}", "launcher.placement=workers",
                  f"launcher.node_port_base={base}", *run]  # fmt: skip
     launch = Launch(tmp_path, ray_env, overrides, config=QUICKSTART.parent / "fedavg.toml")
 
@@ -446,7 +410,8 @@ def test_a_node_that_raises_on_a_ray_cluster_fails_the_run_once_and_stops_every_
     """The plugin is a .py file next to the config: its code travels to the Ray workers."""
     address, head = ray_cluster
     overrides = ["launcher.kind=ray", f"launcher.address={address}", "nodes=4", *FAULTY,
-                 "training.fail_node=2", "training.fail_round=2"]  # fmt: skip
+                 "launcher.placement=workers", "training.fail_node=2",
+                 "training.fail_round=2"]  # fmt: skip
     launch = Launch(tmp_path, ray_env, overrides, config=EXAMPLE)
 
     code, _out, err = launch.finish(root=head.pid)
@@ -467,7 +432,8 @@ def test_asking_more_cpus_than_the_cluster_has_exits_2_naming_cpus_per_node(
     tmp_path: Path, ray_env: dict[str, str], ray_cluster: tuple[str, psutil.Process]
 ) -> None:
     address, _ = ray_cluster
-    overrides = [*SMALL_RUN, f"launcher.address={address}", "launcher.cpus_per_node=1"]
+    overrides = [*SMALL_RUN, f"launcher.address={address}", "launcher.cpus_per_node=1",
+                 "launcher.placement=workers"]  # fmt: skip
 
     code, _out, err = Launch(tmp_path, ray_env, overrides).finish()
 

@@ -1,0 +1,378 @@
+"""Ray at the density of one machine: an agent actor per machine forks that machine's nodes.
+
+``launcher.kind = "ray"`` with ``placement = "agents"`` (the default). The launcher (the Ray
+driver) places one :class:`RayAgent` on each machine the run uses (each alive Ray node,
+pinned there by node affinity) and gives each its share of the nodes. An agent makes its
+nodes' key pairs (their private keys never leave its machine), then takes the plan from
+Ray's object store (one copy per machine: the dataset's arrays are read-only views of the
+store, which its children share), warms up as the local launcher's template does, and
+forks its nodes from itself (``dlactor.launch.local.forking_template``). Its children run
+``node_process_main``, the same node code as every backend's, and die with it (the
+kernel's parent-death signal). The nodes, the wire, the control protocol and the results are
+the local launcher's; only who forks them changes.
+
+The launcher sees the nodes through :class:`AgentNodes`, the supervisor's view: an agent is
+asked every ``POLL_S`` which of its children have ended, and an agent that Ray says is dead
+(its process killed, its machine lost) fails every node it still ran.
+
+How many nodes a machine gets: ``launcher.nodes_per_machine`` each if set, else as many as
+the memory Ray reports for it holds at ``launcher.memory_per_node_mib`` each; the nodes are
+split in proportion to that (:func:`split`). A cluster that cannot hold the run is refused
+before anything starts.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import contextlib
+import dataclasses
+import math
+import multiprocessing as mp
+import os
+import sys
+import time
+from collections.abc import Callable, Mapping, Sequence
+from multiprocessing.process import BaseProcess
+from pathlib import Path
+from typing import Any
+
+import ray
+import torch
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+from dlactor.config import ConfigError, RayLauncher
+from dlactor.launch.local import _reap, forking_template
+from dlactor.launch.supervisor import describe_exit
+from dlactor.launch.worker import node_process_main, results_path
+from dlactor.metrics.jsonio import write_atomic
+from dlactor.security.identity import Identity
+from dlactor.transport.base import Address
+
+__all__ = ["AgentNodes", "Machine", "RayAgent", "machines", "split"]
+
+#: How often the launcher asks each agent which of its nodes have ended (s).
+POLL_S = 0.2
+#: How long the launcher waits for an agent's answers after the run (its nodes' results).
+FETCH_TIMEOUT_S = 30.0
+#: How long an agent gives its nodes to exit after the run, before killing them (s).
+AGENT_STOP_S = 10.0
+
+#: Where a node listens: host (None: its machine's IP address) and port (0: any free one).
+NodeListen = tuple[str | None, int]
+
+
+@dataclasses.dataclass(frozen=True)
+class Machine:
+    """One Ray node as the launcher plans with it: its id, IP, and how many nodes it holds."""
+
+    node_id: str
+    ip: str
+    capacity: int
+
+
+def machines(settings: RayLauncher) -> list[Machine]:
+    """The cluster's alive Ray nodes and what each holds: ``nodes_per_machine`` if set,
+    else its Ray ``memory`` over ``memory_per_node_mib``."""
+    found = []
+    for info in ray.nodes():
+        if not info.get("Alive"):
+            continue
+        memory_mib = info.get("Resources", {}).get("memory", 0.0) / (1 << 20)
+        capacity = (
+            settings.nodes_per_machine
+            if settings.nodes_per_machine is not None
+            else int(memory_mib // settings.memory_per_node_mib)
+        )
+        found.append(Machine(info["NodeID"], info["NodeManagerAddress"], capacity))
+    return sorted(found, key=lambda m: (m.ip, m.node_id))
+
+
+def split(processes: int, capacities: Sequence[int]) -> list[int]:
+    """How many of ``processes`` each machine gets, in proportion to ``capacities`` (largest
+    remainders first, never above a machine's capacity): ValueError if they cannot hold
+    them all."""
+    total = sum(capacities)
+    if processes > total:
+        raise ValueError(f"{processes} processes, room for {total}")
+    shares = [processes * c / total for c in capacities]
+    counts = [math.floor(s) for s in shares]
+    by_remainder = sorted(range(len(shares)), key=lambda i: counts[i] - shares[i])
+    for i in by_remainder[: processes - sum(counts)]:
+        counts[i] += 1
+    return counts
+
+
+def check_capacity(settings: RayLauncher, processes: int) -> list[Machine]:
+    """The machines, if together they hold ``processes``; else ConfigError naming the
+    setting that sized them."""
+    found = machines(settings)
+    room = sum(m.capacity for m in found)
+    if processes <= room:
+        return found
+    if settings.nodes_per_machine is not None:
+        field = "nodes_per_machine"
+        why = f"{len(found)} machines x {settings.nodes_per_machine} nodes = {room}"
+    else:
+        field = "memory_per_node_mib"
+        memory = sum(m.capacity for m in found) * settings.memory_per_node_mib
+        why = (
+            f"the cluster's {len(found)} machines hold {room} nodes at "
+            f"{settings.memory_per_node_mib:g} MiB each (about {memory:,.0f} MiB of Ray memory)"
+        )
+    raise ConfigError(
+        f"invalid config:\n  launcher.{field}: {processes} processes, but {why}; "
+        "add machines, or lower it"
+    )
+
+
+class RayAgent:
+    """One machine's agent: it makes its nodes' keys, then forks them and watches them.
+
+    A plain (synchronous) Ray actor: Ray runs its methods one at a time on the worker's
+    main thread, the thread the nodes are forked from, so a node's parent-death signal
+    fires when the agent's process ends.
+    """
+
+    def __init__(self) -> None:
+        self._identities: dict[int, Identity] = {}
+        self._procs: dict[int, BaseProcess] = {}
+        self._spooled: dict[int, Path] = {}
+        # The first optimizer imports torch._dynamo (~1 s): done now, while the launcher
+        # makes the plan, rather than in the warm-up before the forks (as make_plan does).
+        torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.0)
+
+    def where(self) -> tuple[int, str]:
+        """This agent's pid and its machine's IP address."""
+        return os.getpid(), ray.util.get_node_ip_address()
+
+    def identities(self, nodes: list[int]) -> dict[int, bytes]:
+        """Make a key pair for each of ``nodes``, here: their public keys, for the ring."""
+        for node in nodes:
+            self._identities[node] = Identity.generate(node)
+        return {node: self._identities[node].public for node in nodes}
+
+    def start(
+        self, packed: Any, control: Address, run_dir: Path, listen: Mapping[int, NodeListen]
+    ) -> dict[int, int]:
+        """Fork this machine's nodes (those ``identities`` made keys for); their pids."""
+        from dlactor.launch.ray import results_dir
+
+        plan = packed.unpack()
+        credentials = {
+            node: plan.keys.credentials_for(identity, plan.run_id)
+            for node, identity in self._identities.items()
+        }
+        self._identities.clear()
+        here = results_dir(run_dir, plan.run_id)
+        if here != run_dir:
+            self._spooled = {node: results_path(here, node, plan.servers) for node in credentials}
+        ip = ray.util.get_node_ip_address()
+        parent = os.getpid()
+
+        def body(node: int) -> int:
+            own = credentials[node]
+            credentials.clear()  # the siblings' private keys: not this node's to keep
+            host, port = listen[node]
+            return node_process_main(
+                plan, node, control, here, host=host or ip, port=port, parent=parent,
+                credentials=own,
+            )  # fmt: skip
+
+        with forking_template(plan) as ctx:
+            for node in sorted(credentials):
+                self._procs[node] = _fork(ctx, body, node)
+                del credentials[node]  # its private key is the child's alone now
+        return {node: p.pid for node, p in self._procs.items() if p.pid is not None}
+
+    def exits(self) -> dict[int, int]:
+        """The exit codes of this machine's nodes that have ended."""
+        return {n: p.exitcode for n, p in self._procs.items() if p.exitcode is not None}
+
+    def kill(self, node: int) -> None:
+        proc = self._procs.get(node)
+        if proc is not None and proc.exitcode is None:
+            proc.kill()
+
+    def results(self) -> dict[int, str]:
+        """The results its nodes spooled on this machine (then removed here): none when
+        they wrote into the run directory itself."""
+        out = {}
+        for node, path in self._spooled.items():
+            if path.exists():
+                out[node] = path.read_text(encoding="utf-8")
+                with contextlib.suppress(OSError):
+                    path.unlink()
+        return out
+
+    def stop(self, grace_s: float) -> None:
+        """Give the nodes ``grace_s`` to exit on their own, then kill and reap the rest."""
+        _reap(list(self._procs.values()), grace_s=grace_s)
+
+
+def _fork(ctx: mp.context.ForkContext, body: Callable[[int], int], node: int) -> BaseProcess:
+    proc = ctx.Process(target=_child, args=(body, node), name=f"dlactor-node-{node}")
+    proc.start()
+    return proc
+
+
+def _child(body: Callable[[int], int], node: int) -> None:
+    sys.exit(body(node))
+
+
+@dataclasses.dataclass
+class _Agent:
+    """The launcher's side of one agent."""
+
+    machine: Machine
+    nodes: list[int]
+    handle: Any
+    where: concurrent.futures.Future[tuple[int, str]]
+    started: concurrent.futures.Future[dict[int, int]] | None = None
+    poll: concurrent.futures.Future[dict[int, int]] | None = None
+    polled_at: float = 0.0
+    lost: str | None = None  # why Ray says it is gone
+
+
+class AgentNodes:
+    """:class:`dlactor.launch.supervisor.NodeProcesses` over the agents' forked nodes.
+
+    ``ended`` never waits: it reads the answers of the agents' last ``exits`` calls, and
+    asks again every ``POLL_S``. A node whose agent is gone (Ray raised on a call to it)
+    has ended: "lost its machine's agent (...)".
+    """
+
+    def __init__(self, here: str, servers: range = range(0)) -> None:
+        self.here, self.servers = here, servers
+        self.agents: list[_Agent] = []
+        self.agent_of: dict[int, _Agent] = {}
+        self._ended: dict[int, str] = {}
+
+    def place(self, processes: int, found: Sequence[Machine]) -> None:
+        """Place an agent on each machine that gets nodes (``split``), keeping each handle
+        as soon as it exists. Nothing waits: each agent's worker process starts (and imports
+        torch and dlactor) while the launcher goes on, which is why the Ray backend places
+        them as it connects, before the run directory is made."""
+        counts = split(processes, [m.capacity for m in found])
+        actor = ray.remote(RayAgent)
+        first = 0
+        for machine, count in zip(found, counts, strict=True):
+            if count == 0:
+                continue
+            nodes = list(range(first, first + count))
+            first += count
+            handle: Any = actor.options(
+                num_cpus=0,
+                scheduling_strategy=NodeAffinitySchedulingStrategy(machine.node_id, soft=False),
+                max_restarts=0,
+                max_task_retries=0,
+            ).remote()
+            agent = _Agent(machine, nodes, handle, handle.where.remote().future())
+            self.agents.append(agent)
+            self.agent_of.update(dict.fromkeys(nodes, agent))
+
+    def create(
+        self, settings: RayLauncher, processes: int, found: Sequence[Machine]
+    ) -> dict[int, bytes]:
+        """The agents (``place``d here if they are not yet) make their nodes' key pairs:
+        their public keys, by node (RuntimeError if they do not all answer within
+        ``start_timeout_s``)."""
+        if not self.agents:
+            self.place(processes, found)
+        keys = [a.handle.identities.remote(a.nodes).future() for a in self.agents]
+        _, missing = concurrent.futures.wait(keys, timeout=settings.start_timeout_s)
+        if missing or any(key.exception() is not None for key in keys):
+            raise RuntimeError(f"{len(missing)} Ray agents did not make their keys in time")
+        return {node: key for answer in keys for node, key in answer.result().items()}
+
+    def start(
+        self, packed: Any, settings: RayLauncher, control: Address, run_dir: Path, host: str | None
+    ) -> None:
+        """Have every agent fork its nodes on the plan."""
+        base = settings.node_port_base
+        for agent in self.agents:
+            listen = {n: (host, 0 if base is None else base + n) for n in agent.nodes}
+            agent.started = agent.handle.start.remote(packed, control, run_dir, listen).future()
+
+    def ended(self, node: int) -> str | None:
+        self._poll()
+        return self._ended.get(node)
+
+    def _poll(self) -> None:
+        now = time.monotonic()
+        for agent in self.agents:
+            if agent.lost is not None:
+                continue
+            for call in (agent.started, agent.poll):
+                if call is not None and call.done() and call.exception() is not None:
+                    self._lose(agent, call.exception())
+                    break
+            else:
+                if agent.poll is not None and agent.poll.done():
+                    for node, code in agent.poll.result().items():
+                        self._ended.setdefault(node, describe_exit(code))
+                    agent.poll = None
+                if agent.poll is None and now - agent.polled_at >= POLL_S:
+                    agent.poll, agent.polled_at = agent.handle.exits.remote().future(), now
+
+    def _lose(self, agent: _Agent, exc: BaseException | None) -> None:
+        from dlactor.launch.ray import describe_ray_error
+
+        said = describe_ray_error(exc) if exc is not None else "lost its Ray agent"
+        agent.lost = said.replace("its Ray worker", "its machine's agent", 1)
+        for node in agent.nodes:
+            self._ended.setdefault(node, agent.lost)
+
+    def kill(self, node: int) -> None:
+        agent = self.agent_of[node]
+        if agent.lost is None and node not in self._ended:
+            agent.handle.kill.remote(node)
+
+    def placement(self) -> dict[int, tuple[int, str]]:
+        """(pid, IP) of each node whose agent has forked it."""
+        out = {}
+        for agent in self.agents:
+            if agent.started is not None and agent.started.done() and not agent.started.exception():
+                ip = agent.machine.ip
+                out.update({node: (pid, ip) for node, pid in agent.started.result().items()})
+        return out
+
+    def local_pids(self) -> list[int]:
+        """The nodes on this machine, and the agents: an agent is its machine's template,
+        whose pages its nodes share, as the local launcher is (the run's PSS counts both)."""
+        agents = [
+            agent.where.result()[0]
+            for agent in self.agents
+            if agent.machine.ip == self.here and agent.where.done() and not agent.where.exception()
+        ]
+        return agents + [pid for pid, ip in self.placement().values() if ip == self.here]
+
+    def hosts(self) -> list[str]:
+        return sorted({agent.machine.ip for agent in self.agents})
+
+    def machines(self) -> dict[str, list[int]]:
+        """Each machine's Ray node id and the nodes its agent was given."""
+        return {agent.machine.node_id: agent.nodes for agent in self.agents}
+
+    def finish(self, run_dir: Path, *, grace_s: float) -> None:
+        """After the supervisor: give the nodes ``grace_s`` to exit, fetch the results
+        spooled on machines that do not see the run directory, then stop every agent (it
+        kills and reaps what is left of its nodes) and kill it."""
+        deadline = time.monotonic() + grace_s
+        while time.monotonic() < deadline and len(self._ended) < len(self.agent_of):
+            self._poll()
+            time.sleep(POLL_S / 2)
+        alive = [a for a in self.agents if a.lost is None]
+        asked = [(a, a.handle.results.remote().future()) for a in alive]
+        concurrent.futures.wait([f for _, f in asked], timeout=FETCH_TIMEOUT_S)
+        for _, answer in asked:
+            if answer.done() and answer.exception() is None:
+                for node, text in answer.result().items():
+                    write_atomic(results_path(run_dir, node, self.servers), text)
+        stops = [a.handle.stop.remote(0.0).future() for a in alive]
+        concurrent.futures.wait(stops, timeout=AGENT_STOP_S)
+        self.kill_agents()
+
+    def kill_agents(self) -> None:
+        for agent in self.agents:
+            with contextlib.suppress(Exception):
+                ray.kill(agent.handle, no_restart=True)
