@@ -16,6 +16,8 @@
    and what its virtual clock costs a run (bench_network.py)
 10. secure aggregation: CPU per round against full sharing, the quickstart's round time
    and bytes, plain against secure (bench_secure.py)
+11. Ray: the quickstart at 16 and 64 nodes under the local launcher, Ray workers and Ray
+   agents: start-up and PSS per node (bench_ray.py)
 
 Every figure in the file is measured by this script, except the targets and the quoted
 decentralizepy reference figures, which say so where they appear.
@@ -46,6 +48,7 @@ from bench_e2e import NODE_COUNTS, Failure, Run, e2e_section, eval_section, run_
 from bench_memory import memory_section
 from bench_network import network_section, run_network
 from bench_overhead import FLOOR_NODES, overhead_section, run_floors
+from bench_ray import ray_section, run_ray
 from bench_secure import run_secure, secure_section
 from bench_security import run_security, security_section
 from bench_startup import startup_section
@@ -85,7 +88,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-PARTS = ("codec", "transport", "e2e", "security", "network", "secure")
+PARTS = ("codec", "transport", "e2e", "security", "network", "secure", "ray")
 
 
 def _node_counts(text: str) -> tuple[int, ...]:
@@ -153,6 +156,11 @@ def run_all(progress: Progress, args: argparse.Namespace) -> tuple[list[Section]
     if "secure" in args.parts:
         progress("secure aggregation benchmark")
         sections.append(secure_section(run_secure(progress, quick=args.quick)))
+    if "ray" in args.parts:
+        progress("Ray: local, a worker per node, an agent per machine")
+        ray, ray_verdicts = ray_section(run_ray(progress))
+        sections.append(ray)
+        verdicts += [_pointing(v, "section 11's notes") for v in ray_verdicts]
     return sections, verdicts
 
 
