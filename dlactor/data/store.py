@@ -283,7 +283,10 @@ def _source_errors(fn: Callable[[Path], None]) -> Callable[[Path], None]:
 
 def _run(command: list[str], cwd: Path, timeout: float = TIMEOUT_S) -> None:
     """Run a command without a terminal or input; SourceUnavailable unless it succeeds."""
-    env = {**os.environ, "PIP_NO_INPUT": "1", "DEBIAN_FRONTEND": "noninteractive"}
+    # Not Ray's variables: a package's build code runs here, and a Ray run's launcher holds
+    # its cluster's token in RAY_AUTH_TOKEN (docs/scaling.md).
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+    env.update(PIP_NO_INPUT="1", DEBIAN_FRONTEND="noninteractive")
     try:
         done = subprocess.run(
             command,

@@ -29,7 +29,9 @@ import dataclasses
 import math
 import multiprocessing as mp
 import os
+import signal
 import sys
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from multiprocessing.process import BaseProcess
@@ -68,6 +70,7 @@ class Machine:
     node_id: str
     ip: str
     capacity: int
+    memory_mib: float = 0.0  # the memory Ray reports it can give tasks
 
 
 def machines(settings: RayLauncher) -> list[Machine]:
@@ -83,7 +86,7 @@ def machines(settings: RayLauncher) -> list[Machine]:
             if settings.nodes_per_machine is not None
             else int(memory_mib // settings.memory_per_node_mib)
         )
-        found.append(Machine(info["NodeID"], info["NodeManagerAddress"], capacity))
+        found.append(Machine(info["NodeID"], info["NodeManagerAddress"], capacity, memory_mib))
     return sorted(found, key=lambda m: (m.ip, m.node_id))
 
 
@@ -110,18 +113,18 @@ def check_capacity(settings: RayLauncher, processes: int) -> list[Machine]:
     if processes <= room:
         return found
     if settings.nodes_per_machine is not None:
-        field = "nodes_per_machine"
+        field, advice = "nodes_per_machine", "raise it"
         why = f"{len(found)} machines x {settings.nodes_per_machine} nodes = {room}"
     else:
-        field = "memory_per_node_mib"
-        memory = sum(m.capacity for m in found) * settings.memory_per_node_mib
+        field, advice = "memory_per_node_mib", "lower it"
         why = (
             f"the cluster's {len(found)} machines hold {room} nodes at "
-            f"{settings.memory_per_node_mib:g} MiB each (about {memory:,.0f} MiB of Ray memory)"
+            f"{settings.memory_per_node_mib:g} MiB each ({sum(m.memory_mib for m in found):,.0f}"
+            " MiB of Ray memory)"
         )
     raise ConfigError(
         f"invalid config:\n  launcher.{field}: {processes} processes, but {why}; "
-        "add machines, or lower it"
+        f"add machines, or {advice}"
     )
 
 
@@ -154,34 +157,43 @@ class RayAgent:
     def start(
         self, packed: Any, control: Address, run_dir: Path, listen: Mapping[int, NodeListen]
     ) -> dict[int, int]:
-        """Fork this machine's nodes (those ``identities`` made keys for); their pids."""
+        """Fork this machine's nodes (those ``identities`` made keys for); their pids. If
+        forking fails halfway, the nodes forked so far are killed and reaped first."""
         from dlactor.launch.ray import results_dir
 
+        if threading.current_thread() is not threading.main_thread():
+            # A child's parent-death signal is tied to the thread that forked it.
+            raise RuntimeError("a RayAgent must fork from its worker's main thread")
         plan = packed.unpack()
-        credentials = {
-            node: plan.keys.credentials_for(identity, plan.run_id)
-            for node, identity in self._identities.items()
-        }
-        self._identities.clear()
+        identities, self._identities = self._identities, {}
         here = results_dir(run_dir, plan.run_id)
         if here != run_dir:
-            self._spooled = {node: results_path(here, node, plan.servers) for node in credentials}
+            self._spooled = {node: results_path(here, node, plan.servers) for node in identities}
         ip = ray.util.get_node_ip_address()
         parent = os.getpid()
 
         def body(node: int) -> int:
-            own = credentials[node]
-            credentials.clear()  # the siblings' private keys: not this node's to keep
+            # Ray's worker handles SIGTERM by raising SystemExit: a node dies of it instead.
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            own = identities[node]
+            identities.clear()  # the siblings' private keys: not this node's to keep
+            # Its credentials (TLS contexts, which serialize its key) are made here, in the
+            # node, as a forked node of the local launcher makes its own.
+            credentials = plan.keys.credentials_for(own, plan.run_id)
             host, port = listen[node]
             return node_process_main(
                 plan, node, control, here, host=host or ip, port=port, parent=parent,
-                credentials=own,
+                credentials=credentials,
             )  # fmt: skip
 
-        with forking_template(plan) as ctx:
-            for node in sorted(credentials):
-                self._procs[node] = _fork(ctx, body, node)
-                del credentials[node]  # its private key is the child's alone now
+        try:
+            with forking_template(plan) as ctx:
+                for node in sorted(identities):
+                    self._procs[node] = _fork(ctx, body, node)
+                    del identities[node]  # its private key is the child's alone now
+        except BaseException:
+            _reap(list(self._procs.values()))
+            raise
         return {node: p.pid for node, p in self._procs.items() if p.pid is not None}
 
     def exits(self) -> dict[int, int]:
@@ -193,16 +205,23 @@ class RayAgent:
         if proc is not None and proc.exitcode is None:
             proc.kill()
 
-    def results(self) -> dict[int, str]:
-        """The results its nodes spooled on this machine (then removed here): none when
-        they wrote into the run directory itself."""
+    def results(self, nodes: list[int]) -> dict[int, str]:
+        """What ``nodes`` spooled on this machine (none when they wrote into the run
+        directory itself). Call after ``stop``: a node still running could be writing."""
         out = {}
-        for node, path in self._spooled.items():
-            if path.exists():
+        for node in nodes:
+            path = self._spooled.get(node)
+            if path is not None and path.exists():
                 out[node] = path.read_text(encoding="utf-8")
+        return out
+
+    def drop_results(self, nodes: list[int]) -> None:
+        """Remove what ``nodes`` spooled here, once the launcher has it."""
+        for node in nodes:
+            path = self._spooled.get(node)
+            if path is not None:
                 with contextlib.suppress(OSError):
                     path.unlink()
-        return out
 
     def stop(self, grace_s: float) -> None:
         """Give the nodes ``grace_s`` to exit on their own, then kill and reap the rest."""
@@ -246,6 +265,7 @@ class AgentNodes:
         self.agents: list[_Agent] = []
         self.agent_of: dict[int, _Agent] = {}
         self._ended: dict[int, str] = {}
+        self._polled_at = -math.inf
 
     def place(self, processes: int, found: Sequence[Machine]) -> None:
         """Place an agent on each machine that gets nodes (``split``), keeping each handle
@@ -280,8 +300,11 @@ class AgentNodes:
             self.place(processes, found)
         keys = [a.handle.identities.remote(a.nodes).future() for a in self.agents]
         _, missing = concurrent.futures.wait(keys, timeout=settings.start_timeout_s)
-        if missing or any(key.exception() is not None for key in keys):
+        if missing:
             raise RuntimeError(f"{len(missing)} Ray agents did not make their keys in time")
+        for key in keys:
+            if (exc := key.exception()) is not None:
+                raise RuntimeError(f"a Ray agent could not make its nodes' keys: {exc}")
         return {node: key for answer in keys for node, key in answer.result().items()}
 
     def start(
@@ -299,6 +322,9 @@ class AgentNodes:
 
     def _poll(self) -> None:
         now = time.monotonic()
+        if now - self._polled_at < POLL_S / 4:  # the supervisor asks per node: once a pass
+            return
+        self._polled_at = now
         for agent in self.agents:
             if agent.lost is not None:
                 continue
@@ -315,10 +341,17 @@ class AgentNodes:
                     agent.poll, agent.polled_at = agent.handle.exits.remote().future(), now
 
     def _lose(self, agent: _Agent, exc: BaseException | None) -> None:
+        """``agent``'s call raised: its nodes have ended. Either Ray lost the agent (its
+        process, or its machine), or the agent is alive and raised (a fork that failed:
+        it reaped what it had forked before raising)."""
         from dlactor.launch.ray import describe_ray_error
 
-        said = describe_ray_error(exc) if exc is not None else "lost its Ray agent"
-        agent.lost = said.replace("its Ray worker", "its machine's agent", 1)
+        if isinstance(exc, ray.exceptions.RayTaskError):
+            last = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+            agent.lost = f"was not started: its machine's agent raised ({last})"
+        else:
+            said = describe_ray_error(exc) if exc is not None else "lost its Ray agent"
+            agent.lost = said.replace("its Ray worker", "its machine's agent", 1)
         for node in agent.nodes:
             self._ended.setdefault(node, agent.lost)
 
@@ -337,14 +370,16 @@ class AgentNodes:
         return out
 
     def local_pids(self) -> list[int]:
-        """The nodes on this machine, and the agents: an agent is its machine's template,
-        whose pages its nodes share, as the local launcher is (the run's PSS counts both)."""
-        agents = [
+        return [pid for pid, ip in self.placement().values() if ip == self.here]
+
+    def template_pids(self) -> list[int]:
+        """The agents on this machine: each is its machine's template, whose pages its nodes
+        share, as the local launcher is; the run's PSS counts them, each read every time."""
+        return [
             agent.where.result()[0]
             for agent in self.agents
             if agent.machine.ip == self.here and agent.where.done() and not agent.where.exception()
         ]
-        return agents + [pid for pid, ip in self.placement().values() if ip == self.here]
 
     def hosts(self) -> list[str]:
         return sorted({agent.machine.ip for agent in self.agents})
@@ -361,15 +396,24 @@ class AgentNodes:
         while time.monotonic() < deadline and len(self._ended) < len(self.agent_of):
             self._poll()
             time.sleep(POLL_S / 2)
-        alive = [a for a in self.agents if a.lost is None]
-        asked = [(a, a.handle.results.remote().future()) for a in alive]
-        concurrent.futures.wait([f for _, f in asked], timeout=FETCH_TIMEOUT_S)
-        for _, answer in asked:
-            if answer.done() and answer.exception() is None:
-                for node, text in answer.result().items():
-                    write_atomic(results_path(run_dir, node, self.servers), text)
+        # Agents whose start never returned would answer nothing before it does: skipped.
+        alive = [
+            a for a in self.agents if a.lost is None and a.started is not None and a.started.done()
+        ]
         stops = [a.handle.stop.remote(0.0).future() for a in alive]
         concurrent.futures.wait(stops, timeout=AGENT_STOP_S)
+        dropped: list[concurrent.futures.Future[None]] = []
+        for agent in alive:  # node by node: one machine's results can be large
+            for node in agent.nodes:
+                answer = agent.handle.results.remote([node]).future()
+                try:
+                    text = answer.result(timeout=FETCH_TIMEOUT_S).get(node)
+                except Exception:  # the agent is gone or late: its spool stays on its machine
+                    break
+                if text is not None:
+                    write_atomic(results_path(run_dir, node, self.servers), text)
+                    dropped.append(agent.handle.drop_results.remote([node]).future())
+        concurrent.futures.wait(dropped, timeout=FETCH_TIMEOUT_S)
         self.kill_agents()
 
     def kill_agents(self) -> None:

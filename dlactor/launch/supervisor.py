@@ -154,7 +154,9 @@ class Supervisor:
             enabled=show_progress,
             first_round=plan.resume_round or 0,
         )
-        self.memory = MemorySampler(nodes.local_pids)
+        self.memory = MemorySampler(
+            nodes.local_pids, templates=getattr(nodes, "template_pids", None)
+        )
         self._deferred: tuple[int, str] | None = None
         self._strangers: dict[asyncio.StreamWriter, None] = {}  # unfinished handshakes
         self._handlers: set[asyncio.Task[Any]] = set()  # serve_control, one per connection

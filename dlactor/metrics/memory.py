@@ -153,10 +153,19 @@ class MemorySampler:
 
     ``pids`` is asked at every sample: a backend may learn its processes' pids as they
     start (Ray workers report theirs), and only processes on this machine can be read.
+    ``templates`` are processes that are read at every sample, never extrapolated from
+    (Ray agents: each is its machine's template, unlike the nodes).
     """
 
-    def __init__(self, pids: Callable[[], Iterable[int]], *, interval_s: float = 1.0) -> None:
+    def __init__(
+        self,
+        pids: Callable[[], Iterable[int]],
+        *,
+        interval_s: float = 1.0,
+        templates: Callable[[], Iterable[int]] | None = None,
+    ) -> None:
         self.pids = pids
+        self.templates = templates
         self.interval_s = interval_s
         self.peak_pss = 0
 
@@ -167,10 +176,12 @@ class MemorySampler:
     MAX_READ = 32
 
     def sample(self) -> int:
-        nodes = sorted(set(self.pids()) - {os.getpid()})
+        own = {os.getpid(), *(self.templates() if self.templates is not None else ())}
+        nodes = sorted(set(self.pids()) - own)
         step = max(1, -(-len(nodes) // self.MAX_READ))  # ceil: at most MAX_READ are read
         read = [pss_bytes(p) for p in nodes[::step]]  # every node when there are few
-        pss = pss_bytes(os.getpid()) + (sum(read) * len(nodes) // len(read) if read else 0)
+        pss = sum(pss_bytes(p) for p in own)
+        pss += sum(read) * len(nodes) // len(read) if read else 0
         self.peak_pss = max(self.peak_pss, pss)
         return pss
 
