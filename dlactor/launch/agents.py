@@ -43,7 +43,7 @@ import torch
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from dlactor.config import ConfigError, RayLauncher
-from dlactor.launch.local import _reap, forking_template
+from dlactor.launch.local import forking_template, reap
 from dlactor.launch.supervisor import describe_exit
 from dlactor.launch.worker import node_process_main, results_path
 from dlactor.metrics.jsonio import write_atomic
@@ -192,7 +192,7 @@ class RayAgent:
                     self._procs[node] = _fork(ctx, body, node)
                     del identities[node]  # its private key is the child's alone now
         except BaseException:
-            _reap(list(self._procs.values()))
+            reap(list(self._procs.values()))
             raise
         return {node: p.pid for node, p in self._procs.items() if p.pid is not None}
 
@@ -223,9 +223,11 @@ class RayAgent:
                 with contextlib.suppress(OSError):
                     path.unlink()
 
-    def stop(self, grace_s: float) -> None:
-        """Give the nodes ``grace_s`` to exit on their own, then kill and reap the rest."""
-        _reap(list(self._procs.values()), grace_s=grace_s)
+    def stop(self, grace_s: float) -> list[int]:
+        """Give the nodes ``grace_s`` to exit on their own, then kill and reap the rest: the
+        nodes whose results are spooled here, for the launcher to fetch (``results``)."""
+        reap(list(self._procs.values()), grace_s=grace_s)
+        return sorted(node for node, path in self._spooled.items() if path.exists())
 
 
 def _fork(ctx: mp.context.ForkContext, body: Callable[[int], int], node: int) -> BaseProcess:
@@ -238,6 +240,11 @@ def _child(body: Callable[[int], int], node: int) -> None:
     sys.exit(body(node))
 
 
+def _raised(call: concurrent.futures.Future[Any] | None) -> BaseException | None:
+    """What a finished call raised (None: not finished, or it returned)."""
+    return call.exception() if call is not None and call.done() else None
+
+
 @dataclasses.dataclass
 class _Agent:
     """The launcher's side of one agent."""
@@ -248,8 +255,7 @@ class _Agent:
     where: concurrent.futures.Future[tuple[int, str]]
     started: concurrent.futures.Future[dict[int, int]] | None = None
     poll: concurrent.futures.Future[dict[int, int]] | None = None
-    polled_at: float = 0.0
-    lost: str | None = None  # why Ray says it is gone
+    lost: str | None = None  # why Ray says it is gone, or that it raised
 
 
 class AgentNodes:
@@ -290,14 +296,13 @@ class AgentNodes:
             self.agents.append(agent)
             self.agent_of.update(dict.fromkeys(nodes, agent))
 
-    def create(
-        self, settings: RayLauncher, processes: int, found: Sequence[Machine]
-    ) -> dict[int, bytes]:
-        """The agents (``place``d here if they are not yet) make their nodes' key pairs:
-        their public keys, by node (RuntimeError if they do not all answer within
-        ``start_timeout_s``)."""
-        if not self.agents:
-            self.place(processes, found)
+    def create(self, settings: RayLauncher, processes: int) -> dict[int, bytes]:
+        """The agents (``place``d) make the ``processes`` nodes' key pairs: their public
+        keys, by node (RuntimeError if they do not all answer within ``start_timeout_s``)."""
+        if len(self.agent_of) != processes:
+            raise RuntimeError(
+                f"agents were placed for {len(self.agent_of)} nodes, not {processes}"
+            )
         keys = [a.handle.identities.remote(a.nodes).future() for a in self.agents]
         _, missing = concurrent.futures.wait(keys, timeout=settings.start_timeout_s)
         if missing:
@@ -321,37 +326,36 @@ class AgentNodes:
         return self._ended.get(node)
 
     def _poll(self) -> None:
+        """At most once per ``POLL_S`` (the supervisor asks node by node): take in each
+        agent's answer, and ask again each agent that has answered."""
         now = time.monotonic()
-        if now - self._polled_at < POLL_S / 4:  # the supervisor asks per node: once a pass
+        if now - self._polled_at < POLL_S:
             return
         self._polled_at = now
         for agent in self.agents:
             if agent.lost is not None:
                 continue
-            for call in (agent.started, agent.poll):
-                if call is not None and call.done() and call.exception() is not None:
-                    self._lose(agent, call.exception())
-                    break
-            else:
-                if agent.poll is not None and agent.poll.done():
-                    for node, code in agent.poll.result().items():
-                        self._ended.setdefault(node, describe_exit(code))
-                    agent.poll = None
-                if agent.poll is None and now - agent.polled_at >= POLL_S:
-                    agent.poll, agent.polled_at = agent.handle.exits.remote().future(), now
+            exc = _raised(agent.started) or _raised(agent.poll)
+            if exc is not None:
+                self._lose(agent, exc)
+                continue
+            if agent.poll is not None and agent.poll.done():
+                for node, code in agent.poll.result().items():
+                    self._ended.setdefault(node, describe_exit(code))
+                agent.poll = None
+            if agent.poll is None:
+                agent.poll = agent.handle.exits.remote().future()
 
-    def _lose(self, agent: _Agent, exc: BaseException | None) -> None:
+    def _lose(self, agent: _Agent, exc: BaseException) -> None:
         """``agent``'s call raised: its nodes have ended. Either Ray lost the agent (its
         process, or its machine), or the agent is alive and raised (a fork that failed:
         it reaped what it had forked before raising)."""
-        from dlactor.launch.ray import describe_ray_error
+        from dlactor.launch.ray import describe_ray_error, ray_error_reason
 
         if isinstance(exc, ray.exceptions.RayTaskError):
-            last = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
-            agent.lost = f"was not started: its machine's agent raised ({last})"
+            agent.lost = f"was not started: its machine's agent raised ({ray_error_reason(exc)})"
         else:
-            said = describe_ray_error(exc) if exc is not None else "lost its Ray agent"
-            agent.lost = said.replace("its Ray worker", "its machine's agent", 1)
+            agent.lost = describe_ray_error(exc, lost="its machine's agent")
         for node in agent.nodes:
             self._ended.setdefault(node, agent.lost)
 
@@ -400,11 +404,12 @@ class AgentNodes:
         alive = [
             a for a in self.agents if a.lost is None and a.started is not None and a.started.done()
         ]
-        stops = [a.handle.stop.remote(0.0).future() for a in alive]
-        concurrent.futures.wait(stops, timeout=AGENT_STOP_S)
+        stops = [(a, a.handle.stop.remote(0.0).future()) for a in alive]
+        concurrent.futures.wait([stop for _, stop in stops], timeout=AGENT_STOP_S)
         dropped: list[concurrent.futures.Future[None]] = []
-        for agent in alive:  # node by node: one machine's results can be large
-            for node in agent.nodes:
+        for agent, stop in stops:  # only what is spooled, node by node: it can be large
+            spooled = stop.result() if stop.done() and stop.exception() is None else []
+            for node in spooled:
                 answer = agent.handle.results.remote([node]).future()
                 try:
                     text = answer.result(timeout=FETCH_TIMEOUT_S).get(node)
@@ -414,7 +419,11 @@ class AgentNodes:
                     write_atomic(results_path(run_dir, node, self.servers), text)
                     dropped.append(agent.handle.drop_results.remote([node]).future())
         concurrent.futures.wait(dropped, timeout=FETCH_TIMEOUT_S)
+        here = self.template_pids() + self.local_pids()
         self.kill_agents()
+        from dlactor.launch.ray import KILL_WAIT_S, wait_gone
+
+        wait_gone(here, KILL_WAIT_S)  # as for Ray's workers: gone when the launcher says done
 
     def kill_agents(self) -> None:
         for agent in self.agents:

@@ -36,7 +36,7 @@ from dlactor.metrics.memory import release_freed_memory
 from dlactor.security.identity import LAUNCHER
 from dlactor.transport.base import Address
 
-__all__ = ["forking_template", "launch_local"]
+__all__ = ["forking_template", "launch_local", "reap"]
 
 
 def _child(
@@ -101,7 +101,7 @@ def launch_local(plan: Plan, run_dir: Path, *, show_progress: bool = True) -> Ou
         outcome = Outcome(status="interrupted", reason="interrupted (Ctrl-C)")
     finally:
         listener.close()
-        _reap(procs, grace_s=STOP_GRACE_S if outcome is not None and outcome.status == "ok" else 0)
+        reap(procs, grace_s=STOP_GRACE_S if outcome is not None and outcome.status == "ok" else 0)
     return outcome
 
 
@@ -163,7 +163,7 @@ def _start_node(
     return p
 
 
-def _reap(procs: list[BaseProcess], *, grace_s: float = 0.0) -> None:
+def reap(procs: list[BaseProcess], *, grace_s: float = 0.0) -> None:
     """Make sure no node outlives the launcher, whatever happened above: give them
     ``grace_s`` seconds to exit on their own (a node that reported Done is still closing
     its sockets and files), then kill what is left and join every process."""

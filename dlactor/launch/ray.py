@@ -55,7 +55,16 @@ from dlactor.metrics.jsonio import write_atomic
 from dlactor.security.identity import LAUNCHER, Identity
 from dlactor.transport.base import Address
 
-__all__ = ["PackedPlan", "RayBackend", "RayNode", "RayNodes", "results_dir"]
+__all__ = [
+    "PackedPlan",
+    "RayBackend",
+    "RayNode",
+    "RayNodes",
+    "describe_ray_error",
+    "ray_error_reason",
+    "results_dir",
+    "wait_gone",
+]
 
 #: Where a node listens: host (None: its Ray node's IP address) and port (0: any free one).
 NodeListen = tuple[str | None, int]
@@ -236,6 +245,9 @@ class RayNodes:
     def local_pids(self) -> list[int]:
         return [pid for pid, ip in self.placement().values() if ip == self.here]
 
+    def template_pids(self) -> list[int]:
+        return []  # every node is a worker of its own
+
     def hosts(self) -> list[str]:
         return sorted({ip for _, ip in self.placement().values()})
 
@@ -249,7 +261,7 @@ class RayNodes:
         pids = self.local_pids()
         for handle in self.handles:
             ray.kill(handle, no_restart=True)
-        _wait_gone(pids, KILL_WAIT_S)
+        wait_gone(pids, KILL_WAIT_S)
 
     def _fetch_results(self, run_dir: Path) -> None:
         """Results of the nodes that ran elsewhere and returned from ``run`` (an actor that
@@ -270,17 +282,24 @@ class RayNodes:
                 write_atomic(path, text)  # whole lines or none
 
 
-def describe_ray_error(exc: BaseException) -> str:
-    """What Ray says of a node's failed ``run``, in words that follow "node 3 ": its worker
-    died (how, as Ray puts it), or the call raised outside the node code."""
+def describe_ray_error(exc: BaseException, lost: str = "its Ray worker") -> str:
+    """What Ray says of a node's failed call, in words that follow "node 3 ": the actor
+    that ran it (``lost``: its worker, or its machine's agent) died (how, as Ray puts it),
+    or the call raised outside the node code."""
+    return f"lost {lost} ({ray_error_reason(exc)})"
+
+
+def ray_error_reason(exc: BaseException) -> str:
+    """``Type: why`` of a Ray error in one line: why the actor died, as Ray puts it, or the
+    last line of what the call raised."""
     text = str(exc)
     died = re.search(r"The actor (?:is dead|died) because (.*?)\.(?:\s|$)", text)
     lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
     why = died.group(1) if died else (lines[-1] if lines else type(exc).__name__)
-    return f"lost its Ray worker ({type(exc).__name__}: {why})"
+    return f"{type(exc).__name__}: {why}"
 
 
-def _wait_gone(pids: list[int], timeout: float) -> None:
+def wait_gone(pids: list[int], timeout: float) -> None:
     """Wait until these processes have exited (zombies count as gone: not ours to reap)."""
     deadline = time.monotonic() + timeout
     for pid in pids:
@@ -349,8 +368,9 @@ class RayBackend:
         here = ray.util.get_node_ip_address()
         nodes: RayNodes | AgentNodes
         if self.settings.placement == "agents":
-            placed, self.agents = self.agents, None  # placed agents serve one launch
-            nodes = placed if placed is not None else AgentNodes(here=here)
+            nodes, self.agents = self.agents or AgentNodes(here), None  # they serve one launch
+            if not nodes.agents:  # a second launch on this backend
+                nodes.place(plan.processes, self.machines)
             nodes.servers = plan.servers
         else:
             nodes = RayNodes(here=here, servers=plan.servers)
@@ -358,11 +378,7 @@ class RayBackend:
         try:
             _ship_plugin_code()
             try:
-                if isinstance(nodes, AgentNodes):
-                    keys = nodes.create(self.settings, plan.processes, self.machines)
-                else:
-                    keys = nodes.create(self.settings, plan.processes)
-                plan.keys.add_public(keys)
+                plan.keys.add_public(nodes.create(self.settings, plan.processes))
             except RuntimeError as exc:
                 return Outcome(status="failed", reason=f"start barrier: {exc}")
             if plan.keys.tls:

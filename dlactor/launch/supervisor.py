@@ -101,6 +101,11 @@ class NodeProcesses(Protocol):
         """Pids of the node processes on this machine known so far (for PSS sampling)."""
         ...
 
+    def template_pids(self) -> list[int]:
+        """Pids of other processes on this machine that the nodes were forked from (Ray's
+        agents), read in full at every PSS sample as the launcher itself is."""
+        ...
+
 
 class ForkedNodes:
     """:class:`NodeProcesses` over processes this one forked (the local backend)."""
@@ -118,6 +123,9 @@ class ForkedNodes:
 
     def local_pids(self) -> list[int]:
         return [p.pid for p in self.procs if p.pid is not None]
+
+    def template_pids(self) -> list[int]:
+        return []  # the template is the launcher itself
 
 
 class Supervisor:
@@ -154,9 +162,7 @@ class Supervisor:
             enabled=show_progress,
             first_round=plan.resume_round or 0,
         )
-        self.memory = MemorySampler(
-            nodes.local_pids, templates=getattr(nodes, "template_pids", None)
-        )
+        self.memory = MemorySampler(nodes.local_pids, templates=nodes.template_pids)
         self._deferred: tuple[int, str] | None = None
         self._strangers: dict[asyncio.StreamWriter, None] = {}  # unfinished handshakes
         self._handlers: set[asyncio.Task[Any]] = set()  # serve_control, one per connection

@@ -57,11 +57,15 @@ class ResidentMemory:
 
     def __init__(self) -> None:
         self._page = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+        self._fd = -1
+        self._open()
+
+    def _open(self) -> None:
+        """Open this process's statm (psutil where there is none)."""
         self._pid = os.getpid()
         try:
             self._fd = os.open("/proc/self/statm", os.O_RDONLY | os.O_CLOEXEC)
         except OSError:
-            self._fd = -1
             import psutil
 
             self._process = psutil.Process()
@@ -69,7 +73,7 @@ class ResidentMemory:
     def bytes(self) -> int:
         if self._pid != os.getpid():  # made before a fork: /proc/self was the parent's
             self.close()
-            self.__init__()  # type: ignore[misc]
+            self._open()
         if self._fd < 0:
             return int(self._process.memory_info().rss)
         return int(os.pread(self._fd, 128, 0).split(maxsplit=2)[1]) * self._page

@@ -24,10 +24,11 @@ from launches import quickstart_summary
 from report import Section, Table, Verdict, mib
 
 NODE_COUNTS = (16, 64)
+LOCAL, WORKERS, AGENTS = "local", "Ray, a worker per node", "Ray, an agent per machine"
 MODES: dict[str, tuple[str, ...]] = {
-    "local": (),
-    "Ray, a worker per node": ("launcher.kind=ray", "launcher.placement=workers"),
-    "Ray, an agent per machine": ("launcher.kind=ray", "launcher.placement=agents"),
+    LOCAL: (),
+    WORKERS: ("launcher.kind=ray", "launcher.placement=workers"),
+    AGENTS: ("launcher.kind=ray", "launcher.placement=agents"),
 }
 ROUNDS = 5
 #: The targets: the agents' memory per node and start-up against the local launcher's.
@@ -89,9 +90,8 @@ def ray_section(runs: list[RayRun]) -> tuple[Section, list[Verdict]]:
     )
     row("**PSS per node**: peak PSS of the run / nodes (MiB)", lambda r: mib(r.pss_per_node))
     verdicts, notes = [], []
-    agents, local = "Ray, an agent per machine", "local"
     for n in counts:
-        a, loc = by.get((agents, n)), by.get((local, n))
+        a, loc = by.get((AGENTS, n)), by.get((LOCAL, n))
         if a is None or loc is None:
             continue
         memory = _ratio(a.pss_per_node, loc.pss_per_node)
@@ -104,7 +104,7 @@ def ray_section(runs: list[RayRun]) -> tuple[Section, list[Verdict]]:
             met = None if ratio is None else ratio <= target
             goal = f"Ray agents' {what} within {target}x the local launcher's at {n} nodes"
             verdicts.append(Verdict(goal, shown, met))
-        w = by.get(("Ray, a worker per node", n))
+        w = by.get((WORKERS, n))
         if w is not None:
             notes.append(
                 f"{n} nodes: per node, a Ray worker took {mib(w.pss_per_node)} MiB of PSS and an "

@@ -135,7 +135,7 @@ def test_reaping_lets_nodes_finish_within_the_grace_period_then_kills_the_rest()
     stuck.start()
     t0 = time.monotonic()
 
-    local._reap([finishing, stuck], grace_s=2.0)
+    local.reap([finishing, stuck], grace_s=2.0)
 
     assert finishing.exitcode == 0
     assert stuck.exitcode == -signal.SIGKILL

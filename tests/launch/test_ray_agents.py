@@ -19,7 +19,7 @@ import ray.exceptions as ray_exceptions
 
 from dlactor.config import load_config
 from dlactor.launch import agents as agents_module
-from dlactor.launch.agents import AgentNodes, Machine, _Agent, split
+from dlactor.launch.agents import AgentNodes, Machine, RayAgent, _Agent, split
 from dlactor.launch.supervisor import describe_exit
 from tests.launch.conftest import start_blocking_ray, stop_blocking_ray
 from tests.launch.test_ray import QUICKSTART, Launch, assert_gone, records
@@ -275,11 +275,17 @@ class _Method:
         return _Ref(self.fn, *args)
 
 
+#: Pids above Linux's largest (2**22): no real process is waited for or read.
+PID = 1 << 23
+
+
 class FakeAgent:
-    """What AgentNodes calls on an agent, answered at once; ``dead`` raises as Ray does."""
+    """What AgentNodes calls on an agent, answered at once; ``dead`` raises as Ray does. What
+    it does with its nodes' spooled results is a real RayAgent's (``real``)."""
 
     def __init__(self, pids: dict[int, int], dead: BaseException | None = None) -> None:
         self.pids, self.dead = pids, dead
+        self.real = RayAgent()
         self.exited: dict[int, int] = {}
         self.killed: list[int] = []
 
@@ -293,13 +299,17 @@ class FakeAgent:
 
         self.exits = call(lambda: dict(self.exited))
         self.kill = call(self.killed.append)
+        self.stop = call(self.real.stop)
+        self.asked: list[int] = []  # nodes whose results the launcher asked for
+        self.results = call(lambda nodes: self.asked.extend(nodes) or self.real.results(nodes))
+        self.drop_results = call(self.real.drop_results)
 
 
 def agent_nodes(*agents: tuple[list[int], FakeAgent]) -> AgentNodes:
     nodes = AgentNodes(here="10.0.0.1")
     for i, (ids, fake) in enumerate(agents):
         where: concurrent.futures.Future[tuple[int, str]] = concurrent.futures.Future()
-        where.set_result((1000 + i, "10.0.0.1"))
+        where.set_result((PID + 1000 + i, "10.0.0.1"))
         started: concurrent.futures.Future[dict[int, int]] = concurrent.futures.Future()
         started.set_result(fake.pids)
         agent = _Agent(Machine(f"m{i}", "10.0.0.1", 8), ids, fake, where, started)
@@ -312,8 +322,8 @@ def test_agent_nodes_report_each_exit_and_a_dead_agent_loses_all_its_nodes(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setattr(agents_module, "POLL_S", 0.0)
-    alive = FakeAgent({0: 200, 1: 201})
-    doomed = FakeAgent({2: 202, 3: 203})
+    alive = FakeAgent({0: PID, 1: PID + 1})
+    doomed = FakeAgent({2: PID + 2, 3: PID + 3})
     nodes = agent_nodes(([0, 1], alive), ([2, 3], doomed))
     assert [nodes.ended(n) for n in range(4)] == [None] * 4
     alive.exited[1] = 0
@@ -326,8 +336,8 @@ def test_agent_nodes_report_each_exit_and_a_dead_agent_loses_all_its_nodes(
     nodes.kill(0)
     nodes.kill(2)  # its agent is gone: nothing to ask
     assert alive.killed == [0] and doomed.killed == []
-    assert sorted(nodes.local_pids()) == [200, 201, 202, 203]
-    assert nodes.template_pids() == [1000, 1001]
+    assert sorted(nodes.local_pids()) == [PID, PID + 1, PID + 2, PID + 3]
+    assert nodes.template_pids() == [PID + 1000, PID + 1001]
 
 
 def test_an_agent_that_raised_while_starting_is_not_called_lost() -> None:
@@ -344,3 +354,25 @@ def test_an_agent_that_raised_while_starting_is_not_called_lost() -> None:
     said = nodes.ended(1)
     assert said is not None and said.startswith("was not started: its machine's agent raised")
     assert "Cannot allocate" in said
+
+
+def test_results_spooled_on_a_machine_that_does_not_see_the_run_directory_are_fetched(
+    tmp_path: Path,
+) -> None:
+    """After the run, each agent stops its nodes and says which spooled results; the
+    launcher writes those into the run directory, and only then are they removed there."""
+    run_dir, spool = tmp_path / "run", tmp_path / "spool"
+    spool.mkdir()
+    (run_dir / "nodes").mkdir(parents=True)  # as the launcher makes it before any node starts
+    agent = FakeAgent({0: PID, 1: PID + 1, 2: PID + 2})
+    agent.real._spooled = {n: spool / f"{n}.jsonl" for n in range(3)}
+    lines = '{"node": 1, "round": 0}\n{"node": 1, "round": 1}\n'
+    (spool / "1.jsonl").write_text(lines)  # node 0 spooled nothing; node 2 wrote nothing yet
+    (spool / "2.jsonl").write_text("")
+    nodes = agent_nodes(([0, 1, 2], agent))
+    nodes.finish(run_dir, grace_s=0.0)
+    assert (run_dir / "nodes" / "1.jsonl").read_text() == lines
+    assert (run_dir / "nodes" / "2.jsonl").read_text() == ""
+    assert not (run_dir / "nodes" / "0.jsonl").exists()
+    assert sorted(spool.iterdir()) == []  # fetched, then dropped
+    assert agent.asked == [1, 2]  # only what was spooled: no call per node that was not

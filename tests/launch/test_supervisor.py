@@ -267,6 +267,9 @@ class Placed:
     def local_pids(self) -> list[int]:
         return list(self.pids)
 
+    def template_pids(self) -> list[int]:
+        return []
+
 
 def placed(plan: Plan, run_dir: Path) -> tuple[Placed, Supervisor]:
     """A supervisor over stand-ins of a backend's node processes, on a fresh listener."""

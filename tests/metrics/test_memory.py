@@ -127,6 +127,18 @@ def test_the_sampler_extrapolates_a_big_run_from_a_spread_subset(
     assert sampler.peak_pss == 100 + 1024 * 100
 
 
+def test_the_sampler_reads_every_template_and_extrapolates_only_over_the_nodes(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Ray's agents are templates: a big one counted as one node of a spread subset would be
+    multiplied by the stride (or left out)."""
+    sizes = {7: 300}  # the one template: 300
+    monkeypatch.setattr(memory, "pss_bytes", lambda pid: sizes.get(pid, 10))
+    nodes = range(1 << 23, (1 << 23) + 1024)
+    sampler = memory.MemorySampler(lambda: [7, *nodes], templates=lambda: [7])
+    assert sampler.sample() == 10 + 300 + 1024 * 10  # this process, the template, the nodes
+
+
 def test_resident_memory_reads_what_psutil_reads() -> None:
     """The kept-open /proc/self/statm and psutil give this process's RSS alike, and a
     megabyte touched shows in the next read."""

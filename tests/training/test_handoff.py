@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from dlactor.context import RoundContext
-from dlactor.training.base import INLINE_UNDER_S, Handoff
+from dlactor.training.base import Handoff
 from dlactor.training.sgd import SGDTrainer
 
 
@@ -56,10 +56,6 @@ async def test_an_error_reaches_the_caller_from_either_side() -> None:
     for _ in range(2):  # in the thread, then on the loop
         with pytest.raises(ZeroDivisionError):
             await handoff.run(divide, 0)
-
-
-def test_the_default_threshold() -> None:
-    assert Handoff().inline_under_s == INLINE_UNDER_S == 0.010
 
 
 async def test_where_training_runs_changes_no_number() -> None:
