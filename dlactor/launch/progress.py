@@ -33,6 +33,10 @@ class RunProgress:
         self._rounds = rounds
         self._at = [first_round] * nodes
         self._gone: set[int] = set()
+        #: round -> how many nodes still in the run have reached it: the slowest is found
+        #: by walking up from the last one, not by a scan of every node per report (which
+        #: made a round's reports O(nodes²): 3 s of the launcher's CPU at 10,000 nodes).
+        self._reached = {first_round: nodes}
         #: The round every node still in the run has reached (finished the one before).
         self.slowest = first_round
         self._console = Console(file=sys.stderr)
@@ -61,11 +65,16 @@ class RunProgress:
 
     def lose(self, node: int) -> None:
         """``node`` is gone (the run goes on without it): the slowest of the others counts."""
-        self._gone.add(node)
+        if node not in self._gone:
+            self._gone.add(node)
+            self._reached[self._at[node]] -= 1
 
     def advance(self, node: int, round: int) -> None:
-        self._at[node] = round + 1
-        slowest = min((at for i, at in enumerate(self._at) if i not in self._gone), default=0)
+        old, self._at[node] = self._at[node], round + 1
+        if node not in self._gone:
+            self._reached[old] -= 1
+            self._reached[round + 1] = self._reached.get(round + 1, 0) + 1
+        slowest = self._slowest(min(self.slowest, round + 1))
         self.slowest = slowest
         self._progress.update(self._task, advance=1, slowest=slowest)
         if self._plain and slowest >= self._logged + self._step:
@@ -76,6 +85,16 @@ class RunProgress:
                 file=sys.stderr,
                 flush=True,
             )
+
+    def _slowest(self, at: int) -> int:
+        """The lowest round a node still in the run has reached (0 when none is left),
+        searched from ``at``, which none is below."""
+        if len(self._gone) == len(self._at):
+            return 0
+        while not self._reached.get(at):
+            self._reached.pop(at, None)
+            at += 1
+        return at
 
     def __enter__(self) -> RunProgress:
         self._progress.start()

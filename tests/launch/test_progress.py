@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import random
+
 import pytest
 
 from dlactor.launch.progress import RunProgress
@@ -39,3 +41,24 @@ def test_disabled_progress_writes_nothing(capsys: pytest.CaptureFixture[str]) ->
             progress.advance(0, r)
             progress.advance(1, r)
     assert capsys.readouterr().err == ""
+
+
+def test_the_slowest_round_is_the_lowest_of_the_nodes_still_in_the_run() -> None:
+    """Counted per round rather than scanned per report: the same answer as a scan, for
+    nodes reporting out of step, nodes lost on the way, and a resumed run."""
+    rng = random.Random(7)
+    for first in (0, 6):
+        nodes, rounds = 9, 30
+        at, gone = [first] * nodes, set()
+        with RunProgress(nodes, rounds, enabled=False, first_round=first) as progress:
+            while any(at[n] < rounds for n in range(nodes) if n not in gone):
+                node = rng.randrange(nodes)
+                if rng.random() < 0.02 and len(gone) < nodes - 1:
+                    gone.add(node)
+                    progress.lose(node)
+                elif at[node] < rounds:
+                    progress.advance(node, at[node])
+                    at[node] += 1
+                    live = [at[n] for n in range(nodes) if n not in gone]
+                    assert progress.slowest == min(live)
+        assert progress.slowest == rounds
