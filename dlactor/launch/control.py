@@ -83,10 +83,11 @@ class ControlStream:
         stream.set_max_frame(FROM_LAUNCHER_MAX_FRAME)
         return stream
 
-    def set_max_frame(self, max_frame: int) -> None:
-        """The limit for every frame not received yet (see ``FrameDecoder.set_max_frame``)."""
+    def set_max_frame(self, max_frame: int, *, scratch: int = 1 << 16) -> None:
+        """The limit for every frame not received yet (see ``FrameDecoder.set_max_frame``),
+        and the buffer small frames collect in from now on (never shrunk)."""
         self._decoder.set_max_frame(max_frame)
-        self._decoder.grow_scratch(1 << 16)
+        self._decoder.grow_scratch(scratch)
 
     async def receive(self) -> Message | None:
         """The next message, or None when the other side closed. ProtocolError on garbage."""
