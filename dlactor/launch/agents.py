@@ -43,7 +43,7 @@ import torch
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from dlactor.config import ConfigError, RayLauncher
-from dlactor.launch.local import forking_template, reap
+from dlactor.launch.local import ensure_open_files, forking_template, reap
 from dlactor.launch.supervisor import describe_exit
 from dlactor.launch.worker import node_process_main, results_path
 from dlactor.metrics.jsonio import write_atomic
@@ -166,6 +166,7 @@ class RayAgent:
             raise RuntimeError("a RayAgent must fork from its worker's main thread")
         plan = packed.unpack()
         identities, self._identities = self._identities, {}
+        ensure_open_files(len(identities))  # this machine's share, as the local launcher's
         here = results_dir(run_dir, plan.run_id)
         if here != run_dir:
             self._spooled = {node: results_path(here, node, plan.servers) for node in identities}

@@ -58,13 +58,15 @@ FILES_PER_NODE = 3
 FILES_SPARE = 256
 
 
-def ensure_open_files(nodes: int) -> int:
+def ensure_open_files(nodes: int, *, per_node: int = FILES_PER_NODE) -> int:
     """Raise this process's soft open-files limit (inherited by every forked node) to what
-    ``nodes`` need, up to the hard limit; a hard limit too low is invalid input, said before
-    anything starts rather than as a node failing to open a socket halfway through."""
+    ``nodes`` need, ``per_node`` each, up to the hard limit; a hard limit too low is invalid
+    input, said before anything starts rather than as a node failing to open a socket
+    halfway through. A process that forks nodes needs ``FILES_PER_NODE``; Ray's launcher,
+    which forks none, one per node (its control connection)."""
     import resource
 
-    need = FILES_PER_NODE * nodes + FILES_SPARE
+    need = per_node * nodes + FILES_SPARE
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft == resource.RLIM_INFINITY or soft >= need:
         return soft

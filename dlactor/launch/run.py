@@ -59,6 +59,7 @@ def open_backend(config: RunConfig) -> Iterator[Backend]:
         from dlactor.launch.ray import RayBackend
 
         processes = process_count(config)
+        local.ensure_open_files(processes, per_node=1)  # a control connection per node
         with RayBackend.connect(config.launcher, processes) as backend:
             yield backend
     else:

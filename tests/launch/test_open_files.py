@@ -43,3 +43,31 @@ def test_a_hard_limit_too_low_is_invalid_input_naming_nodes(
     monkeypatch.setattr(resource, "setrlimit", lambda *_: pytest.fail("must not set"))
     with pytest.raises(ConfigError, match=r"nodes: 1024 nodes need about 3,328 open files"):
         ensure_open_files(1024)
+
+
+def test_a_launcher_that_forks_nothing_asks_for_a_file_per_node(
+    limits: tuple[int, int],
+) -> None:
+    """Ray's launcher holds one control connection per node, and forks none."""
+    _soft, hard = limits
+    resource.setrlimit(resource.RLIMIT_NOFILE, (512, hard))
+    assert ensure_open_files(2000, per_node=1) == 2000 + FILES_SPARE
+
+
+def test_the_ray_launcher_raises_its_limit_before_it_connects(
+    limits: tuple[int, int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from dlactor.launch import ray as ray_backend
+    from dlactor.launch.run import open_backend
+    from tests.conftest import small_config
+
+    def connect(*_: object) -> None:
+        raise RuntimeError("not connecting in this test")
+
+    monkeypatch.setattr(ray_backend.RayBackend, "connect", connect)
+    _soft, hard = limits
+    resource.setrlimit(resource.RLIMIT_NOFILE, (512, hard))
+    config = small_config("launcher.kind=ray", "nodes=2000", "topology.degree=4")
+    with pytest.raises(RuntimeError, match="not connecting"), open_backend(config):
+        pass
+    assert resource.getrlimit(resource.RLIMIT_NOFILE)[0] == 2000 + FILES_SPARE
