@@ -18,6 +18,8 @@
    and bytes, plain against secure (bench_secure.py)
 11. Ray: the quickstart at 16 and 64 nodes under the local launcher, Ray workers and Ray
    agents: start-up and PSS per node (bench_ray.py)
+12. the control plane at 1,000, 10,000 and 100,000 nodes: the launcher's real supervisor
+   against fake nodes in one process (control_plane.py)
 
 Every figure in the file is measured by this script, except the targets and the quoted
 decentralizepy reference figures, which say so where they appear.
@@ -53,6 +55,8 @@ from bench_secure import run_secure, secure_section
 from bench_security import run_security, security_section
 from bench_startup import startup_section
 from bench_transport import run_transport, transport_section
+from control_plane import NODE_COUNTS as CONTROL_COUNTS
+from control_plane import control_section, run_control
 from machine import CpuTimes, git_revision, load_text, machine_table
 from report import Section, Verdict, verdict_table
 
@@ -88,7 +92,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-PARTS = ("codec", "transport", "e2e", "security", "network", "secure", "ray")
+PARTS = ("codec", "transport", "e2e", "security", "network", "secure", "ray", "control")
 
 
 def _node_counts(text: str) -> tuple[int, ...]:
@@ -161,6 +165,10 @@ def run_all(progress: Progress, args: argparse.Namespace) -> tuple[list[Section]
         ray, ray_verdicts = ray_section(run_ray(progress))
         sections.append(ray)
         verdicts += [_pointing(v, "section 11's notes") for v in ray_verdicts]
+    if "control" in args.parts:
+        progress("the control plane, simulated (a launcher and a farm of fake nodes per size)")
+        counts = CONTROL_COUNTS[:2] if args.quick else CONTROL_COUNTS
+        sections.append(control_section(run_control(progress, counts)))
     return sections, verdicts
 
 
