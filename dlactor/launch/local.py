@@ -34,6 +34,7 @@ from dlactor.launch.supervisor import STOP_GRACE_S, ForkedNodes, Outcome, Superv
 from dlactor.launch.worker import node_process_main, run_event_loop
 from dlactor.metrics.memory import release_freed_memory
 from dlactor.security.identity import LAUNCHER
+from dlactor.security.tls import warm_up_tls
 from dlactor.transport.base import Address
 
 __all__ = ["forking_template", "launch_local", "reap"]
@@ -128,12 +129,15 @@ def _fork_nodes(
 @contextlib.contextmanager
 def forking_template(plan: Plan) -> Iterator[mp.context.ForkContext]:
     """This process made ready to fork ``plan``'s nodes from (the local launcher, or a Ray
-    machine's agent): a node's first round warmed up in it, its objects frozen out of the
+    machine's agent): a node's first round warmed up in it (and OpenSSL, when the run uses
+    TLS), its objects frozen out of the
     collector's reach, freed heap handed back, SIGINT blocked; all undone on the way out."""
     ctx = mp.get_context("fork")
     # One torch thread per node (inherited by every fork): see docs/decisions.md.
     torch.set_num_threads(plan.config.launcher.torch_threads)
     warm_up_node(plan)
+    if plan.keys.tls:
+        warm_up_tls()
     gc.collect()
     gc.freeze()
     # Loading (Shakespeare's parser above all) leaves free chunks all over the heap; a child

@@ -33,7 +33,7 @@ from cryptography.x509.oid import NameOID
 from dlactor.security.identity import Identity, public_bytes
 from dlactor.wire.errors import RemoteProtocolError
 
-__all__ = ["RunCA", "TlsContexts", "peer_public_key"]
+__all__ = ["RunCA", "TlsContexts", "peer_public_key", "warm_up_tls"]
 
 VALID_FOR = datetime.timedelta(days=365)
 
@@ -98,6 +98,17 @@ class TlsContexts:
             ctx.load_verify_locations(cadata=ca.decode())
             _load_chain(ctx, identity, certificate)
         return cls(server, client)
+
+
+def warm_up_tls() -> None:
+    """Make and drop one process's TLS contexts, with a throwaway CA and key: OpenSSL sets up
+    its providers and decoders the first time a process loads a key and a CA. Done once in
+    the template that nodes are forked from, each node then shares that state instead of
+    building its own, in private memory and CPU at its start."""
+    ca = RunCA("warm-up")
+    key = Ed25519PrivateKey.generate()
+    identity = Identity(0, key)
+    TlsContexts.make(identity, ca.issue(0, public_bytes(key)), ca.pem)
 
 
 def _load_chain(ctx: ssl.SSLContext, identity: Identity, certificate: bytes) -> None:

@@ -315,3 +315,26 @@ async def test_a_failing_round_raises_its_own_exception_not_a_group() -> None:
 
     assert traceback.format_exception(info.value)[-1] == "RuntimeError: boom\n"
     assert leftover_tasks() == set()
+
+
+@pytest.mark.parametrize("tls", ["on", "off"])
+def test_the_template_warms_openssl_up_only_for_a_run_with_tls(
+    tls: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Its nodes then share OpenSSL's set-up instead of each making its own."""
+    from tests.conftest import small_plan
+
+    plan = small_plan(f"security.tls={tls}")
+    if tls == "on":
+        plan.keys.enable_tls(plan.run_id)
+    warmed: list[bool] = []
+    monkeypatch.setattr(local, "warm_up_tls", lambda: warmed.append(True))
+    with local.forking_template(plan):
+        pass
+    assert warmed == ([True] if tls == "on" else [])
+
+
+def test_warming_openssl_up_makes_and_drops_a_throwaway_context() -> None:
+    from dlactor.security.tls import warm_up_tls
+
+    warm_up_tls()  # raises if the throwaway CA, key or contexts are not consistent
