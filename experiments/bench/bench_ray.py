@@ -5,11 +5,15 @@ default): start-up and PSS per node.
 
 Each run is ``dlactor launch configs/quickstart.toml --set nodes=N --set rounds=5`` (plus
 ``launcher.kind=ray`` and the placement), on a local Ray cluster that the launcher starts
-itself (one machine: this one). Start-up is the summary's ``launch_to_barrier_s``: from
-just before the launcher forks the nodes or asks Ray for their actors, to the start
-barrier (a Ray cluster's own start, before it, is in the whole command's time). PSS per
-node is the summary's ``peak_pss_bytes`` (the launcher's own sampler: the launcher, the
-nodes on this machine and, under agents, the agent) over the nodes.
+itself (one machine: this one). TLS is on under Ray by default and off for the local
+launcher on loopback, so the local launcher runs twice, as it is by default and with
+``security.tls=on``: the targets compare the agents with the latter, like with like.
+Start-up is the summary's ``launch_to_barrier_s``: from just before the launcher forks
+the nodes or asks Ray for their actors (under agents: for their keys; the agents were
+placed as the launcher connected), to the start barrier (a Ray cluster's own start,
+before it, is in the whole command's time). PSS per node is the summary's
+``peak_pss_bytes`` (the launcher's own sampler: the launcher, the nodes on this machine
+and, under agents, the agent) over the nodes.
 """
 
 from __future__ import annotations
@@ -24,9 +28,14 @@ from launches import quickstart_summary
 from report import Section, Table, Verdict, mib
 
 NODE_COUNTS = (16, 64)
-LOCAL, WORKERS, AGENTS = "local", "Ray, a worker per node", "Ray, an agent per machine"
+LOCAL, LOCAL_TLS = "local", "local, TLS on"
+WORKERS, AGENTS = "Ray, a worker per node", "Ray, an agent per machine"
 MODES: dict[str, tuple[str, ...]] = {
     LOCAL: (),
+    # TLS is on by default under Ray (security.tls = "auto": nodes may be on other
+    # machines) and off for the local launcher on loopback: the agents are compared with
+    # a local run that has it too, so that the ratio is what placement costs.
+    LOCAL_TLS: ("security.tls=on",),
     WORKERS: ("launcher.kind=ray", "launcher.placement=workers"),
     AGENTS: ("launcher.kind=ray", "launcher.placement=agents"),
 }
@@ -91,7 +100,7 @@ def ray_section(runs: list[RayRun]) -> tuple[Section, list[Verdict]]:
     row("**PSS per node**: peak PSS of the run / nodes (MiB)", lambda r: mib(r.pss_per_node))
     verdicts, notes = [], []
     for n in counts:
-        a, loc = by.get((AGENTS, n)), by.get((LOCAL, n))
+        a, loc, plain = by.get((AGENTS, n)), by.get((LOCAL_TLS, n)), by.get((LOCAL, n))
         if a is None or loc is None:
             continue
         memory = _ratio(a.pss_per_node, loc.pss_per_node)
@@ -102,7 +111,10 @@ def ray_section(runs: list[RayRun]) -> tuple[Section, list[Verdict]]:
         ]:
             shown = "-" if ratio is None else f"{ratio:.2f}x"
             met = None if ratio is None else ratio <= target
-            goal = f"Ray agents' {what} within {target}x the local launcher's at {n} nodes"
+            goal = (
+                f"Ray agents' {what} within {target}x the local launcher's at {n} nodes "
+                "(both with TLS)"
+            )
             verdicts.append(Verdict(goal, shown, met))
         w = by.get((WORKERS, n))
         if w is not None:
@@ -111,7 +123,13 @@ def ray_section(runs: list[RayRun]) -> tuple[Section, list[Verdict]]:
                 f"agent's forked node {mib(a.pss_per_node)} MiB "
                 f"({_times(w.pss_per_node, a.pss_per_node)} less); start-up "
                 f"{_s(w.startup_s)} s against {_s(a.startup_s)} s "
-                f"(local: {_s(loc.startup_s)} s, {mib(loc.pss_per_node)} MiB)."
+                f"(local with TLS: {_s(loc.startup_s)} s, {mib(loc.pss_per_node)} MiB)."
+            )
+        if plain is not None:
+            notes.append(
+                f"{n} nodes, against the local launcher as it runs by default (no TLS on "
+                f"loopback): start-up {_times(a.startup_s, plain.startup_s)}, PSS per node "
+                f"{_times(a.pss_per_node, plain.pss_per_node)}."
             )
     intro = (__doc__ or "").split("\n\n", 1)[1].replace("\n", " ").strip()
     return Section("11. Ray at the density of one machine", intro, [table], notes), verdicts
