@@ -25,7 +25,7 @@ and its resident memory, and the bytes each way:
 - ``rounds``: ``--rounds`` reports from every node;
 - ``finish``: every node's ``Done``, and every connection closed.
 
-The address book is ~58 bytes a process, to every process: O(N²) bytes in all. Above
+The address book is ~52 bytes a process, to every process: O(N²) bytes in all. Above
 ``--elide-over`` bytes in all, only ``--sample`` nodes get its bytes (and decode it, timed);
 the others get its length: the launcher still encodes it and queues it on every stream,
 and the bytes it would send are counted. Past 65,536 processes the wire's 4 MiB header
@@ -77,7 +77,7 @@ QUICKSTART = ROOT / "configs" / "quickstart.toml"
 # One multiplexed record: connection, kind, length; then the bytes.
 _RECORD = struct.Struct("<IBI")
 OPEN, DATA, EOF, ELIDED, SETUP, RESULT = range(6)
-#: Connections are numbered from here for set-up and results (not a node).
+#: The connection of set-up and result records (no node's).
 _CONTROL = 0xFFFFFFFF
 _NODES_PER_MACHINE = 1000
 _DEBUG = bool(os.environ.get("CONTROL_PLANE_DEBUG"))
@@ -92,7 +92,7 @@ PHASES = ("connect", "barrier", "idle", "rounds", "finish")
 
 
 def node_key(node: int) -> Ed25519PrivateKey:
-    """A fake node's key, the same in both processes' eyes (not a secret: a simulation)."""
+    """A fake node's key, derived from its number (a simulation: not a secret)."""
     return Ed25519PrivateKey.from_private_bytes(hashlib.sha256(b"node %d" % node).digest())
 
 
