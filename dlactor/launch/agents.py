@@ -273,6 +273,9 @@ class AgentNodes:
         self.agent_of: dict[int, _Agent] = {}
         self._ended: dict[int, str] = {}
         self._polled_at = -math.inf
+        #: How long ``create`` waited for every agent's keys: the agents' own start (a Ray
+        #: worker importing torch) that the launcher had not overlapped with its own work.
+        self.waited_s: float | None = None
 
     def place(self, processes: int, found: Sequence[Machine]) -> None:
         """Place an agent on each machine that gets nodes (``split``), keeping each handle
@@ -304,8 +307,10 @@ class AgentNodes:
             raise RuntimeError(
                 f"agents were placed for {len(self.agent_of)} nodes, not {processes}"
             )
+        asked = time.monotonic()
         keys = [a.handle.identities.remote(a.nodes).future() for a in self.agents]
         _, missing = concurrent.futures.wait(keys, timeout=settings.start_timeout_s)
+        self.waited_s = time.monotonic() - asked
         if missing:
             raise RuntimeError(f"{len(missing)} Ray agents did not make their keys in time")
         for key in keys:

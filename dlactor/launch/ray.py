@@ -400,6 +400,7 @@ class RayBackend:
         outcome.hosts = nodes.hosts()
         if isinstance(nodes, AgentNodes):
             outcome.machines = nodes.machines()
+            outcome.agents_waited_s = nodes.waited_s
         return outcome
 
 

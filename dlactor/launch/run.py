@@ -295,6 +295,8 @@ def _summary(
         name=plan.config.name,
         launch_to_barrier_s=(outcome.t_start_barrier - t0) if outcome.t_start_barrier else None,
         peak_pss_bytes=outcome.peak_pss_bytes,
+        # Ray's agents: of the start-up, the wait for them to be ready (absent without them)
+        **({} if outcome.agents_waited_s is None else {"agents_waited_s": outcome.agents_waited_s}),
         model_params=plan.model_params,
         model_bytes=plan.model_bytes,
     )

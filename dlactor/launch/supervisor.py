@@ -80,6 +80,9 @@ class Outcome:
     hosts: list[str] = field(default_factory=list)  # where nodes ran, if not only here
     #: Ray's placement "agents": each machine's Ray node id -> the nodes its agent forked.
     machines: dict[str, list[int]] = field(default_factory=dict)
+    #: Ray's placement "agents": how long the launcher waited for them to be ready (their
+    #: keys) after it had made the plan, within the start-up (None: no agents).
+    agents_waited_s: float | None = None
     addresses: dict[int, str] = field(default_factory=dict)  # node -> "host:port" it listened on
     #: Learning nodes the run went on without (``on_node_failure = "continue"``): each one's
     #: ``node``, the ``round`` it was lost in, and the ``cause``.

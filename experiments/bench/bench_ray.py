@@ -52,6 +52,7 @@ class RayRun:
     startup_s: float | None
     pss_per_node: float | None
     status: str
+    waited_s: float | None = None  # agents: the start-up's wait for them to be ready
 
 
 def run_ray(
@@ -71,7 +72,15 @@ def run_ray(
                 per_node = None if pss is None else pss / nodes
                 startup = summary.get("launch_to_barrier_s")
                 runs.append(
-                    RayRun(mode, nodes, took, startup, per_node, summary.get("status", "?"))
+                    RayRun(
+                        mode,
+                        nodes,
+                        took,
+                        startup,
+                        per_node,
+                        summary.get("status", "?"),
+                        summary.get("agents_waited_s"),
+                    )
                 )
                 progress(
                     f"ray: {mode}, {nodes} nodes: {summary.get('status')}, {took:.1f} s in all, "
@@ -93,6 +102,10 @@ def ray_section(runs: list[RayRun]) -> tuple[Section, list[Verdict]]:
 
     row("status", lambda r: r.status)
     row("**start-up**: launch to start barrier (s)", lambda r: _s(r.startup_s))
+    row(
+        "of it, the launcher waiting for the agents to be ready (s)",
+        lambda r: _s(r.waited_s) if r.mode == AGENTS else "",
+    )
     row(
         "whole command, a local Ray cluster's start and stop included (s)",
         lambda r: f"{r.command_s:.1f}",
