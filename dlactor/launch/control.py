@@ -18,10 +18,19 @@ from dlactor.wire.codec import MAX_HEADER, decode, encode
 from dlactor.wire.errors import ProtocolError, RemoteProtocolError
 from dlactor.wire.framing import HANDSHAKE_MAX_FRAME, PREFIX_LEN, FrameDecoder
 
-__all__ = ["FROM_LAUNCHER_MAX_FRAME", "ControlStream", "accept_node", "post_to"]
+__all__ = [
+    "BARRIER_WINDOW",
+    "FROM_LAUNCHER_MAX_FRAME",
+    "ControlStream",
+    "accept_node",
+    "post_paced",
+    "post_to",
+]
 
 #: What the launcher sends (the address book, a stop) is a header only.
 FROM_LAUNCHER_MAX_FRAME = PREFIX_LEN + MAX_HEADER
+#: Streams the address book may be waiting on at once (see ``post_paced``).
+BARRIER_WINDOW = 64
 
 
 class ControlStream:
@@ -124,6 +133,37 @@ def post_to(streams: Iterable[ControlStream], msg: Message) -> None:
     frame = encode(msg)
     for stream in streams:
         stream.writer.writelines(frame)
+
+
+async def post_paced(
+    streams: Iterable[ControlStream], msg: Message, *, window: int = BARRIER_WINDOW
+) -> None:
+    """Queue one message on many streams, encoded once, with at most ``window`` of them
+    still holding bytes the kernel has not taken: the start barrier's address book, which
+    is O(nodes) bytes for each of the nodes. All at once, every stream kept its own copy
+    until its node had read it, and under TLS an encrypted one: O(nodes²) of the launcher's
+    memory. A stream that breaks is passed over: its node's end is the supervisor's to
+    see."""
+    frame = encode(msg)
+    waiting: set[asyncio.Future[None]] = set()
+    try:
+        for stream in streams:
+            stream.writer.writelines(frame)
+            if not stream.writer.transport.get_write_buffer_size():
+                continue  # all in the kernel already
+            waiting.add(asyncio.ensure_future(_drained(stream.writer)))
+            if len(waiting) >= window:
+                _, waiting = await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+        if waiting:
+            await asyncio.wait(waiting)
+    finally:
+        for task in waiting:
+            task.cancel()
+
+
+async def _drained(writer: asyncio.StreamWriter) -> None:
+    with contextlib.suppress(ConnectionError, OSError):
+        await writer.drain()
 
 
 async def accept_node(stream: ControlStream, credentials: Credentials) -> int:

@@ -15,6 +15,7 @@ backend over Ray actors.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
 import socket
 import sys
@@ -27,7 +28,7 @@ from typing import Any, Protocol
 
 from dlactor.checkpoint.files import prune
 from dlactor.context import SendStalled
-from dlactor.launch.control import ControlStream, accept_node, post_to
+from dlactor.launch.control import ControlStream, accept_node, post_paced, post_to
 from dlactor.launch.plan import Plan
 from dlactor.launch.progress import RunProgress
 from dlactor.launch.resume import savers
@@ -252,7 +253,17 @@ class Supervisor:
         ring = self.credentials.ring
         keys = {process: ring[process] for process in self.addresses}
         start = Start(dict(self.addresses), self.outcome.t_start_barrier, keys, self.agreement)
-        post_to(self.streams.values(), start)
+        # A few streams at a time (post_paced); a run that ends meanwhile stops the sending.
+        sending = asyncio.ensure_future(post_paced(list(self.streams.values()), start))
+        ended = asyncio.ensure_future(self._finished.wait())
+        try:
+            await asyncio.wait({sending, ended}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            ended.cancel()
+            sending.cancel()  # no-op once it has finished
+            await asyncio.gather(ended, return_exceptions=True)
+            with contextlib.suppress(asyncio.CancelledError):
+                await sending  # what it raised, if it did
         first = self.plan.resume_round or 0
         for node in [n for n, r in self.kills.items() if first and r == first]:
             self.injected.add(node)  # [faults] in a resumed run's first round: no report

@@ -510,3 +510,47 @@ async def test_every_node_of_the_run_is_admitted_however_many_connect_at_once(
     outcome = await finish(sup, streams, running)
     assert all(isinstance(s, Start) for s in starts)
     assert outcome.status == "ok"
+
+
+class SlowStream:
+    """What ``post_paced`` uses of a control stream: its writer holds what it is given until
+    ``released``, as a socket whose node is not reading yet (``broken``: it resets)."""
+
+    outstanding = 0
+    most = 0
+
+    def __init__(self, released: asyncio.Event, *, broken: bool = False) -> None:
+        self.writer = self.transport = self
+        self.released, self.broken = released, broken
+        self.frames: list[bytes] = []
+
+    def writelines(self, frame: list[bytes]) -> None:
+        self.frames.append(b"".join(bytes(b) for b in frame))
+
+    def get_write_buffer_size(self) -> int:
+        return 0 if self.released.is_set() else len(self.frames[-1])
+
+    async def drain(self) -> None:
+        SlowStream.outstanding += 1
+        SlowStream.most = max(SlowStream.most, SlowStream.outstanding)
+        try:
+            await self.released.wait()
+        finally:
+            SlowStream.outstanding -= 1
+        if self.broken:
+            raise ConnectionResetError("the node went away")
+
+
+async def test_the_address_book_waits_on_a_few_streams_at_a_time() -> None:
+    """At most ``window`` streams hold the book unsent at once, so the launcher never holds
+    a copy per node; a stream that breaks is passed over; every stream gets it, once."""
+    released = asyncio.Event()
+    streams = [SlowStream(released, broken=i % 7 == 0) for i in range(100)]
+    start = Start({0: ("127.0.0.1", 1)}, 1.0)
+    sending = asyncio.ensure_future(control_module.post_paced(streams, start, window=8))  # type: ignore[arg-type]
+    await asyncio.sleep(0.05)
+    assert sum(bool(s.frames) for s in streams) == 8 and SlowStream.outstanding == 8
+    released.set()
+    await asyncio.wait_for(sending, 5)
+    assert all(s.frames == [wire(start)] for s in streams)
+    assert SlowStream.most == 8 and SlowStream.outstanding == 0
