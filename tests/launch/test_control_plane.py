@@ -7,9 +7,11 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
 
 from dlactor.messages import Done, Message, Progress
@@ -66,3 +68,29 @@ def test_a_simulated_run_ends_ok_and_its_bytes_add_up(tmp_path: Path, elided: bo
     received = phases["rounds"]["received_bytes"]
     assert reports * 0.9 < received <= reports + NODES * (9 + wire_len(Done(NODES - 1)))
     assert phases["rounds"]["sent_bytes"] == 9  # the simulation's own "go" to the farm
+
+
+def test_a_simulation_whose_fake_nodes_die_fails_and_leaves_nothing_running(
+    tmp_path: Path,
+) -> None:
+    launcher = subprocess.Popen(
+        [sys.executable, str(SCRIPT), "--one", "--nodes", "200", "--rounds", "1000000",
+         "--run-dir", str(tmp_path)],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 60
+        farm = None
+        while farm is None and time.monotonic() < deadline:
+            kids = psutil.Process(launcher.pid).children()
+            farm = next((k for k in kids if "--fake-nodes" in k.cmdline()), None)
+            time.sleep(0.2)
+        assert farm is not None, "the farm never started"
+        time.sleep(3)  # into the rounds
+        farm.kill()
+        out, _ = launcher.communicate(timeout=60)
+    finally:
+        launcher.kill()
+    rep = json.loads(out.strip().splitlines()[-1])
+    assert rep["status"] == "failed"
+    assert "fake nodes' process" in rep["reason"]
