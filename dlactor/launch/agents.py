@@ -166,7 +166,7 @@ class RayAgent:
             raise RuntimeError("a RayAgent must fork from its worker's main thread")
         plan = packed.unpack()
         identities, self._identities = self._identities, {}
-        ensure_open_files(len(identities))  # this machine's share, as the local launcher's
+        ensure_open_files(len(identities), where="this machine's Ray agent")
         here = results_dir(run_dir, plan.run_id)
         if here != run_dir:
             self._spooled = {node: results_path(here, node, plan.servers) for node in identities}

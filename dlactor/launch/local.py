@@ -59,7 +59,9 @@ FILES_PER_NODE = 3
 FILES_SPARE = 256
 
 
-def ensure_open_files(nodes: int, *, per_node: int = FILES_PER_NODE) -> int:
+def ensure_open_files(
+    nodes: int, *, per_node: int = FILES_PER_NODE, where: str = "the launcher"
+) -> int:
     """Raise this process's soft open-files limit (inherited by every forked node) to what
     ``nodes`` need, ``per_node`` each, up to the hard limit; a hard limit too low is invalid
     input, said before anything starts rather than as a node failing to open a socket
@@ -73,8 +75,8 @@ def ensure_open_files(nodes: int, *, per_node: int = FILES_PER_NODE) -> int:
         return soft
     if hard != resource.RLIM_INFINITY and hard < need:
         raise ConfigError(
-            f"invalid config:\n  nodes: {nodes} nodes need about {need:,} open files in the "
-            f"launcher; the hard limit here is {hard:,} (raise it: `ulimit -Hn {need}` as root, "
+            f"invalid config:\n  nodes: {nodes} nodes need about {need:,} open files in "
+            f"{where}; the hard limit here is {hard:,} (raise it: `ulimit -Hn {need}` as root, "
             "or `nofile` in /etc/security/limits.conf)"
         )
     resource.setrlimit(resource.RLIMIT_NOFILE, (need, hard))

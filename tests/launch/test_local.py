@@ -332,9 +332,3 @@ def test_the_template_warms_openssl_up_only_for_a_run_with_tls(
     with local.forking_template(plan):
         pass
     assert warmed == ([True] if tls == "on" else [])
-
-
-def test_warming_openssl_up_makes_and_drops_a_throwaway_context() -> None:
-    from dlactor.security.tls import warm_up_tls
-
-    warm_up_tls()  # raises if the throwaway CA, key or contexts are not consistent

@@ -62,3 +62,12 @@ def test_the_slowest_round_is_the_lowest_of_the_nodes_still_in_the_run() -> None
                     live = [at[n] for n in range(nodes) if n not in gone]
                     assert progress.slowest == min(live)
         assert progress.slowest == rounds
+
+
+def test_with_every_node_lost_the_slowest_round_is_0() -> None:
+    with RunProgress(3, 10, enabled=False) as progress:
+        progress.advance(0, 0)
+        for node in range(3):
+            progress.lose(node)
+        progress.advance(1, 1)  # a lost node's late report
+        assert progress.slowest == 0

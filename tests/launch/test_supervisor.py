@@ -132,6 +132,10 @@ async def test_after_its_handshake_a_node_may_send_frames_bigger_than_a_handshak
         await sup._finished.wait()
 
     assert sup.outcome.status == "failed" and sup.outcome.traceback == tb
+    # The launcher's side kept its small buffer for small frames (a node's grows to 64 KiB):
+    # one per node, it was most of the launcher's memory at 10,000 nodes.
+    assert len(sup.streams[0]._decoder._scratch) == supervisor_module.CONTROL_SCRATCH
+    assert len(stream._decoder._scratch) == 1 << 16
     stream.close()
 
 
