@@ -35,7 +35,7 @@ class RunProgress:
         self._gone: set[int] = set()
         #: round -> how many nodes still in the run have reached it: the slowest is found
         #: by walking up from the last one, not by a scan of every node per report (which
-        #: made a round's reports O(nodes²): 4.4 s of the launcher's CPU a round at 10,000
+        #: made a round's reports O(nodes²): 4.3 s of the launcher's CPU a round at 10,000
         #: nodes).
         self._reached = {first_round: nodes}
         #: The round every node still in the run has reached (finished the one before).

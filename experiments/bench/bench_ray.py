@@ -3,7 +3,7 @@ local launcher, under Ray with a worker process per node (``placement = "workers
 under Ray with one agent per machine forking its nodes (``placement = "agents"``, the
 default): start-up and PSS per node.
 
-Each run is ``dlactor launch configs/quickstart.toml --set nodes=N --set rounds=5`` (plus
+Each run is ``dlactor launch configs/quickstart.toml --set nodes=N --set rounds=30`` (plus
 ``launcher.kind=ray`` and the placement), on a local Ray cluster that the launcher starts
 itself (one machine: this one). TLS is on under Ray by default and off for the local
 launcher on loopback, so the local launcher runs twice, as it is by default and with
@@ -39,7 +39,7 @@ MODES: dict[str, tuple[str, ...]] = {
     WORKERS: ("launcher.kind=ray", "launcher.placement=workers"),
     AGENTS: ("launcher.kind=ray", "launcher.placement=agents"),
 }
-ROUNDS = 5
+ROUNDS = 30  # a few of the sampler's 1 s PSS readings at steady state, even at 16 nodes
 #: The targets: the agents' memory per node and start-up against the local launcher's.
 MEMORY_TARGET, STARTUP_TARGET = 1.5, 2.0
 
