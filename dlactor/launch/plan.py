@@ -149,7 +149,8 @@ def make_plan(config: RunConfig) -> Plan:
         network = _network(config)
     with _field("availability"):
         availability = _availability(config)
-    _import_optimizers(model)
+    if config.launcher.kind == "local":  # this process is the template nodes fork from
+        _import_optimizers(model)
     plan = Plan(
         config,
         graph,
@@ -262,7 +263,11 @@ def _import_optimizers(model: torch.nn.Module) -> None:
     torch._dynamo (~150 MB, ~1 s). ``warm_up_node`` would import it anyway, but done here,
     before the plan's own objects are made, a forked node holds 0.65 MiB less
     (12.38 against 13.03 MiB, experiments/bench/node_memory.py): where the template's
-    objects lie decides how many of its pages a node writes to."""
+    objects lie decides how many of its pages a node writes to.
+
+    Only the local launcher, which forks the nodes from the process that made the plan,
+    does this. Ray's driver forks nothing (its agents or workers import torch._dynamo
+    themselves): there it would only hold ~67 MiB more, 4 MiB per node at 16 nodes."""
     torch.optim.SGD(model.parameters(), lr=0.0)
 
 

@@ -103,3 +103,27 @@ def test_after_the_warm_up_a_node_imports_nothing_to_build_and_train() -> None:
     uvloop_first, *imported = out.stdout.split()
     assert uvloop_first == "True"
     assert imported == []
+
+
+# A fresh interpreter: whether making the plan imported torch._dynamo (~67 MiB).
+DYNAMO_AFTER_THE_PLAN = """
+import sys
+from tests.conftest import small_plan
+
+small_plan(*sys.argv[1:])
+print("torch._dynamo" in sys.modules)
+"""
+
+
+@pytest.mark.parametrize(("kind", "imported"), [("local", "True"), ("ray", "False")])
+def test_only_a_plan_the_nodes_fork_from_imports_torch_dynamo(kind: str, imported: str) -> None:
+    """The local launcher forks the nodes from the process that made the plan: it imports
+    torch._dynamo there, once for all of them. Ray's driver forks nothing, and leaves it to
+    the agents (or workers) that do."""
+    out = subprocess.run(
+        [sys.executable, "-c", DYNAMO_AFTER_THE_PLAN, f"launcher.kind={kind}"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert out.stdout.split() == [imported]
