@@ -318,12 +318,16 @@ class RayBackend:
         node_host: str | None,
         machines: list[Machine] | None = None,
         agents: AgentNodes | None = None,
+        cluster_start_s: float | None = None,
     ):
         self.settings = settings
         self.control_host = control_host
         self.node_host = node_host  # None: each node its own Ray node's IP
         self.machines = machines or []  # placement "agents": where the agents go
         self.agents = agents  # placement "agents": placed as the backend connected
+        #: How long starting a local cluster took (None: it joined a running one); the
+        #: first launch's summary says it, as it is in that command's time.
+        self.cluster_start_s = cluster_start_s
 
     @classmethod
     @contextlib.contextmanager
@@ -333,7 +337,7 @@ class RayBackend:
         here) on the way out. A cluster that cannot be reached or is too small is a
         ConfigError naming the setting."""
         _check_ports(settings, nodes)
-        _init(settings, nodes)
+        cluster_start_s = _init(settings, nodes)
         agents = None
         try:
             found = None
@@ -351,6 +355,7 @@ class RayBackend:
                 node_host="127.0.0.1" if local else None,
                 machines=found,
                 agents=agents,
+                cluster_start_s=cluster_start_s,
             )
         finally:
             if agents is not None:
@@ -398,14 +403,16 @@ class RayBackend:
             ok = outcome is not None and outcome.status == "ok"
             nodes.finish(run_dir, grace_s=STOP_GRACE_S if ok else 0)
         outcome.hosts = nodes.hosts()
+        outcome.cluster_start_s, self.cluster_start_s = self.cluster_start_s, None
         if isinstance(nodes, AgentNodes):
             outcome.machines = nodes.machines()
             outcome.agents_waited_s = nodes.waited_s
         return outcome
 
 
-def _init(settings: RayLauncher, nodes: int) -> None:
-    """Start a local cluster sized for the nodes, or connect to ``settings.address``.
+def _init(settings: RayLauncher, nodes: int) -> float | None:
+    """Start a local cluster sized for the nodes, or connect to ``settings.address``: how
+    long the local cluster took to start (None: connected).
 
     SIGINT is blocked while a local cluster starts: its processes (GCS, raylet, and the
     workers the raylet starts) inherit the mask, so a Ctrl-C from the terminal reaches this
@@ -420,6 +427,7 @@ def _init(settings: RayLauncher, nodes: int) -> None:
         os.environ.setdefault("RAY_AUTH_TOKEN", secrets.token_hex(32))
         ray._raylet.Config.initialize("")  # type: ignore[attr-defined]  # reread: as Ray does
         mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+        started = time.monotonic()
         try:
             with _loopback_only():
                 ray.init(
@@ -430,13 +438,14 @@ def _init(settings: RayLauncher, nodes: int) -> None:
                 )
         finally:
             signal.pthread_sigmask(signal.SIG_SETMASK, mask)
-        return
+        return time.monotonic() - started
     try:
         ray.init(address=settings.address)
     except (ConnectionError, RuntimeError, ValueError) as exc:
         raise ConfigError(
             f"invalid config:\n  launcher.address: no Ray cluster at {settings.address!r}: {exc}"
         ) from exc
+    return None
 
 
 @contextlib.contextmanager

@@ -297,6 +297,8 @@ def _summary(
         peak_pss_bytes=outcome.peak_pss_bytes,
         # Ray's agents: of the start-up, the wait for them to be ready (absent without them)
         **({} if outcome.agents_waited_s is None else {"agents_waited_s": outcome.agents_waited_s}),
+        # a local Ray cluster's own start, before the plan (absent if none was started)
+        **({} if outcome.cluster_start_s is None else {"cluster_start_s": outcome.cluster_start_s}),
         model_params=plan.model_params,
         model_bytes=plan.model_bytes,
     )

@@ -84,6 +84,9 @@ class Outcome:
     #: Ray's placement "agents": how long the launcher waited for them to be ready (their
     #: keys) after it had made the plan, within the start-up (None: no agents).
     agents_waited_s: float | None = None
+    #: Ray: how long the launcher took to start a local cluster, before the plan (None: it
+    #: joined a running cluster, or no Ray).
+    cluster_start_s: float | None = None
     addresses: dict[int, str] = field(default_factory=dict)  # node -> "host:port" it listened on
     #: Learning nodes the run went on without (``on_node_failure = "continue"``): each one's
     #: ``node``, the ``round`` it was lost in, and the ``cause``.

@@ -274,6 +274,9 @@ def test_a_run_on_a_local_ray_cluster_it_starts_itself_completes_and_leaves_no_w
     assert "Traceback" not in err  # nothing left running to be cancelled and logged
     manifest = assert_complete_results(launch.run_dir(), nodes=4, rounds=3)
     assert len(manifest["hosts"]) == 1  # one machine: this one
+    # The cluster's own start is in the command's time, before the plan: the summary says it.
+    summary = json.loads((launch.run_dir() / "summary.json").read_text())
+    assert summary["cluster_start_s"] > 0.1
     assert "run quickstart" in out and "4 nodes (ray)" in err
     assert len(launch.workers) == 4, "each node is a Ray worker process of its own"
     assert_gone(launch.workers)
@@ -390,6 +393,7 @@ def test_a_fedavg_run_on_a_running_cluster_given_by_address_completes_and_leaves
         assert [r["sampled"] for r in recs] == [node in r["clients"] for r in server]
     summary = json.loads((rd / "summary.json").read_text())
     assert summary["status"] == "ok" and summary["final"]["test_acc_mean"] == server[-1]["test_acc"]
+    assert "cluster_start_s" not in summary  # it joined a running cluster
     # Where the processes listened, as they registered it.
     manifest = json.loads((rd / "manifest.json").read_text())
     ports = {int(a.rsplit(":", 1)[1]) for a in manifest["addresses"].values()}
