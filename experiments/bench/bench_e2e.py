@@ -21,10 +21,10 @@ import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from launches import barrier_at
 from machine import CpuTimes, others_cpu
 from procfs import MemInfo, boot_clock
 from report import MIB, Section, Table, Verdict, ms
@@ -97,10 +97,7 @@ class Run:
     @property
     def barrier_at(self) -> float | None:
         """Wall-clock time of the start barrier: the manifest's start + launch_to_barrier_s."""
-        if not self.summary.get("launch_to_barrier_s"):
-            return None
-        start = datetime.fromisoformat(self.manifest["start"]).timestamp()
-        return start + float(self.summary["launch_to_barrier_s"])
+        return barrier_at(self.summary, self.manifest)
 
     @property
     def command_to_barrier_s(self) -> float | None:

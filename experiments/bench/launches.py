@@ -6,6 +6,9 @@ import json
 import shutil
 import subprocess
 import sys
+import time
+from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -15,11 +18,44 @@ REPO = Path(__file__).resolve().parents[2]
 def quickstart_summary(out: Path, *overrides: str) -> dict[str, Any]:
     """`dlactor launch configs/quickstart.toml` with ``--set`` ``overrides`` into ``out``:
     its summary.json (``out`` is emptied after)."""
+    return quickstart_run(out, *overrides).summary
+
+
+@dataclass(frozen=True)
+class Launched:
+    """One finished quickstart command: what it wrote, and when it was started."""
+
+    summary: dict[str, Any]
+    manifest: dict[str, Any]
+    t_command: float  # wall-clock time just before the command was started
+    command_s: float  # the whole command, to its exit
+
+    @property
+    def command_to_barrier_s(self) -> float | None:
+        """From just before the command to the start barrier."""
+        at = barrier_at(self.summary, self.manifest)
+        return None if at is None else at - self.t_command
+
+
+def barrier_at(summary: dict[str, Any], manifest: dict[str, Any]) -> float | None:
+    """Wall-clock time of a run's start barrier: the manifest's start (taken just before the
+    launcher's clock starts) + ``launch_to_barrier_s``; None if there was none."""
+    if not summary.get("launch_to_barrier_s"):
+        return None
+    start = datetime.fromisoformat(manifest["start"]).timestamp()
+    return start + float(summary["launch_to_barrier_s"])
+
+
+def quickstart_run(out: Path, *overrides: str) -> Launched:
+    """As ``quickstart_summary``, with the manifest and the command's times."""
     sets = [arg for o in overrides for arg in ("--set", o)]
     cmd = [sys.executable, "-m", "dlactor", "launch", "configs/quickstart.toml", "--out",
            str(out), "--no-progress", *sets]  # fmt: skip
+    t_command, started = time.time(), time.perf_counter()
     subprocess.run(cmd, cwd=REPO, check=True, capture_output=True, timeout=600)
+    took = time.perf_counter() - started
     (run_dir,) = out.iterdir()
     summary: dict[str, Any] = json.loads((run_dir / "summary.json").read_text())
+    manifest: dict[str, Any] = json.loads((run_dir / "manifest.json").read_text())
     shutil.rmtree(out)
-    return summary
+    return Launched(summary, manifest, t_command, took)
