@@ -6,6 +6,10 @@ processes or sockets::
 
     plan = make_plan(config)
     records = await run_in_memory(plan)
+
+For tests and benchmarks that need a Ray cluster started beforehand (as a cluster's users
+have it, rather than the one `dlactor launch` starts itself): ``start_ray`` and
+``stop_ray``, with ``ray_environment`` for its token.
 """
 
 from __future__ import annotations
@@ -13,12 +17,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import copy
+import os
+import secrets
+import signal
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from functools import partial
 from pathlib import Path
 from typing import Any
 
+import psutil
 import torch
 
 from dlactor.context import Service
@@ -194,3 +204,52 @@ async def run_nodes(
     finally:
         for node in nodes:
             await node.stop()
+
+
+def ray_environment(tmp: str) -> dict[str, str]:
+    """This process's environment, with Ray's token authentication on a fresh token of its
+    own and Ray's temp files under ``tmp`` (short: Ray's unix sockets live under it): a
+    cluster started with it, and a launcher given it, know the token; nothing else does."""
+    return {
+        **os.environ,
+        "RAY_AUTH_MODE": "token",
+        "RAY_AUTH_TOKEN": secrets.token_hex(16),
+        "RAY_TMPDIR": tmp,
+        "RAY_USAGE_STATS_ENABLED": "0",
+    }
+
+
+def start_ray(args: list[str], log: Path, env: dict[str, str]) -> subprocess.Popen[bytes]:
+    """`ray start ARGS --block` (its output in ``log``), once Ray says its runtime started.
+    Stopping that process (``stop_ray``) stops every process it started, and only those
+    (unlike `ray stop`, which stops every Ray process of the machine)."""
+    ray = str(Path(sys.executable).parent / "ray")
+    with log.open("w") as f:
+        proc = subprocess.Popen(
+            [ray, "start", *args, "--block", "--disable-usage-stats"],
+            stdout=f, stderr=subprocess.STDOUT, env=env,
+        )  # fmt: skip
+    deadline = time.monotonic() + 90
+    try:
+        while "Ray runtime started" not in log.read_text():
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"`ray start` did not start:\n{log.read_text()[-3000:]}")
+            time.sleep(0.2)
+    except BaseException:
+        stop_ray(proc)
+        raise
+    return proc
+
+
+def stop_ray(proc: subprocess.Popen[bytes]) -> None:
+    """SIGTERM, then whatever it started and did not stop is killed by pid."""
+    started = psutil.Process(proc.pid).children(recursive=True) if proc.poll() is None else []
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+    _, alive = psutil.wait_procs(started, timeout=10)
+    for p in alive:
+        p.kill()

@@ -28,9 +28,8 @@ from typer.testing import CliRunner
 from dlactor.cli import app
 from dlactor.config import RayLauncher, load_config
 from dlactor.launch.plan import make_plan
-from dlactor.testing import run_in_memory
+from dlactor.testing import run_in_memory, start_ray, stop_ray
 from tests.conftest import small_plan
-from tests.launch.conftest import start_blocking_ray, stop_blocking_ray
 from tests.launch.test_end_to_end import EXAMPLE, FAULTY, records
 
 ROOT = Path(__file__).parents[2]
@@ -358,11 +357,11 @@ def ray_cluster(ray_env: dict[str, str]) -> Iterator[tuple[str, psutil.Process]]
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     args = ["--head", f"--port={port}", "--num-cpus=2", "--include-dashboard=false"]
-    head = start_blocking_ray(args, Path(ray_env["RAY_TMPDIR"]) / "head.log", ray_env)
+    head = start_ray(args, Path(ray_env["RAY_TMPDIR"]) / "head.log", ray_env)
     try:
         yield f"127.0.0.1:{port}", psutil.Process(head.pid)
     finally:
-        stop_blocking_ray(head)
+        stop_ray(head)
 
 
 def test_a_fedavg_run_on_a_running_cluster_given_by_address_completes_and_leaves_no_worker(

@@ -21,7 +21,7 @@ from dlactor.config import load_config
 from dlactor.launch import agents as agents_module
 from dlactor.launch.agents import AgentNodes, Machine, RayAgent, _Agent, split
 from dlactor.launch.supervisor import describe_exit
-from tests.launch.conftest import start_blocking_ray, stop_blocking_ray
+from dlactor.testing import start_ray, stop_ray
 from tests.launch.test_ray import QUICKSTART, Launch, assert_gone, records
 
 NODES = 64
@@ -67,11 +67,11 @@ def two_machines(ray_env: dict[str, str]) -> Iterator[tuple[str, list[subprocess
     try:
         for i, args in enumerate(machines):
             log = Path(ray_env["RAY_TMPDIR"]) / f"machine-{i}.log"
-            started.append(start_blocking_ray([*args, "--num-cpus=1"], log, ray_env))
+            started.append(start_ray([*args, "--num-cpus=1"], log, ray_env))
         yield f"127.0.0.1:{port}", started
     finally:
         for proc in reversed(started):
-            stop_blocking_ray(proc)
+            stop_ray(proc)
 
 
 class AgentLaunch(Launch):
