@@ -371,6 +371,7 @@ class RayBackend:
             (self.control_host, self.settings.control_port), backlog=backlog
         )
         here = ray.util.get_node_ip_address()
+        cluster_start_s, self.cluster_start_s = self.cluster_start_s, None  # this launch's
         nodes: RayNodes | AgentNodes
         if self.settings.placement == "agents":
             nodes, self.agents = self.agents or AgentNodes(here), None  # they serve one launch
@@ -385,7 +386,8 @@ class RayBackend:
             try:
                 plan.keys.add_public(nodes.create(self.settings, plan.processes))
             except RuntimeError as exc:
-                return Outcome(status="failed", reason=f"start barrier: {exc}")
+                reason = f"start barrier: {exc}"
+                return Outcome(status="failed", reason=reason, cluster_start_s=cluster_start_s)
             if plan.keys.tls:
                 plan.keys.enable_tls(plan.run_id)  # certificates for the nodes' own keys
             packed = ray.put(PackedPlan.pack(plan))
@@ -403,7 +405,7 @@ class RayBackend:
             ok = outcome is not None and outcome.status == "ok"
             nodes.finish(run_dir, grace_s=STOP_GRACE_S if ok else 0)
         outcome.hosts = nodes.hosts()
-        outcome.cluster_start_s, self.cluster_start_s = self.cluster_start_s, None
+        outcome.cluster_start_s = cluster_start_s
         if isinstance(nodes, AgentNodes):
             outcome.machines = nodes.machines()
             outcome.agents_waited_s = nodes.waited_s
