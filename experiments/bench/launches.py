@@ -7,6 +7,7 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -46,13 +47,14 @@ def barrier_at(summary: dict[str, Any], manifest: dict[str, Any]) -> float | Non
     return start + float(summary["launch_to_barrier_s"])
 
 
-def quickstart_run(out: Path, *overrides: str) -> Launched:
-    """As ``quickstart_summary``, with the manifest and the command's times."""
+def quickstart_run(out: Path, *overrides: str, env: Mapping[str, str] | None = None) -> Launched:
+    """As ``quickstart_summary``, with the manifest and the command's times (``env``: the
+    command's environment, if not this process's)."""
     sets = [arg for o in overrides for arg in ("--set", o)]
     cmd = [sys.executable, "-m", "dlactor", "launch", "configs/quickstart.toml", "--out",
            str(out), "--no-progress", *sets]  # fmt: skip
     t_command, started = time.time(), time.perf_counter()
-    subprocess.run(cmd, cwd=REPO, check=True, capture_output=True, timeout=600)
+    subprocess.run(cmd, cwd=REPO, check=True, capture_output=True, timeout=600, env=env)
     took = time.perf_counter() - started
     (run_dir,) = out.iterdir()
     summary: dict[str, Any] = json.loads((run_dir / "summary.json").read_text())
