@@ -267,7 +267,7 @@ def _import_optimizers(model: torch.nn.Module) -> None:
 
     Only the local launcher, which forks the nodes from the process that made the plan,
     does this. Ray's driver forks nothing (its agents or workers import torch._dynamo
-    themselves): there it would only hold ~67 MiB more, 4 MiB per node at 16 nodes."""
+    themselves): there it only held more, 4 MiB per node at 16 nodes (docs/scaling.md)."""
     torch.optim.SGD(model.parameters(), lr=0.0)
 
 

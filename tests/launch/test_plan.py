@@ -105,7 +105,7 @@ def test_after_the_warm_up_a_node_imports_nothing_to_build_and_train() -> None:
     assert imported == []
 
 
-# A fresh interpreter: whether making the plan imported torch._dynamo (~67 MiB).
+# A fresh interpreter: whether making the plan imported torch._dynamo.
 DYNAMO_AFTER_THE_PLAN = """
 import sys
 from tests.conftest import small_plan
