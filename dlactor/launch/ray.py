@@ -382,34 +382,45 @@ class RayBackend:
             nodes = RayNodes(here=here, servers=plan.servers)
         outcome: Outcome | None = None
         try:
-            _ship_plugin_code()
-            try:
-                plan.keys.add_public(nodes.create(self.settings, plan.processes))
-            except RuntimeError as exc:
-                reason = f"start barrier: {exc}"
-                return Outcome(status="failed", reason=reason, cluster_start_s=cluster_start_s)
-            if plan.keys.tls:
-                plan.keys.enable_tls(plan.run_id)  # certificates for the nodes' own keys
-            packed = ray.put(PackedPlan.pack(plan))
-            control = listener.getsockname()[:2]
-            nodes.start(packed, self.settings, control, run_dir, self.node_host)
-            credentials = plan.keys.credentials(LAUNCHER, plan.run_id)
-            supervisor = Supervisor(
-                plan, nodes, listener, run_dir, show_progress=show_progress, credentials=credentials
-            )
-            outcome = run_event_loop(supervisor.run())
+            outcome = self._start_and_supervise(plan, nodes, listener, run_dir, show_progress)
         except KeyboardInterrupt:
             outcome = Outcome(status="interrupted", reason="interrupted (Ctrl-C)")
         finally:
             listener.close()
             ok = outcome is not None and outcome.status == "ok"
             nodes.finish(run_dir, grace_s=STOP_GRACE_S if ok else 0)
+        # Whatever the outcome, even a start that failed: where it ran, and its start-up.
         outcome.hosts = nodes.hosts()
         outcome.cluster_start_s = cluster_start_s
         if isinstance(nodes, AgentNodes):
             outcome.machines = nodes.machines()
             outcome.agents_waited_s = nodes.waited_s
         return outcome
+
+    def _start_and_supervise(
+        self,
+        plan: Plan,
+        nodes: RayNodes | AgentNodes,
+        listener: socket.socket,
+        run_dir: Path,
+        show_progress: bool,
+    ) -> Outcome:
+        """Have Ray start the nodes on the plan, and supervise them to the end."""
+        _ship_plugin_code()
+        try:
+            plan.keys.add_public(nodes.create(self.settings, plan.processes))
+        except RuntimeError as exc:
+            return Outcome(status="failed", reason=f"start barrier: {exc}")
+        if plan.keys.tls:
+            plan.keys.enable_tls(plan.run_id)  # certificates for the nodes' own keys
+        packed = ray.put(PackedPlan.pack(plan))
+        control = listener.getsockname()[:2]
+        nodes.start(packed, self.settings, control, run_dir, self.node_host)
+        credentials = plan.keys.credentials(LAUNCHER, plan.run_id)
+        supervisor = Supervisor(
+            plan, nodes, listener, run_dir, show_progress=show_progress, credentials=credentials
+        )
+        return run_event_loop(supervisor.run())
 
 
 def _init(settings: RayLauncher, nodes: int) -> float | None:

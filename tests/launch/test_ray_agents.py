@@ -17,11 +17,14 @@ import psutil
 import pytest
 import ray.exceptions as ray_exceptions
 
-from dlactor.config import load_config
+from dlactor.config import RayLauncher, load_config
 from dlactor.launch import agents as agents_module
+from dlactor.launch import ray as ray_module
 from dlactor.launch.agents import AgentNodes, Machine, RayAgent, _Agent, split
+from dlactor.launch.ray import RayBackend
 from dlactor.launch.supervisor import describe_exit
 from dlactor.testing import start_ray, stop_ray
+from tests.conftest import small_plan
 from tests.launch.test_ray import QUICKSTART, Launch, assert_gone, records
 
 NODES = 64
@@ -379,3 +382,44 @@ def test_results_spooled_on_a_machine_that_does_not_see_the_run_directory_are_fe
     assert not (run_dir / "nodes" / "0.jsonl").exists()
     assert sorted(spool.iterdir()) == []  # fetched, then dropped
     assert agent.asked == [1, 2]  # only what was spooled: no call per node that was not
+
+
+class Unanswered(AgentNodes):
+    """Agents that never make their nodes' keys: the start fails before any node exists."""
+
+    def create(self, settings: Any, processes: int) -> dict[int, bytes]:
+        self.waited_s = 0.25
+        raise RuntimeError("1 Ray agents did not make their keys in time")
+
+    def finish(self, run_dir: Path, *, grace_s: float) -> None:
+        self.finished_grace_s = grace_s
+
+
+def test_a_start_that_fails_still_says_where_it_ran_and_how_long_it_waited(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The outcome of a failed start carries what any outcome does: the machines, the wait
+    for the agents, the cluster's start. Only the launch it belongs to gets that start."""
+    monkeypatch.setattr(ray_module.ray.util, "get_node_ip_address", lambda: "127.0.0.1")
+    plan = small_plan("launcher.kind=ray")
+    nodes = Unanswered(here="127.0.0.1")
+    where: concurrent.futures.Future[tuple[int, str]] = concurrent.futures.Future()
+    agent = _Agent(Machine("m0", "127.0.0.1", 8), list(range(plan.processes)), None, where)
+    nodes.agents.append(agent)
+    nodes.agent_of.update(dict.fromkeys(agent.nodes, agent))
+    assert isinstance(plan.config.launcher, RayLauncher)
+    backend = RayBackend(
+        plan.config.launcher,
+        control_host="127.0.0.1",
+        node_host="127.0.0.1",
+        agents=nodes,
+        cluster_start_s=2.5,
+    )
+
+    outcome = backend.launch(plan, tmp_path, show_progress=False)
+
+    assert outcome.status == "failed" and outcome.reason.startswith("start barrier: 1 Ray")
+    assert outcome.machines == {"m0": agent.nodes} and outcome.hosts == ["127.0.0.1"]
+    assert outcome.agents_waited_s == 0.25 and outcome.cluster_start_s == 2.5
+    assert nodes.finished_grace_s == 0  # a failed start: nobody to wait for
+    assert backend.cluster_start_s is None  # a later launch did not start the cluster
