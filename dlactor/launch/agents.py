@@ -39,11 +39,11 @@ from pathlib import Path
 from typing import Any
 
 import ray
-import torch
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from dlactor.config import ConfigError, RayLauncher
 from dlactor.launch.local import ensure_open_files, forking_template, reap
+from dlactor.launch.plan import import_optimizers
 from dlactor.launch.supervisor import describe_exit
 from dlactor.launch.worker import node_process_main, results_path
 from dlactor.metrics.jsonio import write_atomic
@@ -140,9 +140,7 @@ class RayAgent:
         self._identities: dict[int, Identity] = {}
         self._procs: dict[int, BaseProcess] = {}
         self._spooled: dict[int, Path] = {}
-        # The first optimizer imports torch._dynamo (~1 s): done now, while the launcher
-        # makes the plan, rather than in the warm-up before the forks (as make_plan does).
-        torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.0)
+        import_optimizers()  # ~1 s: now, while the launcher makes the plan
 
     def where(self) -> tuple[int, str]:
         """This agent's pid and its machine's IP address."""

@@ -31,7 +31,15 @@ from dlactor.transport.emulated import EmulatedTransport
 from dlactor.wire.codec import MAX_HEADER
 from dlactor.wire.framing import PREFIX_LEN
 
-__all__ = ["Plan", "build_node", "build_service", "make_plan", "process_count", "uses_tls"]
+__all__ = [
+    "Plan",
+    "build_node",
+    "build_service",
+    "import_optimizers",
+    "make_plan",
+    "process_count",
+    "uses_tls",
+]
 
 
 @dataclass(frozen=True)
@@ -150,7 +158,7 @@ def make_plan(config: RunConfig) -> Plan:
     with _field("availability"):
         availability = _availability(config)
     if config.launcher.kind == "local":  # this process is the template nodes fork from
-        _import_optimizers(model)
+        import_optimizers()
     plan = Plan(
         config,
         graph,
@@ -258,17 +266,17 @@ def _field(name: str) -> Iterator[None]:
         raise ConfigError(f"invalid config:\n  {name}: {exc}") from exc
 
 
-def _import_optimizers(model: torch.nn.Module) -> None:
-    """Build one optimizer as soon as the model exists: the first torch.optim use imports
-    torch._dynamo (~150 MB, ~1 s). ``warm_up_node`` would import it anyway, but done here,
-    before the plan's own objects are made, a forked node holds 0.65 MiB less
-    (12.38 against 13.03 MiB, experiments/bench/node_memory.py): where the template's
-    objects lie decides how many of its pages a node writes to.
+def import_optimizers() -> None:
+    """Make the process nodes are forked from import what the first optimizer imports,
+    torch._dynamo (~150 MB, ~1 s), before the plan's own objects are made (the local
+    launcher: as it makes the plan; a Ray agent: as it starts). ``warm_up_node`` would
+    import it anyway, but done first, a forked node holds 0.65 MiB less (12.38 against
+    13.03 MiB, experiments/bench/node_memory.py): where the template's objects lie decides
+    how many of its pages a node writes to.
 
-    Only the local launcher, which forks the nodes from the process that made the plan,
-    does this. Ray's driver forks nothing (its agents or workers import torch._dynamo
-    themselves): there it only held more, 4 MiB per node at 16 nodes (docs/scaling.md)."""
-    torch.optim.SGD(model.parameters(), lr=0.0)
+    Ray's driver forks nothing and skips it: there it only held more, 4 MiB per node at 16
+    nodes (docs/scaling.md)."""
+    torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.0)
 
 
 def warm_up_node(plan: Plan) -> None:
