@@ -118,6 +118,7 @@ def test_64_nodes_split_across_two_machines_agents_give_the_local_launchers_resu
     # Within the start-up: how long the launcher, its plan made, waited for the agents.
     summary = json.loads((rd / "summary.json").read_text())
     assert 0 <= summary["agents_waited_s"] <= summary["launch_to_barrier_s"]
+    assert "cluster_start_s" not in summary  # it joined a running cluster
     # Each agent forked its nodes: two agent processes, 32 children each.
     assert len(launch.agents) == 2, launch.agents
     assert all(len(kids) >= NODES // 2 for kids in launch.agents.values()), launch.agents
