@@ -20,7 +20,7 @@ and its resident memory, and the bytes each way:
 
 - ``connect``: every node's handshake and registration (at most ``--window`` handshakes
   unfinished at once, as forked nodes trickle in);
-- ``barrier``: the address book to every node, until the last byte is out;
+- ``barrier``: the address book to every node, until every fake node has it;
 - ``idle``: one second with nothing to do (the supervisor's own polling);
 - ``rounds``: ``--rounds`` reports from every node;
 - ``finish``: every node's ``Done``, and every connection closed.
@@ -304,7 +304,7 @@ async def _launch(
     plan: Plan, nodes: int, launcher_key: Ed25519PrivateKey, sock: socket.socket, args: Any
 ) -> dict[str, Any]:
     loop = asyncio.get_running_loop()
-    setup: asyncio.Future[bytes] = loop.create_future()
+    setups: asyncio.Queue[bytes] = asyncio.Queue()  # from the farm, in order
     result: asyncio.Future[dict[str, Any]] = loop.create_future()
     channels: dict[int, tuple[asyncio.StreamReaderProtocol, Channel]] = {}
     handlers: set[asyncio.Task[None]] = set()  # as a server keeps its connections' tasks
@@ -337,13 +337,13 @@ async def _launch(
                 protocol.eof_received()
                 protocol.connection_lost(None)
         elif kind == SETUP:
-            setup.set_result(bytes(data))
+            setups.put_nowait(bytes(data))
         elif kind == RESULT:
             result.set_result(json.loads(bytes(data)))
 
     _, mux = await loop.connect_accepted_socket(lambda: Mux(on_record), sock=sock)
     mux.send(_CONTROL, SETUP, public_bytes(launcher_key), plan.run_id.encode())
-    publics = await setup  # every fake node's public key, 32 bytes each
+    publics = await setups.get()  # every fake node's public key, 32 bytes each
     log("launcher: got keys", len(publics))
     ring = {LAUNCHER: public_bytes(launcher_key)}
     ring.update({n: publics[32 * n : 32 * n + 32] for n in range(nodes)})
@@ -380,12 +380,11 @@ async def _launch(
         mux.send(_CONTROL, SETUP)  # go
         await supervisor._all_registered.wait()
         mark("connect")
-        while (
-            supervisor.outcome.t_start_barrier == 0
-            or mux.pending
-            or mux.transport.get_write_buffer_size()  # type: ignore[union-attr]
-        ):
-            await asyncio.sleep(0.001)
+        # Until the farm has the book on every node. Polling the launcher's side for "the
+        # barrier began and nothing is left to send" could look between the supervisor
+        # stamping the barrier and its sending task's first step, and count the whole book
+        # in the idle phase.
+        await setups.get()
         mark("barrier")
         await asyncio.sleep(1.0)
         mark("idle")
@@ -580,6 +579,7 @@ class Farm:
         log("farm: go")
         self.open_more()
         await self.all_started.wait()
+        self.mux.send(_CONTROL, SETUP)  # every node has its book
         await self.setups.get()  # report the rounds
         for r in range(self.args.rounds):
             for node in self.nodes:
