@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import resource
 from collections.abc import Iterator
+from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -71,3 +73,28 @@ def test_the_ray_launcher_raises_its_limit_before_it_connects(
     with pytest.raises(RuntimeError, match="not connecting"), open_backend(config):
         pass
     assert resource.getrlimit(resource.RLIMIT_NOFILE)[0] == 2000 + FILES_SPARE
+
+
+def test_a_ray_agent_raises_its_limit_for_the_nodes_it_forks(
+    limits: tuple[int, int], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """An agent forks its machine's nodes, as the local launcher does: FILES_PER_NODE each,
+    raised in its own process (a Ray worker's limit is not the launcher's)."""
+    from dlactor.launch import ray as ray_backend
+    from dlactor.launch.agents import RayAgent
+
+    class Packed:
+        def unpack(self) -> SimpleNamespace:
+            return SimpleNamespace(run_id="r")
+
+    def results_dir(*_: object) -> None:
+        raise RuntimeError("not forking in this test")
+
+    monkeypatch.setattr(ray_backend, "results_dir", results_dir)
+    _soft, hard = limits
+    resource.setrlimit(resource.RLIMIT_NOFILE, (512, hard))
+    agent = RayAgent()
+    agent.identities(list(range(2000)))
+    with pytest.raises(RuntimeError, match="not forking"):
+        agent.start(Packed(), ("127.0.0.1", 1), tmp_path, {})
+    assert resource.getrlimit(resource.RLIMIT_NOFILE)[0] == FILES_PER_NODE * 2000 + FILES_SPARE
