@@ -432,7 +432,7 @@ def _init(settings: RayLauncher, nodes: int) -> float | None:
     launcher, which stops the run, and not the cluster under it.
     """
     if settings.address is None:
-        cpus = max(os.cpu_count() or 1, math.ceil(nodes * settings.cpus_per_node))
+        cpus = local_cpus(settings, nodes)
         # Token authentication (Ray >= 2.52): the launcher and the cluster's processes,
         # which inherit this environment, hold the token; nothing else does. A fresh one
         # unless RAY_AUTH_TOKEN is set, never written to ~/.ray (as Ray's own would be).
@@ -459,6 +459,16 @@ def _init(settings: RayLauncher, nodes: int) -> float | None:
             f"invalid config:\n  launcher.address: no Ray cluster at {settings.address!r}: {exc}"
         ) from exc
     return None
+
+
+def local_cpus(settings: RayLauncher, nodes: int) -> int:
+    """The CPUs a local cluster is started with: this machine's cores, or under placement
+    "workers" the nodes' ``cpus_per_node`` if more (each worker reserves it). Agents reserve
+    none, so ``cpus_per_node``, a workers setting, does not size their cluster."""
+    cores = os.cpu_count() or 1
+    if settings.placement == "agents":
+        return cores
+    return max(cores, math.ceil(nodes * settings.cpus_per_node))
 
 
 @contextlib.contextmanager

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import secrets
 import shutil
 import socket
@@ -73,6 +74,20 @@ def test_setting_the_launcher_kind_to_ray_selects_the_ray_backend_afresh() -> No
     assert isinstance(launcher, RayLauncher)
     assert launcher.address == "auto" and launcher.cpus_per_node == 0.25
     assert launcher.round_timeout_s == 120  # the table started afresh, as for every kind
+
+
+def test_a_local_cluster_has_the_cores_or_what_the_workers_reserve(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from dlactor.launch.ray import local_cpus
+
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    workers = load_config(EXAMPLE, ["launcher.kind=ray", "launcher.placement=workers"]).launcher
+    agents = load_config(EXAMPLE, ["launcher.kind=ray", "launcher.placement=agents"]).launcher
+    assert isinstance(workers, RayLauncher) and isinstance(agents, RayLauncher)
+    assert local_cpus(workers, 4) == 2  # 4 x 0.25 CPU: the cores are more
+    assert local_cpus(workers, 64) == 16
+    assert local_cpus(agents, 64) == 2  # an agent reserves no CPU
 
 
 def test_a_launcher_table_without_kind_is_the_local_backend() -> None:
