@@ -22,7 +22,8 @@ and its resident memory, and the bytes each way:
   unfinished at once, as forked nodes trickle in);
 - ``barrier``: the address book to every node, until every fake node has it;
 - ``idle``: one second with nothing to do (the supervisor's own polling);
-- ``rounds``: ``--rounds`` reports from every node;
+- ``rounds``: ``--rounds`` reports from every node (their ``Done`` waits until the launcher
+  has counted the last);
 - ``finish``: every node's ``Done``, and every connection closed.
 
 The address book is ~52 bytes a process, to every process: O(N²) bytes in all. Above
@@ -392,6 +393,7 @@ async def _launch(
         while supervisor.progress.slowest < plan.config.rounds:
             await asyncio.sleep(0.001)
         mark("rounds")
+        mux.send(_CONTROL, SETUP)  # now the Dones: else some are decoded within the rounds
 
     watcher = loop.create_task(phases())
     running = loop.create_task(supervisor.run())
@@ -585,6 +587,7 @@ class Farm:
             for node in self.nodes:
                 node.send(Progress(node.node, r))
             await asyncio.sleep(0)
+        await self.setups.get()  # the launcher has counted every report
         for node in self.nodes:
             node.send(Done(node.node))
         await self.all_closed.wait()
