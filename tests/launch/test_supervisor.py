@@ -4,6 +4,7 @@ Node processes are stand-ins here; a real run is in test_end_to_end.py."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 import socket
 import tracemalloc
@@ -483,6 +484,25 @@ async def test_the_start_barrier_encodes_the_address_book_once_for_every_node(
     book = {n: ("127.0.0.1", 40000 + n) for n in range(plan.config.nodes)}
     assert all(isinstance(s, Start) and s.addresses == book for s in starts)
     assert all(s == starts[0] for s in starts)
+
+
+async def test_the_run_is_frozen_out_of_the_collector_from_the_barrier_to_its_end(
+    tmp_path: Path,
+) -> None:
+    plan = small_plan()
+    _, sup = placed(plan, tmp_path)
+    assert gc.get_freeze_count() == 0
+    running, streams = await run_connected(plan, sup)
+    await register_all(streams)  # the barrier has sent Start: it returns soon after
+    async with asyncio.timeout(5):
+        while not gc.get_freeze_count():
+            await asyncio.sleep(0.01)
+    frozen = gc.get_freeze_count()
+    outcome = await finish(sup, streams, running)
+
+    assert outcome.status == "ok"
+    assert frozen > 1000  # the run's objects, not a stray one
+    assert gc.get_freeze_count() == 0
 
 
 @pytest.mark.usefixtures("quick_stop")
