@@ -377,6 +377,8 @@ async def _launch(
 
     async def phases() -> None:
         assert supervisor is not None
+        if not args.collector:
+            gc.disable()
         mark("start")
         mux.send(_CONTROL, SETUP)  # go
         await supervisor._all_registered.wait()
@@ -760,6 +762,12 @@ def main() -> None:
         help="address-book bytes in all above which only the sample gets them",
     )
     parser.add_argument("--lift-header-bound", action=argparse.BooleanOptionalAction, default=True)
+    parser.add_argument(
+        "--collector",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="--no-collector: the launcher runs with Python's collector off, to see its cost",
+    )
     parser.add_argument("--run-dir", default="/tmp/dlactor-control-plane")
     parser.add_argument("--fake-nodes", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--one", action="store_true", help=argparse.SUPPRESS)
@@ -779,6 +787,7 @@ def main() -> None:
         "elide_over": args.elide_over,
         "run_dir": args.run_dir,
         "lift_header_bound": args.lift_header_bound,
+        "collector": args.collector,
     }
     reports = run_control(print, tuple(args.nodes), **options)
     print(control_section(reports).render())
