@@ -494,10 +494,10 @@ async def test_the_run_is_frozen_out_of_the_collector_from_the_barrier_to_its_en
     assert gc.get_freeze_count() == 0
     running, streams = await run_connected(plan, sup)
     await register_all(streams)  # the barrier has sent Start: it returns soon after
-    async with asyncio.timeout(5):
-        while not gc.get_freeze_count():
-            await asyncio.sleep(0.01)
-    frozen = gc.get_freeze_count()
+    for _ in range(500):  # up to 5 s; then the run ends as usual, frozen or not
+        if frozen := gc.get_freeze_count():
+            break
+        await asyncio.sleep(0.01)
     outcome = await finish(sup, streams, running)
 
     assert outcome.status == "ok"
