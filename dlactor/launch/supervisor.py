@@ -179,6 +179,7 @@ class Supervisor:
         self._deferred: tuple[int, str] | None = None
         self._strangers: dict[asyncio.StreamWriter, None] = {}  # unfinished handshakes
         self._handlers: set[asyncio.Task[Any]] = set()  # serve_control, one per connection
+        self._frozen = False  # this run's objects are out of the collector's reach
         self._stranger_log = LogBudget(_Stderr())
         # node -> the last round it said it finished (a resumed run's: the one before its
         # checkpoint's)
@@ -219,29 +220,24 @@ class Supervisor:
                     tg.create_task(self._watch_processes())
                     tg.create_task(self.memory.run(self._finished))
                     await self._barrier()
-                    # What is alive now (the plan, the connections, their buffers) lives to
-                    # the run's end: frozen, the collector's full passes leave it alone
-                    # (docs/scaling.md measures it at 10,000 and 100,000 nodes).
-                    gc.freeze()
+                    self._freeze()
                     await self._finished.wait()
                 await self._stop_all()
         finally:
-            loop.remove_signal_handler(signal.SIGINT)
-            server.close()
-            for stream in self.streams.values():
-                stream.close()  # done nodes wait for this (EOF) to leave
-            for writer in self._strangers:
-                writer.transport.abort()  # unfinished handshakes: nothing to wait for
-            # Each connection's handler then reads EOF and returns: let it, rather than
-            # leave it to be cancelled with the loop (asyncio logs that as an error).
             try:
+                loop.remove_signal_handler(signal.SIGINT)
+                server.close()
+                for stream in self.streams.values():
+                    stream.close()  # done nodes wait for this (EOF) to leave
+                for writer in self._strangers:
+                    writer.transport.abort()  # unfinished handshakes: nothing to wait for
+                # Each connection's handler then reads EOF and returns: let it, rather than
+                # leave it to be cancelled with the loop (asyncio logs that as an error).
                 if self._handlers:
                     await asyncio.wait(self._handlers, timeout=STOP_GRACE_S)
             finally:
                 self.consensus_log.close()
-                # Only now: unfrozen, the run's objects drew full collections all through
-                # the closing (41.8 µs of the launcher's CPU per node at 10,000, not 22.8).
-                gc.unfreeze()
+                self._unfreeze()  # only now: unfrozen, the closing drew full collections
         self.outcome.peak_pss_bytes = self.memory.peak_pss
         self.outcome.lost = [self.lost[node] for node in sorted(self.lost)]
         if self.lost and self.outcome.status == "ok":
@@ -251,6 +247,21 @@ class Supervisor:
             )
             self.outcome.reason = f"finished without {len(self.lost)} lost node(s): {named}"
         return self.outcome
+
+    def _freeze(self) -> None:
+        """After the barrier: what is alive now (the plan, the connections, their buffers)
+        lives to the run's end. Frozen, the collector's full passes leave it alone
+        (docs/scaling.md measures it at 10,000 and 100,000 nodes)."""
+        if not self._finished.is_set():
+            gc.freeze()
+            self._frozen = True
+
+    def _unfreeze(self) -> None:
+        """Undo :meth:`_freeze`, if this run froze. (``gc.unfreeze`` thaws every frozen
+        object; the local launcher's freeze for forking ends before its supervisor runs.)"""
+        if self._frozen:
+            gc.unfreeze()
+            self._frozen = False
 
     async def _barrier(self) -> None:
         timeout = self.plan.config.launcher.start_timeout_s

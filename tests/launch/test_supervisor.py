@@ -4,7 +4,6 @@ Node processes are stand-ins here; a real run is in test_end_to_end.py."""
 from __future__ import annotations
 
 import asyncio
-import gc
 import os
 import socket
 import tracemalloc
@@ -486,23 +485,59 @@ async def test_the_start_barrier_encodes_the_address_book_once_for_every_node(
     assert all(s == starts[0] for s in starts)
 
 
-async def test_the_run_is_frozen_out_of_the_collector_from_the_barrier_to_its_end(
-    tmp_path: Path,
+async def test_the_run_is_frozen_out_of_the_collector_from_the_barrier_to_its_close(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """Frozen once the barrier has begun, thawed once every connection is closed and its
+    handler has returned (thawed before, the closing drew full collections)."""
     plan = small_plan()
     _, sup = placed(plan, tmp_path)
-    assert gc.get_freeze_count() == 0
+    calls: list[tuple[str, bool]] = []
+
+    class Collector:
+        def freeze(self) -> None:
+            calls.append(("freeze", sup.outcome.t_start_barrier > 0))
+
+        def unfreeze(self) -> None:
+            closed = all(s.writer.is_closing() for s in sup.streams.values())
+            returned = all(task.done() for task in sup._handlers)
+            log = sup.consensus_log
+            calls.append(("unfreeze", closed and returned and log is not None and log._fd < 0))
+
+    monkeypatch.setattr(supervisor_module, "gc", Collector())
     running, streams = await run_connected(plan, sup)
     await register_all(streams)  # the barrier has sent Start: it returns soon after
-    for _ in range(500):  # up to 5 s; then the run ends as usual, frozen or not
-        if frozen := gc.get_freeze_count():
+    for _ in range(500):  # up to 5 s (a run that finishes first freezes nothing)
+        if calls:
             break
         await asyncio.sleep(0.01)
     outcome = await finish(sup, streams, running)
 
     assert outcome.status == "ok"
-    assert frozen > 1000  # the run's objects, not a stray one
-    assert gc.get_freeze_count() == 0
+    assert calls == [("freeze", True), ("unfreeze", True)]
+
+
+async def test_a_run_that_ends_before_its_barrier_freezes_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls: list[str] = []
+
+    class Collector:
+        def freeze(self) -> None:
+            calls.append("freeze")
+
+        def unfreeze(self) -> None:
+            calls.append("unfreeze")
+
+    monkeypatch.setattr(supervisor_module, "gc", Collector())
+    plan = small_plan("launcher.start_timeout_s=0.3")
+    _, sup = placed(plan, tmp_path)
+    async with asyncio.timeout(10):
+        outcome = await sup.run()
+    sup.listener.close()
+
+    assert outcome.status == "failed" and "start barrier" in outcome.reason
+    assert calls == []
 
 
 @pytest.mark.usefixtures("quick_stop")
