@@ -344,7 +344,12 @@ async def _launch(
 
     _, mux = await loop.connect_accepted_socket(lambda: Mux(on_record), sock=sock)
     mux.send(_CONTROL, SETUP, public_bytes(launcher_key), plan.run_id.encode())
-    publics = await setups.get()  # every fake node's public key, 32 bytes each
+    keys_in = asyncio.ensure_future(setups.get())  # every fake node's public key, 32 bytes each
+    await asyncio.wait({keys_in, mux.closed}, return_when=asyncio.FIRST_COMPLETED)
+    if not keys_in.done():
+        keys_in.cancel()
+        raise SystemExit("the fake nodes' process closed the socketpair before its keys")
+    publics = keys_in.result()
     log("launcher: got keys", len(publics))
     ring = {LAUNCHER: public_bytes(launcher_key)}
     ring.update({n: publics[32 * n : 32 * n + 32] for n in range(nodes)})
@@ -421,6 +426,7 @@ async def _launch(
         # the book did not fit the wire's header: a real run this size is refused
         "header_bound_exceeded": fake.get("book_bytes", 0) > HEADER_BOUND,
         "book_elided": big_book,
+        "collector": args.collector,
         "launcher_peak_rss_mib": round(peak, 1),
         "launcher_rss_before_mib": round(marks["start"][2], 1),
         "fake": fake,
@@ -716,6 +722,8 @@ def control_section(runs: list[dict[str, Any]]) -> Section:
     failed = [r for r in runs if r not in reports]
     notes = [f"{r['nodes']:,} nodes: {r['status']}, {r['reason']}" for r in failed]
     for r in reports:
+        if not r.get("collector", True):
+            notes.append(f"{r['nodes']:,} nodes: the launcher ran with Python's collector off.")
         if r["book_elided"]:
             notes.append(
                 f"{r['nodes']:,} nodes: only {r['fake']['book_decoded_by']} sampled nodes got the "
