@@ -204,6 +204,16 @@ class Supervisor:
         self._pruned_at = plan.resume_round or 0  # checkpoints pruned up to this round
 
     async def run(self) -> Outcome:
+        """Supervise the run to its end: its outcome."""
+        try:
+            return await self._run()
+        finally:
+            # Only now that every connection is closed: thawed before, the run's objects
+            # drew full collections all through the closing.
+            if self._frozen:
+                gc.unfreeze()
+
+    async def _run(self) -> Outcome:
         loop = asyncio.get_running_loop()
         loop.add_signal_handler(signal.SIGINT, self.fail, "interrupted", "interrupted (Ctrl-C)", "")
         tls = self.credentials.tls
@@ -224,20 +234,17 @@ class Supervisor:
                     await self._finished.wait()
                 await self._stop_all()
         finally:
-            try:
-                loop.remove_signal_handler(signal.SIGINT)
-                server.close()
-                for stream in self.streams.values():
-                    stream.close()  # done nodes wait for this (EOF) to leave
-                for writer in self._strangers:
-                    writer.transport.abort()  # unfinished handshakes: nothing to wait for
-                # Each connection's handler then reads EOF and returns: let it, rather than
-                # leave it to be cancelled with the loop (asyncio logs that as an error).
-                if self._handlers:
-                    await asyncio.wait(self._handlers, timeout=STOP_GRACE_S)
-            finally:
-                self.consensus_log.close()
-                self._unfreeze()  # only now: unfrozen, the closing drew full collections
+            loop.remove_signal_handler(signal.SIGINT)
+            server.close()
+            for stream in self.streams.values():
+                stream.close()  # done nodes wait for this (EOF) to leave
+            for writer in self._strangers:
+                writer.transport.abort()  # unfinished handshakes: nothing to wait for
+            # Each connection's handler then reads EOF and returns: let it, rather than
+            # leave it to be cancelled with the loop (asyncio logs that as an error).
+            if self._handlers:
+                await asyncio.wait(self._handlers, timeout=STOP_GRACE_S)
+            self.consensus_log.close()
         self.outcome.peak_pss_bytes = self.memory.peak_pss
         self.outcome.lost = [self.lost[node] for node in sorted(self.lost)]
         if self.lost and self.outcome.status == "ok":
@@ -251,17 +258,12 @@ class Supervisor:
     def _freeze(self) -> None:
         """After the barrier: what is alive now (the plan, the connections, their buffers)
         lives to the run's end. Frozen, the collector's full passes leave it alone
-        (docs/scaling.md measures it at 10,000 and 100,000 nodes)."""
+        (docs/scaling.md measures it at 10,000 and 100,000 nodes); :meth:`run` thaws it.
+        (``gc.unfreeze`` thaws every frozen object: the local launcher's freeze for forking
+        ends before its supervisor runs.)"""
         if not self._finished.is_set():
             gc.freeze()
             self._frozen = True
-
-    def _unfreeze(self) -> None:
-        """Undo :meth:`_freeze`, if this run froze. (``gc.unfreeze`` thaws every frozen
-        object; the local launcher's freeze for forking ends before its supervisor runs.)"""
-        if self._frozen:
-            gc.unfreeze()
-            self._frozen = False
 
     async def _barrier(self) -> None:
         timeout = self.plan.config.launcher.start_timeout_s
