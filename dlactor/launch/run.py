@@ -267,6 +267,11 @@ def _finish(
     return RunResult(run_dir, outcome, summary, problems=steps.problems, lost=lost)
 
 
+def _present(**fields: Any) -> dict[str, Any]:
+    """The fields that have a value: those that do not apply to a run are left out."""
+    return {name: value for name, value in fields.items() if value is not None}
+
+
 def _summary(
     plan: Plan, run_dir: Path, outcome: Outcome, t0: float, steps: _Steps
 ) -> dict[str, Any]:
@@ -295,10 +300,12 @@ def _summary(
         name=plan.config.name,
         launch_to_barrier_s=(outcome.t_start_barrier - t0) if outcome.t_start_barrier else None,
         peak_pss_bytes=outcome.peak_pss_bytes,
-        # Ray's agents: of the start-up, the wait for them to be ready (absent without them)
-        **({} if outcome.agents_waited_s is None else {"agents_waited_s": outcome.agents_waited_s}),
-        # a local Ray cluster's own start, before the plan (absent if none was started)
-        **({} if outcome.cluster_start_s is None else {"cluster_start_s": outcome.cluster_start_s}),
+        **_present(
+            # Ray's agents: of the start-up, the wait for them to be ready
+            agents_waited_s=outcome.agents_waited_s,
+            # a local Ray cluster's own start, before the plan
+            cluster_start_s=outcome.cluster_start_s,
+        ),
         model_params=plan.model_params,
         model_bytes=plan.model_bytes,
     )

@@ -291,6 +291,7 @@ def test_a_run_on_a_local_ray_cluster_it_starts_itself_completes_and_leaves_no_w
     # The cluster's own start is in the command's time, before the plan: the summary says it.
     summary = json.loads((launch.run_dir() / "summary.json").read_text())
     assert summary["cluster_start_s"] > 0.1
+    assert "agents_waited_s" not in summary  # a worker per node: no agents to wait for
     assert "run quickstart" in out and "4 nodes (ray)" in err
     assert len(launch.workers) == 4, "each node is a Ray worker process of its own"
     assert_gone(launch.workers)
