@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from launches import barrier_at
+from launches import Started
 from machine import CpuTimes, others_cpu
 from procfs import MemInfo, boot_clock
 from report import MIB, Section, Table, Verdict, ms
@@ -77,7 +77,7 @@ class Watch:
 
 
 @dataclass
-class Run:
+class Run(Started):
     """One finished `dlactor launch`: what it wrote, and what was measured around it."""
 
     nodes: int
@@ -93,16 +93,6 @@ class Run:
     t_after: float  # when mem_after was read
     others_share: float  # other processes' CPU during the run, share of the machine
     steal_share: float  # CPU time the hypervisor stole meanwhile, share of the machine
-
-    @property
-    def barrier_at(self) -> float | None:
-        """Wall-clock time of the start barrier: the manifest's start + launch_to_barrier_s."""
-        return barrier_at(self.summary, self.manifest)
-
-    @property
-    def command_to_barrier_s(self) -> float | None:
-        at = self.barrier_at
-        return None if at is None else at - self.t_command
 
     @property
     def rounds(self) -> int:

@@ -22,29 +22,38 @@ def quickstart_summary(out: Path, *overrides: str) -> dict[str, Any]:
     return quickstart_run(out, *overrides).summary
 
 
-@dataclass(frozen=True)
-class Launched:
-    """One finished quickstart command: what it wrote, and when it was started."""
+class Started:
+    """When a finished `dlactor launch` reached its start barrier, from what it wrote
+    (``summary``, ``manifest``) and when the command was started (``t_command``)."""
 
     summary: dict[str, Any]
     manifest: dict[str, Any]
     t_command: float  # wall-clock time just before the command was started
-    command_s: float  # the whole command, to its exit
+
+    @property
+    def barrier_at(self) -> float | None:
+        """Wall-clock time of the start barrier: the manifest's start (taken just before
+        the launcher's clock starts) + ``launch_to_barrier_s``; None if there was none."""
+        if not self.summary.get("launch_to_barrier_s"):
+            return None
+        start = datetime.fromisoformat(self.manifest["start"]).timestamp()
+        return start + float(self.summary["launch_to_barrier_s"])
 
     @property
     def command_to_barrier_s(self) -> float | None:
         """From just before the command to the start barrier."""
-        at = barrier_at(self.summary, self.manifest)
+        at = self.barrier_at
         return None if at is None else at - self.t_command
 
 
-def barrier_at(summary: dict[str, Any], manifest: dict[str, Any]) -> float | None:
-    """Wall-clock time of a run's start barrier: the manifest's start (taken just before the
-    launcher's clock starts) + ``launch_to_barrier_s``; None if there was none."""
-    if not summary.get("launch_to_barrier_s"):
-        return None
-    start = datetime.fromisoformat(manifest["start"]).timestamp()
-    return start + float(summary["launch_to_barrier_s"])
+@dataclass(frozen=True)
+class Launched(Started):
+    """One finished quickstart command: what it wrote, and when it was started."""
+
+    summary: dict[str, Any]
+    manifest: dict[str, Any]
+    t_command: float
+    command_s: float  # the whole command, to its exit
 
 
 def quickstart_run(out: Path, *overrides: str, env: Mapping[str, str] | None = None) -> Launched:
