@@ -8,8 +8,8 @@ processes or sockets::
     records = await run_in_memory(plan)
 
 For tests and benchmarks that need a Ray cluster started beforehand (as a cluster's users
-have it, rather than the one `dlactor launch` starts itself): ``start_ray`` and
-``stop_ray``, with ``ray_environment`` for its token.
+have it, rather than the one `dlactor launch` starts itself): ``ray_head``, or
+``start_ray`` and ``stop_ray`` for more machines, with ``ray_environment`` for its token.
 """
 
 from __future__ import annotations
@@ -20,10 +20,11 @@ import copy
 import os
 import secrets
 import signal
+import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -239,6 +240,24 @@ def start_ray(args: list[str], log: Path, env: dict[str, str]) -> subprocess.Pop
         stop_ray(proc)
         raise
     return proc
+
+
+@contextlib.contextmanager
+def ray_head(
+    env: dict[str, str], *args: str, cpus: int
+) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """A one-machine Ray cluster for as long as the block runs: ``ray start --head`` on a
+    free loopback port with ``cpus`` CPUs, no dashboard and ``args`` (its log is head.log in
+    ``env``'s RAY_TMPDIR, see ``ray_environment``); its address and process."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    head_args = ["--head", f"--port={port}", "--include-dashboard=false", f"--num-cpus={cpus}"]
+    head = start_ray([*head_args, *args], Path(env["RAY_TMPDIR"]) / "head.log", env)
+    try:
+        yield f"127.0.0.1:{port}", head
+    finally:
+        stop_ray(head)
 
 
 def stop_ray(proc: subprocess.Popen[bytes]) -> None:

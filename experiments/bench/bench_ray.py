@@ -28,7 +28,6 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import socket
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -38,7 +37,7 @@ from pathlib import Path
 from launches import quickstart_run
 from report import Section, Table, Verdict, mib
 
-from dlactor.testing import ray_environment, start_ray, stop_ray
+from dlactor.testing import ray_environment, ray_head
 
 NODE_COUNTS = (16, 64)
 LOCAL, LOCAL_TLS = "local", "local, TLS on"
@@ -137,17 +136,11 @@ def _cluster(mode: str) -> Iterator[tuple[tuple[str, ...], dict[str, str] | None
         return
     ray_tmp = tempfile.mkdtemp(prefix="dlb-", dir="/tmp")  # short: Ray's sockets live there
     env = ray_environment(ray_tmp)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    cpus = os.cpu_count() or 1
-    args = ["--head", f"--port={port}", "--include-dashboard=false", f"--num-cpus={cpus}"]
-    head = start_ray(args, Path(ray_tmp) / "head.log", env)
     try:
-        time.sleep(SETTLE_S)
-        yield (f"launcher.address=127.0.0.1:{port}",), env
+        with ray_head(env, cpus=os.cpu_count() or 1) as (address, _):
+            time.sleep(SETTLE_S)
+            yield (f"launcher.address={address}",), env
     finally:
-        stop_ray(head)
         shutil.rmtree(ray_tmp, ignore_errors=True)
 
 

@@ -12,7 +12,6 @@ import json
 import os
 import secrets
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -29,7 +28,7 @@ from typer.testing import CliRunner
 from dlactor.cli import app
 from dlactor.config import RayLauncher, load_config
 from dlactor.launch.plan import make_plan
-from dlactor.testing import run_in_memory, start_ray, stop_ray
+from dlactor.testing import ray_head, run_in_memory
 from tests.conftest import small_plan
 from tests.launch.test_end_to_end import EXAMPLE, FAULTY, records
 
@@ -369,15 +368,8 @@ def ray_cluster(ray_env: dict[str, str]) -> Iterator[tuple[str, psutil.Process]]
     """A head node started with `ray start --head --block`: stopping that process (SIGTERM)
     stops every process it started, and only those (unlike `ray stop`, which stops every
     Ray process of the machine)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    args = ["--head", f"--port={port}", "--num-cpus=2", "--include-dashboard=false"]
-    head = start_ray(args, Path(ray_env["RAY_TMPDIR"]) / "head.log", ray_env)
-    try:
-        yield f"127.0.0.1:{port}", psutil.Process(head.pid)
-    finally:
-        stop_ray(head)
+    with ray_head(ray_env, cpus=2) as (address, head):
+        yield address, psutil.Process(head.pid)
 
 
 def test_a_fedavg_run_on_a_running_cluster_given_by_address_completes_and_leaves_no_worker(

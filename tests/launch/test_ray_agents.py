@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import concurrent.futures
 import json
-import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -23,7 +22,7 @@ from dlactor.launch import ray as ray_module
 from dlactor.launch.agents import AgentNodes, Machine, RayAgent, _Agent, split
 from dlactor.launch.ray import RayBackend
 from dlactor.launch.supervisor import describe_exit
-from dlactor.testing import start_ray, stop_ray
+from dlactor.testing import ray_head, start_ray, stop_ray
 from tests.conftest import small_plan
 from tests.launch.test_ray import QUICKSTART, Launch, assert_gone, records
 
@@ -59,22 +58,13 @@ def agents_under(root: int) -> dict[int, set[int]]:
 def two_machines(ray_env: dict[str, str]) -> Iterator[tuple[str, list[subprocess.Popen[bytes]]]]:
     """A head (`ray start --head --block`) and a second Ray node joined to it, each with a
     custom resource of its own: two machines, as Ray sees it, on this one."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    machines = [
-        ["--head", f"--port={port}", "--include-dashboard=false", '--resources={"machine_a": 1}'],
-        [f"--address=127.0.0.1:{port}", '--resources={"machine_b": 1}'],
-    ]
-    started: list[subprocess.Popen[bytes]] = []
-    try:
-        for i, args in enumerate(machines):
-            log = Path(ray_env["RAY_TMPDIR"]) / f"machine-{i}.log"
-            started.append(start_ray([*args, "--num-cpus=1"], log, ray_env))
-        yield f"127.0.0.1:{port}", started
-    finally:
-        for proc in reversed(started):
-            stop_ray(proc)
+    with ray_head(ray_env, '--resources={"machine_a": 1}', cpus=1) as (address, head):
+        args = [f"--address={address}", '--resources={"machine_b": 1}', "--num-cpus=1"]
+        second = start_ray(args, Path(ray_env["RAY_TMPDIR"]) / "machine-b.log", ray_env)
+        try:
+            yield address, [head, second]
+        finally:
+            stop_ray(second)
 
 
 class AgentLaunch(Launch):
